@@ -1,0 +1,36 @@
+"""iogate: pooled, instrumented, resilient async access to databases and HTTP APIs.
+
+One ``Result`` type for every operation, managers for PostgreSQL, SQLite,
+MySQL/MariaDB, Redis and HTTP APIs, an orchestrator running named
+operations and batches, and a gateway serving them over HTTP.
+"""
+
+from iogate.backends.base import AsyncDatabaseManager, Transaction
+from iogate.backends.pg_pool import DatabaseConnectionPool
+from iogate.backends.postgres import AsyncPostgreSQLManager
+from iogate.backends.sqlite import AsyncSQLiteManager
+from iogate.core.config import DatabaseOptions
+from iogate.core.deadline import Deadline
+from iogate.core.result import Result
+from iogate.orchestrator import (
+    AsyncOperationOrchestrator,
+    DatabaseType,
+    get_database_connection,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncDatabaseManager",
+    "AsyncOperationOrchestrator",
+    "AsyncPostgreSQLManager",
+    "AsyncSQLiteManager",
+    "DatabaseConnectionPool",
+    "DatabaseOptions",
+    "DatabaseType",
+    "Deadline",
+    "Result",
+    "Transaction",
+    "__version__",
+    "get_database_connection",
+]

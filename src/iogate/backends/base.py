@@ -1,0 +1,240 @@
+"""The manager contract every database backend implements.
+
+``AsyncDatabaseManager`` owns the lifecycle (a state enum, ``async with``, an
+idempotent ``close()``), turns every outcome into a ``Result``, keeps
+per-manager statistics and emits one ``OperationEvent`` per operation. A
+backend implements ``_open``, ``_close``, ``_execute``, ``_transaction`` and
+``_ping``; it raises iogate errors (drivers' exceptions are mapped at its
+edge) and the base class does the rest.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+import time
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Any, ClassVar
+
+from iogate.core.deadline import Deadline
+from iogate.core.errors import ClosedError, IogateError, OperationTimeoutError
+from iogate.core.events import OperationEvent, emit
+from iogate.core.params import Params
+from iogate.core.result import Result
+from iogate.core.stats import OperationStats
+
+__all__ = ["AsyncDatabaseManager", "ManagerState", "Transaction"]
+
+
+class ManagerState(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Transaction(abc.ABC):
+    """Statements run on one connection inside one database transaction.
+
+    A statement that fails inside the block returns a failed Result as usual;
+    the transaction is then rolled back at the end of the block instead of
+    committed (``status`` says which), so it is always all or nothing.
+    """
+
+    def __init__(self) -> None:
+        self.status = "active"  # active | committed | rolled_back
+        self.failed = False
+
+    async def execute_query(self, query: str, params: Params = None) -> Result:
+        started = time.perf_counter()
+        try:
+            result = await self._execute(query, params)
+        except IogateError as exc:
+            result = Result.from_exception(exc, operation="query")
+        except asyncio.CancelledError:
+            self.failed = True
+            raise
+        if not result.success:
+            self.failed = True
+        return result.with_timing((time.perf_counter() - started) * 1000)
+
+    @abc.abstractmethod
+    async def _execute(self, query: str, params: Params) -> Result: ...
+
+
+class AsyncDatabaseManager(abc.ABC):
+    """Abstract base of the SQL, Redis and memory managers (seed 000)."""
+
+    backend: ClassVar[str] = "database"
+
+    def __init__(self, *, name: str | None = None) -> None:
+        self.name = name or self.backend
+        self.state = ManagerState.UNOPENED
+        self._open_lock = asyncio.Lock()
+        self._stats = OperationStats()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def initialize_pool(self) -> None:
+        """Open the pool; idempotent. Errors propagate as iogate errors."""
+        if self.state is ManagerState.OPEN:
+            return
+        if self.state is ManagerState.CLOSED:
+            raise ClosedError(f"{self.name}: manager is closed and cannot be reopened")
+        async with self._open_lock:
+            if self.state is ManagerState.UNOPENED:
+                await self._open()
+                self.state = ManagerState.OPEN
+
+    async def close(self) -> None:
+        """Close the pool; idempotent."""
+        if self.state is ManagerState.CLOSED:
+            return
+        was_open = self.state is ManagerState.OPEN
+        self.state = ManagerState.CLOSED
+        if was_open:
+            await self._close()
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncDatabaseManager:
+        await self.initialize_pool()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "state", None) is ManagerState.OPEN:
+            warnings.warn(
+                f"{type(self).__name__} {self.name!r} was never closed",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+    # -- operations ---------------------------------------------------------
+
+    async def execute_query(
+        self,
+        query: str,
+        params: Params = None,
+        *,
+        deadline: Deadline | None = None,
+        read_only: bool = False,
+        max_rows: int | None = None,
+    ) -> Result:
+        """Run one statement and return its Result; never raises for a failure.
+
+        ``read_only=True`` runs it in a read-only transaction, so the database
+        itself refuses writes. ``max_rows`` caps the rows returned
+        (``truncated`` says the cap was hit).
+        """
+        started = time.perf_counter()
+        try:
+            await self._ensure_open()
+            if deadline is not None and deadline.expired():
+                raise OperationTimeoutError("deadline passed before the query started")
+            result = await self._execute(
+                query,
+                params,
+                deadline=deadline or Deadline.never(),
+                read_only=read_only,
+                max_rows=max_rows,
+            )
+        except IogateError as exc:
+            result = Result.from_exception(exc)
+        result.resource = self.name
+        result.operation = result.operation or "query"
+        return self._finish(result, started)
+
+    def transaction(
+        self, *, read_only: bool = False, deadline: Deadline | None = None
+    ) -> AbstractAsyncContextManager[Transaction]:
+        """``async with manager.transaction() as tx: await tx.execute_query(...)``."""
+        return self._managed_transaction(read_only, deadline or Deadline.never())
+
+    @asynccontextmanager
+    async def _managed_transaction(
+        self, read_only: bool, deadline: Deadline
+    ) -> AsyncIterator[Transaction]:
+        await self._ensure_open()
+        async with self._transaction(read_only=read_only, deadline=deadline) as tx:
+            yield tx
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """Raise an iogate error unless the resource answers within ``timeout``."""
+        await self._ensure_open()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ping()
+        except TimeoutError:
+            raise OperationTimeoutError(f"{self.name}: no answer within {timeout}s") from None
+
+    def get_stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.backend,
+            "state": self.state.value,
+            **self._stats.snapshot(),
+            "pool": self.pool_stats(),
+        }
+
+    def pool_stats(self) -> dict[str, int]:
+        return {}
+
+    # -- for subclasses -------------------------------------------------------
+
+    async def _ensure_open(self) -> None:
+        if self.state is not ManagerState.OPEN:
+            await self.initialize_pool()
+
+    def _finish(self, result: Result, started: float, attempts: int = 1) -> Result:
+        duration = time.perf_counter() - started
+        result.duration_ms = round(duration * 1000, 3)
+        result.attempts = attempts
+        self._stats.record(result.duration_ms, result.error_type)
+        emit(
+            OperationEvent(
+                resource=self.name,
+                kind="database",
+                backend=self.backend,
+                operation=result.operation or "query",
+                duration_s=duration,
+                error_type=result.error_type,
+                attempts=attempts,
+            )
+        )
+        return result
+
+    @abc.abstractmethod
+    async def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _execute(
+        self,
+        query: str,
+        params: Params,
+        *,
+        deadline: Deadline,
+        read_only: bool,
+        max_rows: int | None,
+    ) -> Result: ...
+
+    @abc.abstractmethod
+    def _transaction(
+        self, *, read_only: bool, deadline: Deadline
+    ) -> AbstractAsyncContextManager[Transaction]: ...
+
+    @abc.abstractmethod
+    async def _ping(self) -> None: ...

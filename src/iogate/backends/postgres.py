@@ -1,0 +1,389 @@
+"""PostgreSQL on asyncpg, through iogate's FIFO pool.
+
+asyncpg is imported only here and its exceptions are mapped to iogate errors
+at this edge. Statements run as prepared statements cached per connection
+(one round trip per query, the command status available for
+``rows_affected``); a multi-statement string without parameters falls back
+to the simple protocol. The server enforces ``statement_timeout``; a request
+deadline is passed down as asyncpg's client-side timeout, which also cancels
+the statement on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import orjson
+
+from iogate.backends.base import AsyncDatabaseManager, Transaction
+from iogate.backends.pool import Pool, PooledConnection
+from iogate.core.config import DatabaseOptions
+from iogate.core.deadline import Deadline
+from iogate.core.errors import (
+    DatabaseConnectionError,
+    IogateError,
+    OperationTimeoutError,
+    PoolExhaustedError,
+    QueryError,
+    ReadOnlyError,
+)
+from iogate.core.jsonable import row_to_dict
+from iogate.core.params import Params, check_count, normalize_params
+from iogate.core.redact import redact_text, redact_url, url_password
+from iogate.core.result import Result
+
+__all__ = ["AsyncPostgreSQLManager", "PgConnection", "connect_postgres"]
+
+logger = logging.getLogger("iogate.postgres")
+
+PgConnection = asyncpg.Connection
+_STATEMENT_CACHE_SIZE = 256
+_RESET_TIMEOUT = 5.0
+_WRITE_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
+
+
+async def connect_postgres(
+    dsn: str, *, timeout: float, statement_timeout: float | None
+) -> asyncpg.Connection:
+    """One asyncpg connection with iogate's codecs and session settings."""
+    settings = {"application_name": "iogate"}
+    if statement_timeout is not None:
+        settings["statement_timeout"] = str(max(1, int(statement_timeout * 1000)))
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            dsn, timeout=timeout, server_settings=settings
+        )
+    except TimeoutError:
+        raise DatabaseConnectionError(
+            f"cannot connect to {redact_url(dsn)}: no answer within {timeout:.3g}s"
+        ) from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reason = redact_text(str(exc), [url_password(dsn) or ""])
+        raise DatabaseConnectionError(f"cannot connect to {redact_url(dsn)}: {reason}") from exc
+    try:
+        for type_name in ("json", "jsonb"):
+            await conn.set_type_codec(
+                type_name,
+                encoder=_json_encode,
+                decoder=orjson.loads,
+                schema="pg_catalog",
+            )
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
+def _json_encode(value: Any) -> str:
+    if isinstance(value, str):
+        return value  # already JSON text
+    return orjson.dumps(value).decode()
+
+
+class AsyncPostgreSQLManager(AsyncDatabaseManager):
+    """Pooled PostgreSQL access returning ``Result`` (seed 000).
+
+    ``AsyncPostgreSQLManager(dsn, max_connections=20)`` as in the seed; every
+    other setting comes through ``options`` (:class:`DatabaseOptions`).
+    ``connect`` replaces how a raw connection is made (a test seam).
+    """
+
+    backend = "postgresql"
+
+    def __init__(
+        self,
+        dsn: str,
+        max_connections: int | None = None,
+        *,
+        name: str | None = None,
+        options: DatabaseOptions | None = None,
+        connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        options = options or DatabaseOptions()
+        if max_connections is not None:
+            options = replace(
+                options,
+                max_connections=max_connections,
+                min_connections=min(options.min_connections, max_connections),
+            )
+        self.options = options
+        self._dsn = dsn
+        self._connect = connect or self._default_connect
+        self._pool: Pool[asyncpg.Connection] = Pool(
+            connect=self._connect,
+            close=_close_connection,
+            min_size=options.min_connections,
+            max_size=options.max_connections,
+            max_idle_time=options.max_idle_time,
+            max_lifetime=options.max_lifetime,
+        )
+        self._resets: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<AsyncPostgreSQLManager {self.name!r} {redact_url(self._dsn)} {self._pool!r}>"
+
+    @property
+    def dsn(self) -> str:
+        """The DSN with its password masked."""
+        return redact_url(self._dsn)
+
+    def pool_stats(self) -> dict[str, int]:
+        return self._pool.stats()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def _default_connect(self) -> asyncpg.Connection:
+        return await connect_postgres(
+            self._dsn,
+            timeout=self.options.acquire_timeout,
+            statement_timeout=self.options.statement_timeout,
+        )
+
+    async def _open(self) -> None:
+        await self._pool.open()
+
+    async def _close(self) -> None:
+        if self._resets:
+            await asyncio.gather(*self._resets, return_exceptions=True)
+        await self._pool.close()
+
+    # -- connections ----------------------------------------------------------
+
+    async def acquire(self, deadline: Deadline | None = None) -> PooledConnection[Any]:
+        """Check out a pooled connection (pair with :meth:`release`)."""
+        await self._ensure_open()
+        timeout = (deadline or Deadline.never()).cap(self.options.acquire_timeout)
+        try:
+            return await self._pool.acquire(timeout or 0.0)
+        except PoolExhaustedError:
+            raise
+        except TimeoutError:
+            raise DatabaseConnectionError(
+                f"cannot connect to {redact_url(self._dsn)}: no answer within {timeout:.3g}s"
+            ) from None
+
+    def release(self, conn: PooledConnection[Any], *, clean: bool = True) -> None:
+        """Return a connection; ``clean=False`` resets (or discards) it first.
+
+        The reset runs in its own task, so a caller being cancelled cannot
+        interrupt it: the connection always comes back or is closed.
+        """
+        raw: asyncpg.Connection = conn.raw
+        if clean and not raw.is_in_transaction():
+            self._pool.release(conn)
+            return
+        if raw.is_closed():
+            self._pool.release(conn, discard=True)
+            return
+        task = asyncio.get_running_loop().create_task(self._reset_and_release(conn))
+        self._resets.add(task)
+        task.add_done_callback(self._resets.discard)
+
+    async def _reset_and_release(self, conn: PooledConnection[Any]) -> None:
+        raw: asyncpg.Connection = conn.raw
+        try:
+            # Waits for asyncpg's cancel request of an interrupted statement,
+            # rolls back, and resets session state.
+            await raw.reset(timeout=_RESET_TIMEOUT)
+        except BaseException:
+            logger.debug("discarding a connection whose reset failed", exc_info=True)
+            raw.terminate()
+            self._pool.release(conn, discard=True)
+            return
+        self._pool.release(conn)
+
+    # -- operations -------------------------------------------------------------
+
+    async def _execute(
+        self,
+        query: str,
+        params: Params,
+        *,
+        deadline: Deadline,
+        read_only: bool,
+        max_rows: int | None,
+    ) -> Result:
+        args = normalize_params(params)
+        check_count(query, args, "dollar")
+        conn = await self.acquire(deadline)
+        clean = False
+        try:
+            if read_only or self.options.read_only:
+                async with conn.raw.transaction(readonly=True):
+                    rows, status = await self._run(conn, query, args, deadline)
+            else:
+                rows, status = await self._run(conn, query, args, deadline)
+            clean = True
+        except QueryError:
+            clean = True  # the server refused the statement; the session is intact
+            raise
+        finally:
+            self.release(conn, clean=clean)
+        return _to_result(rows, status, max_rows or self.options.max_rows)
+
+    async def _run(
+        self,
+        conn: PooledConnection[Any],
+        query: str,
+        args: tuple[Any, ...],
+        deadline: Deadline,
+    ) -> tuple[list[Any], str]:
+        """Run one statement, mapping asyncpg's errors to iogate's."""
+        raw: asyncpg.Connection = conn.raw
+        timeout = deadline.remaining()
+        try:
+            return await self._fetch(conn, raw, query, args, timeout)
+        except asyncpg.QueryCanceledError as exc:
+            raise OperationTimeoutError(
+                f"statement cancelled: {exc.args[0] if exc.args else 'statement timeout'}"
+            ) from exc
+        except asyncpg.ReadOnlySQLTransactionError as exc:
+            raise ReadOnlyError(str(exc), sqlstate=exc.sqlstate) from exc
+        except asyncpg.PostgresError as exc:
+            raise QueryError(str(exc), sqlstate=exc.sqlstate) from exc
+        except TimeoutError:
+            raise OperationTimeoutError(
+                f"query did not finish within the deadline ({timeout:.3g}s)"
+                if timeout is not None
+                else "query timed out"
+            ) from None
+        except (OSError, asyncpg.ConnectionDoesNotExistError) as exc:
+            raise DatabaseConnectionError(f"connection lost: {type(exc).__name__}") from exc
+        except asyncpg.InterfaceError as exc:
+            if "arguments" in str(exc) or "invalid input" in str(exc):
+                raise QueryError(str(exc)) from exc
+            raise DatabaseConnectionError(f"driver error: {exc}") from exc
+        except (asyncpg.DataError, ValueError, TypeError) as exc:
+            raise QueryError(f"cannot encode parameters: {exc}") from exc
+
+    async def _fetch(
+        self,
+        conn: PooledConnection[Any],
+        raw: asyncpg.Connection,
+        query: str,
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> tuple[list[Any], str]:
+        cache = conn.cache
+        statement = cache.get(query)
+        if statement is None:
+            try:
+                statement = await raw.prepare(query, timeout=timeout)
+            except asyncpg.PostgresSyntaxError as exc:
+                if args or "multiple commands" not in str(exc):
+                    raise
+                # A script of several statements and no parameters.
+                status = await raw.execute(query, timeout=timeout)
+                return [], status
+            if len(cache) >= _STATEMENT_CACHE_SIZE:
+                cache.pop(next(iter(cache)))
+            cache[query] = statement
+        try:
+            rows = await statement.fetch(*args, timeout=timeout)
+        except asyncpg.InvalidCachedStatementError:
+            # The schema changed under the cached plan: prepare once more.
+            cache.pop(query, None)
+            statement = await raw.prepare(query, timeout=timeout)
+            cache[query] = statement
+            rows = await statement.fetch(*args, timeout=timeout)
+        return list(rows), statement.get_statusmsg() or ""
+
+    @asynccontextmanager
+    async def _transaction_impl(
+        self, read_only: bool, deadline: Deadline
+    ) -> AsyncIterator[Transaction]:
+        conn = await self.acquire(deadline)
+        raw: asyncpg.Connection = conn.raw
+        tx = _PgTransaction(self, conn, deadline)
+        clean = False
+        try:
+            pg_tx = raw.transaction(readonly=read_only or self.options.read_only)
+            await self._guard(pg_tx.start())
+            yield tx
+            if tx.failed:
+                await self._guard(pg_tx.rollback())
+                tx.status = "rolled_back"
+            else:
+                await self._guard(pg_tx.commit())
+                tx.status = "committed"
+            clean = True
+        finally:
+            if not clean:
+                tx.status = "rolled_back"
+            # A failed block leaves the transaction open: reset rolls it back.
+            self.release(conn, clean=clean)
+
+    def _transaction(
+        self, *, read_only: bool, deadline: Deadline
+    ) -> AbstractAsyncContextManager[Transaction]:
+        return self._transaction_impl(read_only, deadline)
+
+    async def _guard(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except asyncpg.PostgresError as exc:
+            raise QueryError(str(exc), sqlstate=exc.sqlstate) from exc
+        except (OSError, asyncpg.InterfaceError) as exc:
+            raise DatabaseConnectionError(f"connection lost: {type(exc).__name__}") from exc
+
+    async def _ping(self) -> None:
+        conn = await self.acquire()
+        clean = False
+        try:
+            await self._guard(conn.raw.fetchval("SELECT 1"))
+            clean = True
+        finally:
+            self.release(conn, clean=clean)
+
+
+class _PgTransaction(Transaction):
+    def __init__(
+        self, manager: AsyncPostgreSQLManager, conn: PooledConnection[Any], deadline: Deadline
+    ) -> None:
+        super().__init__()
+        self._manager = manager
+        self._conn = conn
+        self._deadline = deadline
+
+    async def _execute(self, query: str, params: Params) -> Result:
+        args = normalize_params(params)
+        check_count(query, args, "dollar")
+        try:
+            rows, status = await self._manager._run(self._conn, query, args, self._deadline)
+        except IogateError as exc:
+            return Result.from_exception(exc, resource=self._manager.name, operation="query")
+        result = _to_result(rows, status, self._manager.options.max_rows)
+        result.resource = self._manager.name
+        return result
+
+
+def _to_result(rows: list[Any], status: str, max_rows: int | None) -> Result:
+    truncated = max_rows is not None and len(rows) > max_rows
+    if truncated:
+        rows = rows[:max_rows]
+    if rows:
+        keys = list(rows[0].keys())
+        data: list[dict[str, Any]] = [row_to_dict(keys, row.values()) for row in rows]
+    else:
+        data = []
+    verb, _, rest = status.partition(" ")
+    rows_affected = None
+    if verb in _WRITE_VERBS:
+        count = rest.rsplit(" ", 1)[-1]
+        rows_affected = int(count) if count.isdigit() else None
+    return Result.ok(data, operation="query", rows_affected=rows_affected, truncated=truncated)
+
+
+async def _close_connection(raw: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(raw.close(), timeout=2.0)
+    except BaseException:
+        raw.terminate()
+        raise

@@ -1,0 +1,1 @@
+"""Value objects shared by every component; imports nothing else of iogate."""

@@ -1,0 +1,46 @@
+"""One deadline per request, bounding acquire, every attempt and every wait."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+__all__ = ["Deadline"]
+
+Clock = Callable[[], float]
+
+
+class Deadline:
+    """An absolute point in time on a monotonic clock; ``None`` budget = none."""
+
+    __slots__ = ("_clock", "expires_at")
+
+    def __init__(self, budget: float | None, *, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self.expires_at = None if budget is None else clock() + budget
+
+    @classmethod
+    def never(cls) -> Deadline:
+        return cls(None)
+
+    def remaining(self) -> float | None:
+        if self.expires_at is None:
+            return None
+        return max(0.0, self.expires_at - self._clock())
+
+    def expired(self) -> bool:
+        remaining = self.remaining()
+        return remaining is not None and remaining <= 0.0
+
+    def cap(self, timeout: float | None) -> float | None:
+        """The smaller of ``timeout`` and what is left of the deadline."""
+        remaining = self.remaining()
+        if remaining is None:
+            return timeout
+        if timeout is None:
+            return remaining
+        return min(timeout, remaining)
+
+    def __repr__(self) -> str:
+        remaining = self.remaining()
+        return "Deadline(none)" if remaining is None else f"Deadline(remaining={remaining:.3f}s)"

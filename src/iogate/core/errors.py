@@ -1,0 +1,140 @@
+"""The iogate exception tree.
+
+IogateError
+ ├── ConfigError                    bad configuration (names the key path)
+ ├── ParameterError                 query parameters that cannot be bound
+ ├── InvalidRequestError            a request iogate refuses before doing I/O
+ ├── ResourceNotFoundError          unknown database / api / operation name
+ ├── ClosedError                    use of a manager after close()
+ ├── DatabaseError
+ │    ├── DatabaseConnectionError   (also a builtin ConnectionError)
+ │    ├── QueryError                the database refused the statement
+ │    ├── ReadOnlyError             a write refused by a read-only transaction
+ │    └── PoolExhaustedError        no connection within acquire_timeout (also TimeoutError)
+ ├── OperationTimeoutError          a deadline or timeout passed (also builtin TimeoutError)
+ ├── CircuitOpenError              the resource's breaker fails fast
+ └── APIError
+      ├── APIConnectionError        (also a builtin ConnectionError)
+      ├── HTTPStatusError           the upstream answered non-2xx
+      ├── RateLimitedError          a configured or upstream rate limit
+      └── UpstreamAuthError         the upstream answered 401/403
+
+Every class carries ``error_type``: the stable code a failed ``Result`` reports.
+Driver exceptions are translated at the backend edge with ``raise ... from exc``;
+nothing in this module imports a driver.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "CircuitOpenError",
+    "ClosedError",
+    "ConfigError",
+    "DatabaseConnectionError",
+    "DatabaseError",
+    "HTTPStatusError",
+    "InvalidRequestError",
+    "IogateError",
+    "OperationTimeoutError",
+    "ParameterError",
+    "PoolExhaustedError",
+    "QueryError",
+    "RateLimitedError",
+    "ReadOnlyError",
+    "ResourceNotFoundError",
+    "UpstreamAuthError",
+]
+
+
+class IogateError(Exception):
+    """Root of every exception iogate raises."""
+
+    error_type: str = "unknown"
+
+
+class ConfigError(IogateError):
+    error_type = "config_error"
+
+
+class InvalidRequestError(IogateError):
+    error_type = "invalid_request"
+
+
+class ParameterError(InvalidRequestError, ValueError):
+    """Parameters that cannot be mapped to positional placeholders."""
+
+
+class ResourceNotFoundError(IogateError, LookupError):
+    error_type = "not_found"
+
+
+class ClosedError(IogateError, RuntimeError):
+    error_type = "closed"
+
+
+class DatabaseError(IogateError):
+    error_type = "database_error"
+
+
+class DatabaseConnectionError(DatabaseError, builtins.ConnectionError):
+    error_type = "connection_error"
+
+
+class QueryError(DatabaseError):
+    error_type = "query_error"
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class ReadOnlyError(QueryError):
+    error_type = "read_only"
+
+
+class OperationTimeoutError(IogateError, builtins.TimeoutError):
+    error_type = "timeout"
+
+
+class PoolExhaustedError(DatabaseError, builtins.TimeoutError):
+    error_type = "pool_exhausted"
+
+
+class CircuitOpenError(IogateError):
+    error_type = "circuit_open"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class APIError(IogateError):
+    error_type = "api_error"
+
+
+class APIConnectionError(APIError, builtins.ConnectionError):
+    error_type = "connection_error"
+
+
+class HTTPStatusError(APIError):
+    error_type = "http_error"
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RateLimitedError(APIError):
+    error_type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamAuthError(HTTPStatusError):
+    error_type = "http_error"

@@ -1,0 +1,127 @@
+"""The one outcome type every iogate operation returns.
+
+Operations never raise for an operation failure: they return a failed
+``Result`` whose ``error_type`` is a stable code (see DESIGN §3) and whose
+``error`` is a message that never contains a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from iogate.core.errors import IogateError
+
+__all__ = ["Result"]
+
+
+@dataclass(slots=True)
+class Result:
+    """Outcome of one operation; JSON-serialisable as is (``to_dict()``)."""
+
+    success: bool
+    data: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    resource: str | None = None
+    operation: str | None = None
+    duration_ms: float = 0.0
+    attempts: int = 1
+    rows_affected: int | None = None
+    status_code: int | None = None
+    truncated: bool = False
+    headers: dict[str, str] | None = field(default=None, repr=False)
+    retry_after: float | None = field(default=None, repr=False)
+
+    @classmethod
+    def ok(
+        cls,
+        data: Any = None,
+        *,
+        resource: str | None = None,
+        operation: str | None = None,
+        rows_affected: int | None = None,
+        status_code: int | None = None,
+        truncated: bool = False,
+    ) -> Result:
+        return cls(
+            success=True,
+            data=data,
+            resource=resource,
+            operation=operation,
+            rows_affected=rows_affected,
+            status_code=status_code,
+            truncated=truncated,
+        )
+
+    @classmethod
+    def fail(
+        cls,
+        error: str,
+        error_type: str,
+        *,
+        resource: str | None = None,
+        operation: str | None = None,
+        status_code: int | None = None,
+        data: Any = None,
+        retry_after: float | None = None,
+    ) -> Result:
+        return cls(
+            success=False,
+            data=data,
+            error=error,
+            error_type=error_type,
+            resource=resource,
+            operation=operation,
+            status_code=status_code,
+            retry_after=retry_after,
+        )
+
+    @classmethod
+    def from_exception(
+        cls,
+        exc: BaseException,
+        *,
+        resource: str | None = None,
+        operation: str | None = None,
+    ) -> Result:
+        """A failed Result for ``exc``; iogate errors keep their error_type."""
+        if isinstance(exc, IogateError):
+            return cls.fail(
+                str(exc) or type(exc).__name__,
+                exc.error_type,
+                resource=resource,
+                operation=operation,
+                status_code=getattr(exc, "status_code", None),
+                retry_after=getattr(exc, "retry_after", None),
+            )
+        # Unknown exception types: report the class, not the message, which
+        # may carry driver internals or secrets.
+        return cls.fail(
+            f"unexpected error: {type(exc).__name__}",
+            "internal_error",
+            resource=resource,
+            operation=operation,
+        )
+
+    def with_timing(self, duration_ms: float, attempts: int = 1) -> Result:
+        return replace(self, duration_ms=round(duration_ms, 3), attempts=attempts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape served by the gateway (``headers`` only when set)."""
+        out: dict[str, Any] = {
+            "success": self.success,
+            "data": self.data,
+            "error": self.error,
+            "error_type": self.error_type,
+            "resource": self.resource,
+            "operation": self.operation,
+            "duration_ms": self.duration_ms,
+            "attempts": self.attempts,
+            "rows_affected": self.rows_affected,
+            "status_code": self.status_code,
+            "truncated": self.truncated,
+        }
+        if self.headers is not None:
+            out["headers"] = self.headers
+        return out

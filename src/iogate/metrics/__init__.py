@@ -1,0 +1,1 @@
+"""Statistics and Prometheus metrics, fed by core events."""

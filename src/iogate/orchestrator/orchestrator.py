@@ -1,0 +1,302 @@
+"""The registry of named resources and the seed's orchestrator API.
+
+``AsyncOperationOrchestrator`` holds named database managers (and API
+managers, once added) and runs operations by name, always returning a
+``Result``: an unknown name is a failed Result with error_type
+``not_found``, never an exception. The most recently created or entered
+orchestrator is the "current" one that ``get_database_connection(name)``
+resolves names on (seed 000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import importlib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+from iogate.backends.base import AsyncDatabaseManager
+from iogate.core.config import DatabaseOptions
+from iogate.core.deadline import Deadline
+from iogate.core.errors import ConfigError, IogateError, ResourceNotFoundError
+from iogate.core.params import Params
+from iogate.core.result import Result
+
+__all__ = [
+    "AsyncOperationOrchestrator",
+    "DatabaseType",
+    "current_orchestrator",
+    "get_api_session",
+    "get_database_connection",
+]
+
+
+class DatabaseType(enum.StrEnum):
+    POSTGRESQL = "postgresql"
+    SQLITE = "sqlite"
+    MYSQL = "mysql"
+    REDIS = "redis"
+    MEMORY = "memory"
+
+    @classmethod
+    def parse(cls, value: DatabaseType | str) -> DatabaseType:
+        if isinstance(value, DatabaseType):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            known = ", ".join(t.value for t in cls)
+            raise ConfigError(f"unknown database type {value!r} (known: {known})") from None
+
+
+# type -> (module, class); imported lazily so a missing optional driver only
+# matters to whoever uses that type.
+_MANAGERS: dict[DatabaseType, tuple[str, str]] = {
+    DatabaseType.POSTGRESQL: ("iogate.backends.postgres", "AsyncPostgreSQLManager"),
+    DatabaseType.SQLITE: ("iogate.backends.sqlite", "AsyncSQLiteManager"),
+    DatabaseType.MYSQL: ("iogate.backends.mysql", "AsyncMySQLManager"),
+    DatabaseType.REDIS: ("iogate.backends.redis", "AsyncRedisManager"),
+    DatabaseType.MEMORY: ("iogate.backends.memory", "AsyncMemoryManager"),
+}
+
+# Options only the SQL managers understand (DatabaseOptions); others take
+# their own keyword arguments.
+_SQL_TYPES = frozenset({DatabaseType.POSTGRESQL, DatabaseType.SQLITE, DatabaseType.MYSQL})
+
+
+def create_database_manager(
+    name: str, db_type: DatabaseType | str, conn_string: str, **options: Any
+) -> AsyncDatabaseManager:
+    """A manager of ``db_type`` for ``conn_string`` (not opened yet)."""
+    kind = DatabaseType.parse(db_type)
+    module_name, class_name = _MANAGERS[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"database type {kind.value!r} needs a driver that is not installed: {exc.name}"
+        ) from exc
+    manager_class: Callable[..., AsyncDatabaseManager] = getattr(module, class_name)
+    if kind in _SQL_TYPES:
+        return manager_class(conn_string, name=name, options=DatabaseOptions.from_kwargs(**options))
+    return manager_class(conn_string, name=name, **options)
+
+
+_current: AsyncOperationOrchestrator | None = None
+
+
+def current_orchestrator() -> AsyncOperationOrchestrator:
+    if _current is None:
+        raise ResourceNotFoundError(
+            "no current orchestrator: create an AsyncOperationOrchestrator first"
+        )
+    return _current
+
+
+class AsyncOperationOrchestrator:
+    """Named resources and the operations run on them (seed 000)."""
+
+    def __init__(self) -> None:
+        global _current
+        self.databases: dict[str, AsyncDatabaseManager] = {}
+        self.apis: dict[str, Any] = {}
+        self._closed = False
+        _current = self
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncOperationOrchestrator databases={sorted(self.databases)} "
+            f"apis={sorted(self.apis)}>"
+        )
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncOperationOrchestrator:
+        global _current
+        _current = self
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every manager; idempotent."""
+        global _current
+        if self._closed:
+            return
+        self._closed = True
+        managers: list[Any] = [*self.databases.values(), *self.apis.values()]
+        await asyncio.gather(*(m.close() for m in managers), return_exceptions=True)
+        if _current is self:
+            _current = None
+
+    # -- registration -------------------------------------------------------------
+
+    def add_manager(self, name: str, manager: AsyncDatabaseManager) -> AsyncDatabaseManager:
+        """Register an existing manager under ``name`` (opened on first use)."""
+        self._check_name(name)
+        manager.name = name
+        self.databases[name] = manager
+        return manager
+
+    async def add_database_manager(
+        self,
+        name: str,
+        db_type: DatabaseType | str,
+        conn_string: str,
+        **options: Any,
+    ) -> AsyncDatabaseManager:
+        """Create, open and register a database manager.
+
+        Raises the connection error when the database cannot be reached
+        (nothing is registered then), and ConfigError for bad options.
+        """
+        self._check_name(name)
+        manager = create_database_manager(name, db_type, conn_string, **options)
+        try:
+            await manager.initialize_pool()
+        except BaseException:
+            await manager.close()
+            raise
+        self.databases[name] = manager
+        return manager
+
+    def _check_name(self, name: str) -> None:
+        if not name or not isinstance(name, str):
+            raise ConfigError("a resource name must be a non-empty string")
+        if name in self.databases or name in self.apis:
+            raise ConfigError(f"a resource named {name!r} is already registered")
+
+    async def add_api_manager(self, name: str, base_url: str, **options: Any) -> Any:
+        """Create, open and register an ``AsyncAPIManager`` for ``base_url``."""
+        self._check_name(name)
+        from iogate.backends.http import AsyncAPIManager
+
+        manager = AsyncAPIManager(base_url, name=name, **options)
+        await manager.initialize_session()
+        self.apis[name] = manager
+        return manager
+
+    def add_api(self, name: str, manager: Any) -> Any:
+        """Register an existing API manager under ``name``."""
+        self._check_name(name)
+        manager.name = name
+        self.apis[name] = manager
+        return manager
+
+    def get_api_manager(self, name: str) -> Any:
+        try:
+            return self.apis[name]
+        except KeyError:
+            raise ResourceNotFoundError(f"unknown api {name!r}") from None
+
+    def get_manager(self, name: str) -> AsyncDatabaseManager:
+        try:
+            return self.databases[name]
+        except KeyError:
+            raise ResourceNotFoundError(f"unknown database {name!r}") from None
+
+    # -- operations ---------------------------------------------------------------
+
+    async def execute_database_operation(
+        self,
+        db_name: str,
+        query: str,
+        params: Params = None,
+        *,
+        deadline: Deadline | None = None,
+        read_only: bool = False,
+        max_rows: int | None = None,
+    ) -> Result:
+        """Run ``query`` on the database named ``db_name``; never raises."""
+        manager = self.databases.get(db_name)
+        if manager is None:
+            return Result.fail(
+                f"unknown database {db_name!r}", "not_found", resource=db_name, operation="query"
+            )
+        return await manager.execute_query(
+            query, params, deadline=deadline, read_only=read_only, max_rows=max_rows
+        )
+
+    async def execute_api_operation(
+        self,
+        api_name: str,
+        method: str,
+        endpoint: str,
+        data: Any = None,
+        params: dict[str, Any] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        deadline: Deadline | None = None,
+    ) -> Result:
+        """Call ``method endpoint`` on the API named ``api_name``; never raises."""
+        manager = self.apis.get(api_name)
+        if manager is None:
+            return Result.fail(
+                f"unknown api {api_name!r}", "not_found", resource=api_name, operation=method
+            )
+        result: Result = await manager.request(
+            method, endpoint, data=data, params=params, headers=headers, deadline=deadline
+        )
+        return result
+
+    # -- observability --------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        return {
+            "databases": {name: m.get_stats() for name, m in self.databases.items()},
+            "apis": {name: m.get_stats() for name, m in self.apis.items()},
+        }
+
+    async def health_check(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+        """Ping every resource concurrently; ``{name: {status, latency_ms, ...}}``."""
+        resources: dict[str, Any] = {**self.databases, **self.apis}
+        checks = await asyncio.gather(*(_check(m, timeout) for m in resources.values()))
+        return dict(zip(resources, checks, strict=True))
+
+
+async def _check(manager: Any, timeout: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    entry: dict[str, Any] = {"type": manager.backend}
+    try:
+        await manager.ping(timeout)
+    except IogateError as exc:
+        entry.update(status="down", error=str(exc), error_type=exc.error_type)
+    except Exception as exc:  # a resource check must report, never crash /ready
+        entry.update(status="down", error=type(exc).__name__, error_type="internal_error")
+    else:
+        entry["status"] = "up"
+    entry["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    breaker = getattr(manager, "breaker_state", None)
+    if breaker is not None:
+        entry["circuit"] = breaker() if callable(breaker) else breaker
+    return entry
+
+
+@asynccontextmanager
+async def get_database_connection(
+    name: str, *, orchestrator: AsyncOperationOrchestrator | None = None
+) -> AsyncIterator[AsyncDatabaseManager]:
+    """``async with get_database_connection("main_db") as db: await db.execute_query(...)``."""
+    manager = (orchestrator or current_orchestrator()).get_manager(name)
+    await manager.initialize_pool()
+    yield manager
+
+
+@asynccontextmanager
+async def get_api_session(
+    name: str, *, orchestrator: AsyncOperationOrchestrator | None = None
+) -> AsyncIterator[Any]:
+    """``async with get_api_session("external_api") as api: await api.get("/users/1")``."""
+    manager = (orchestrator or current_orchestrator()).get_api_manager(name)
+    await manager.initialize_session()
+    yield manager

@@ -1,0 +1,1 @@
+"""Retries, circuit breakers, rate limits and deadlines."""
