@@ -1,0 +1,112 @@
+"""The ``iogate`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from iogate.core.errors import ConfigError
+from iogate.gateway.settings import Settings, load_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="iogate",
+    help="Asyncio toolkit and HTTP gateway for database and external-API operations.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (iogate.toml). Default: $IOGATE_CONFIG, else the embedded default "
+        "(SQLite 'main' at ./iogate.db, memory 'cache', loopback only).",
+        show_default=False,
+    ),
+]
+
+
+def _load(config: Path | None) -> Settings:
+    path = config or (
+        Path(os.environ["IOGATE_CONFIG"]) if os.environ.get("IOGATE_CONFIG") else None
+    )
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        err.print(f"[bold red]config error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (overrides [gateway] host).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (overrides [gateway] port).", min=0, max=65535)
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the HTTP gateway (OpenAPI docs at /docs)."""
+    settings = _load(config)
+    gateway = settings.gateway.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    settings = settings.model_copy(update={"gateway": gateway})
+    if not gateway.is_loopback() and not gateway.api_keys:
+        err.print(
+            f"[bold red]refusing to bind {gateway.host}:[/] a non-loopback host requires "
+            "[gateway] api_keys (configure [[gateway.api_keys]] or bind 127.0.0.1)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+
+    import uvicorn
+
+    from iogate.gateway.app import create_app
+
+    resources = [f"{name} ({db.type})" for name, db in settings.databases.items()]
+    resources += [f"{name} (api)" for name in settings.apis]
+    shown_host = f"[{gateway.host}]" if ":" in gateway.host else gateway.host
+    err.print(
+        f"iogate serving http://{shown_host}:{gateway.port} (docs at /docs) "
+        f"with {', '.join(resources) or 'no resources'}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=gateway.host,
+        port=gateway.port,
+        log_level=log_level,
+        server_header=False,
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the iogate version."""
+    from iogate import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The gateway's app factory: ``create_app(settings)``.
+
+The lifespan owns the resources: it builds the orchestrator from the
+settings, opens what it can (a resource that is down at start-up is reported
+by ``/ready`` and retried on first use, not fatal), and closes everything on
+shutdown. Routes translate requests into orchestrator calls and Results into
+HTTP through ``responses.result_response``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from iogate.core.deadline import Deadline
+from iogate.core.errors import IogateError
+from iogate.gateway.middleware import BodyLimitMiddleware
+from iogate.gateway.responses import ORJSONResponse, problem, result_response
+from iogate.gateway.settings import Settings, load_settings
+from iogate.orchestrator import AsyncOperationOrchestrator, create_database_manager
+
+__all__ = ["build_orchestrator", "create_app"]
+
+logger = logging.getLogger("iogate.gateway")
+
+READY_TIMEOUT = 1.0
+
+
+class DatabaseExecuteRequest(BaseModel):
+    """A statement (or, for Redis/memory, a key plus an operation) to run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    db_name: str = Field(min_length=1, description="Name of a configured database")
+    query: str = Field(
+        min_length=1, description="SQL with $1/? placeholders, or a key for redis/memory"
+    )
+    params: dict[str, Any] | list[Any] | None = Field(
+        default=None, description='Positional parameters: {"1": a, "2": b} or [a, b]'
+    )
+
+
+def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
+    """Every configured resource registered, none opened yet."""
+    orchestrator = AsyncOperationOrchestrator()
+    for name, db in settings.databases.items():
+        manager = create_database_manager(
+            name, db.type, db.connection_string(), **db.manager_options()
+        )
+        orchestrator.add_manager(name, manager)
+    if settings.apis:
+        from iogate.backends.http import AsyncAPIManager
+
+        for name, api in settings.apis.items():
+            manager = AsyncAPIManager(
+                api.base_url,
+                name=name,
+                max_connections=api.max_connections,
+                timeout=api.timeout,
+                headers=api.headers,
+                retry=api.retry.model_dump() if api.retry else None,
+                circuit_breaker=api.circuit_breaker.model_dump(exclude_none=True)
+                if api.circuit_breaker
+                else None,
+                rate_limit=api.rate_limit,
+            )
+            orchestrator.add_api(name, manager)
+    return orchestrator
+
+
+async def _open_all(orchestrator: AsyncOperationOrchestrator) -> None:
+    async def open_one(name: str, opener: Any) -> None:
+        try:
+            await opener()
+        except IogateError as exc:
+            logger.warning("%s is not available at start-up: %s", name, exc)
+
+    await asyncio.gather(
+        *(open_one(n, m.initialize_pool) for n, m in orchestrator.databases.items()),
+        *(open_one(n, m.initialize_session) for n, m in orchestrator.apis.items()),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings(None)
+    started_at = time.time()
+    # Fail now, not at start-up, on a type whose backend cannot be loaded.
+    for name, db in settings.databases.items():
+        create_database_manager(name, db.type, db.connection_string(), **db.manager_options())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        orchestrator = build_orchestrator(settings)
+        app.state.orchestrator = orchestrator
+        await _open_all(orchestrator)
+        try:
+            yield
+        finally:
+            await orchestrator.close()
+
+    app = FastAPI(
+        title="iogate",
+        version="0.1.0",
+        description="SQL, cache and HTTP API operations behind one safe endpoint.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
+    _install_error_handlers(app)
+
+    def orchestrator_of(request: Request) -> AsyncOperationOrchestrator:
+        orchestrator: AsyncOperationOrchestrator = request.app.state.orchestrator
+        return orchestrator
+
+    @app.post("/database/execute", tags=["operations"], summary="Run one database operation")
+    async def database_execute(body: DatabaseExecuteRequest, request: Request) -> Response:
+        db = settings.databases.get(body.db_name)
+        if db is not None and not db.allow_raw_sql:
+            return problem(
+                403,
+                "Raw SQL not allowed",
+                f"database {body.db_name!r} accepts only named operations (allow_raw_sql = false)",
+            )
+        result = await orchestrator_of(request).execute_database_operation(
+            body.db_name,
+            body.query,
+            body.params,
+            deadline=Deadline(settings.gateway.request_timeout),
+            max_rows=settings.gateway.max_rows,
+        )
+        return result_response(result, kind="database")
+
+    @app.get("/health", tags=["observability"], summary="Liveness (no I/O)")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "uptime_s": round(time.time() - started_at, 3)}
+
+    @app.get("/ready", tags=["observability"], summary="Readiness: pings every resource")
+    async def ready(request: Request) -> Response:
+        checks = await orchestrator_of(request).health_check(timeout=READY_TIMEOUT)
+        down = sorted(name for name, check in checks.items() if check["status"] != "up")
+        body = {"status": "not_ready" if down else "ready", "down": down, "resources": checks}
+        return ORJSONResponse(body, status_code=503 if down else 200)
+
+    @app.get("/stats", tags=["observability"], summary="Per-resource statistics")
+    async def stats(request: Request) -> Response:
+        body = {
+            "uptime_s": round(time.time() - started_at, 3),
+            **orchestrator_of(request).get_stats(),
+        }
+        return ORJSONResponse(body)
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"loc": ".".join(str(p) for p in e.get("loc", ())), "msg": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
+        return problem(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return problem(
+            exc.status_code,
+            _title(exc.status_code),
+            str(exc.detail),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "Internal Server Error", "an unexpected error occurred")
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

@@ -1,0 +1,303 @@
+"""``iogate.toml``: reading, ``${VAR}`` interpolation and strict validation.
+
+This module and ``cli.py`` are the only places that read the environment.
+Every problem is reported as a ConfigError whose message starts with the
+key's dotted path, e.g. ``databases.main.max_conections: unknown key``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from iogate.core.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "ApiKeySettings",
+    "ApiSettings",
+    "DatabaseSettings",
+    "GatewaySettings",
+    "OperationSettings",
+    "Settings",
+    "interpolate",
+    "load_settings",
+    "parse_settings",
+]
+
+DEFAULT_CONFIG = """\
+# Embedded default: used by `iogate serve` when no config file is given.
+[gateway]
+host = "127.0.0.1"
+port = 8080
+
+[databases.main]
+type = "sqlite"
+path = "iogate.db"
+
+[databases.cache]
+type = "memory"
+"""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiKeySettings(_Strict):
+    name: str
+    key: str | None = None
+    key_sha256: str | None = None
+    scopes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKeySettings:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key or key_sha256")
+        return self
+
+
+class GatewaySettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_batch_operations: int = Field(default=100, gt=0)
+    max_rows: int = Field(default=1000, gt=0)
+    request_timeout: float = Field(default=30.0, gt=0)
+    api_keys: list[ApiKeySettings] = Field(default_factory=list)
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class DatabaseSettings(_Strict):
+    type: Literal["postgresql", "sqlite", "mysql", "redis", "memory"]
+    url: str | None = None
+    path: str | None = None
+    min_connections: int | None = Field(default=None, ge=0)
+    max_connections: int | None = Field(default=None, gt=0)
+    acquire_timeout: float | None = Field(default=None, gt=0)
+    statement_timeout: float | None = Field(default=None, gt=0)
+    max_idle_time: float | None = Field(default=None, gt=0)
+    max_lifetime: float | None = Field(default=None, gt=0)
+    busy_timeout: float | None = Field(default=None, gt=0)
+    synchronous: Literal["NORMAL", "FULL", "OFF"] | None = None
+    read_only: bool = False
+    allow_raw_sql: bool = True
+    auto_pipeline: bool | None = None
+
+    @model_validator(mode="after")
+    def _location(self) -> DatabaseSettings:
+        if self.type == "sqlite":
+            if self.path is None and self.url is None:
+                raise ValueError("a sqlite database needs path")
+        elif self.type in {"postgresql", "mysql", "redis"} and self.url is None:
+            raise ValueError(f"a {self.type} database needs url")
+        return self
+
+    def connection_string(self) -> str:
+        return self.path or self.url or ""
+
+    def manager_options(self) -> dict[str, Any]:
+        """Keyword options for ``create_database_manager``: only those set."""
+        sql_keys = (
+            "min_connections",
+            "max_connections",
+            "acquire_timeout",
+            "statement_timeout",
+            "max_idle_time",
+            "max_lifetime",
+        )
+        options: dict[str, Any] = {}
+        if self.type in {"postgresql", "sqlite", "mysql"}:
+            for key in sql_keys:
+                value = getattr(self, key)
+                if value is not None:
+                    options[key] = value
+            if self.type == "sqlite":
+                if self.busy_timeout is not None:
+                    options["busy_timeout"] = self.busy_timeout
+                if self.synchronous is not None:
+                    options["synchronous"] = self.synchronous
+                if "max_connections" not in options:
+                    options["max_connections"] = 5
+                options["min_connections"] = min(
+                    options.get("min_connections", 1), options["max_connections"]
+                )
+            options["read_only"] = self.read_only
+            options["allow_raw_sql"] = self.allow_raw_sql
+        elif self.type == "redis":
+            if self.max_connections is not None:
+                options["max_connections"] = self.max_connections
+            if self.auto_pipeline is not None:
+                options["auto_pipeline"] = self.auto_pipeline
+        return options
+
+
+class RetrySettings(_Strict):
+    attempts: int = Field(default=3, ge=1, le=20)
+    backoff_initial: float = Field(default=0.1, ge=0)
+    backoff_max: float = Field(default=2.0, ge=0)
+
+
+class CircuitBreakerSettings(_Strict):
+    failure_threshold: int = Field(default=5, ge=1)
+    recovery_timeout: float = Field(default=5.0, gt=0)
+    failure_ratio: float | None = Field(default=None, gt=0, le=1)
+    window: float | None = Field(default=None, gt=0)
+    half_open_max_calls: int | None = Field(default=None, ge=1)
+
+
+class ApiSettings(_Strict):
+    base_url: str
+    max_connections: int = Field(default=30, gt=0)
+    timeout: float = Field(default=10.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+    retry: RetrySettings | None = None
+    circuit_breaker: CircuitBreakerSettings | None = None
+    rate_limit: str | None = None
+    verify_ssl: bool = True
+    ca_bundle: str | None = None
+
+
+class OperationCacheSettings(_Strict):
+    database: str = "cache"
+    ttl: float = Field(default=60.0, gt=0)
+    tags: list[str] = Field(default_factory=list)
+    invalidates: list[str] = Field(default_factory=list)
+
+
+class OperationSettings(_Strict):
+    database: str | None = None
+    api: str | None = None
+    query: str | None = None
+    method: str | None = None
+    endpoint: str | None = None
+    params: list[str] = Field(default_factory=list)
+    cache: OperationCacheSettings | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> OperationSettings:
+        if (self.database is None) == (self.api is None):
+            raise ValueError("give exactly one of database or api")
+        if self.database is not None and self.query is None:
+            raise ValueError("a database operation needs query")
+        if self.api is not None and (self.method is None or self.endpoint is None):
+            raise ValueError("an api operation needs method and endpoint")
+        return self
+
+
+class Settings(_Strict):
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
+    apis: dict[str, ApiSettings] = Field(default_factory=dict)
+    operations: dict[str, OperationSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        clash = sorted(set(self.databases) & set(self.apis))
+        if clash:
+            raise ValueError(f"names used for both a database and an api: {', '.join(clash)}")
+        for name, op in self.operations.items():
+            if op.database is not None and op.database not in self.databases:
+                raise ValueError(f"operations.{name}.database: unknown database {op.database!r}")
+            if op.api is not None and op.api not in self.apis:
+                raise ValueError(f"operations.{name}.api: unknown api {op.api!r}")
+            if op.cache is not None and op.cache.database not in self.databases:
+                raise ValueError(
+                    f"operations.{name}.cache.database: unknown database {op.cache.database!r}"
+                )
+        return self
+
+
+# -- interpolation -------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, env: Mapping[str, str], path: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env and (env[name] != "" or default is None):
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path or '<root>'}: environment variable {name} is not set")
+
+        return _VAR.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, f"{path}.{k}" if path else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def parse_settings(
+    text: str, *, env: Mapping[str, str] | None = None, source: str = ""
+) -> Settings:
+    """Validate TOML text; ConfigError names the first bad key's path."""
+    where = f"{source}: " if source else ""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}invalid TOML: {exc}") from None
+    try:
+        raw = interpolate(raw, os.environ if env is None else env)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(where + _describe(exc)) from None
+
+
+def load_settings(path: str | Path | None, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``path``, or the embedded default when ``path`` is None."""
+    if path is None:
+        return parse_settings(DEFAULT_CONFIG, env=env, source="<embedded default>")
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config file ({exc.strerror})") from None
+    return parse_settings(text, env=env, source=str(file))
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"] if part != "__root__")
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if (
+                "input" in error
+                and kind not in {"value_error"}
+                and not isinstance(error["input"], dict | list)
+            ):
+                message += f" (got {error['input']!r})"
+        lines.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(lines)
