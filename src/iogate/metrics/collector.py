@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -49,6 +50,7 @@ __all__ = [
     "MetricsCollector",
     "PoolSource",
     "mark_process_dead",
+    "prune_dead_workers",
     "render_multiprocess",
 ]
 
@@ -303,6 +305,8 @@ class MetricsCollector:
         scraper asks for it, the classic text format otherwise.
         """
         self.refresh()
+        if self.multiprocess_dir is not None:
+            prune_dead_workers(self.multiprocess_dir)
         return _encode(self.registry, accept)
 
     # -- event hook -----------------------------------------------------------
@@ -346,6 +350,7 @@ def render_multiprocess(
     path = os.fspath(multiprocess_dir)
     if not os.path.isdir(path):
         raise ConfigError(f"metrics: multiprocess_dir {path!r} is not a directory")
+    prune_dead_workers(path)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return _encode(registry, accept)
@@ -359,6 +364,34 @@ def mark_process_dead(multiprocess_dir: str | os.PathLike[str], pid: int) -> Non
     supervises the workers calls this when one of them exits.
     """
     multiprocess.mark_process_dead(pid, os.fspath(multiprocess_dir))  # type: ignore[no-untyped-call]
+
+
+def prune_dead_workers(multiprocess_dir: str | os.PathLike[str]) -> list[int]:
+    """``mark_process_dead`` for every worker whose live gauges outlived it.
+
+    uvicorn restarts a crashed worker without a hook to call
+    ``mark_process_dead``, and a dead worker's pool gauges would inflate the
+    sums forever; so every render checks the pids itself. The directory is
+    local to one host, so the pids are this host's. Returns the pids pruned.
+    """
+    path = os.fspath(multiprocess_dir)
+    pruned: set[int] = set()
+    for file in Path(path).glob("gauge_live*_*.db"):
+        pid_text = file.stem.rpartition("_")[2]
+        if pid_text.isdigit() and int(pid_text) not in pruned and not _alive(int(pid_text)):
+            mark_process_dead(path, int(pid_text))
+            pruned.add(int(pid_text))
+    return sorted(pruned)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check, nothing is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _encode(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
