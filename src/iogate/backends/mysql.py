@@ -1,0 +1,692 @@
+"""MySQL and MariaDB on asyncmy, through iogate's FIFO pool.
+
+asyncmy is imported only here and its exceptions are mapped to iogate errors
+at this edge. Connections run in autocommit mode with multi-statement
+support switched off at the protocol level, so one call is always one
+statement (the server itself refuses ``SELECT 1; DROP TABLE t``).
+
+Queries may use ``?``, ``$1..$n`` or ``%s`` placeholders (one style per
+query); they are rewritten to the driver's ``%s`` outside string literals,
+quoted identifiers and comments, and every other ``%`` is a literal percent
+sign. Statements with parameters run as server-side prepared statements
+(asyncmy's statement cache), so values are bound by the server, not spliced
+into the SQL text.
+
+The server enforces ``statement_timeout`` (MariaDB ``max_statement_time``,
+MySQL ``max_execution_time``, the latter for SELECT only); the connection
+survives it. A request deadline shorter than that is enforced on the client:
+the interrupted connection cannot be reused (the MySQL protocol has no
+cancel request), so it is discarded and its server thread is killed from a
+side connection, which also stops the statement and rolls back its
+transaction.
+
+Read-only work runs with ``SET SESSION TRANSACTION READ ONLY``: a plain
+``START TRANSACTION READ ONLY`` is not enough, because DDL commits the
+current transaction implicitly and would then run in a new, read-write one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from asyncmy.connection import Connection as MySQLConnection
+from asyncmy.constants import CLIENT
+from asyncmy.errors import MySQLError
+
+from iogate.backends.base import AsyncDatabaseManager, Transaction
+from iogate.backends.pool import Pool, PooledConnection
+from iogate.core.config import DatabaseOptions
+from iogate.core.deadline import Deadline
+from iogate.core.errors import (
+    ConfigError,
+    DatabaseConnectionError,
+    IogateError,
+    OperationTimeoutError,
+    ParameterError,
+    PoolExhaustedError,
+    QueryError,
+    ReadOnlyError,
+)
+from iogate.core.jsonable import row_to_dict
+from iogate.core.params import Params, normalize_params
+from iogate.core.redact import redact_text, redact_url
+from iogate.core.result import Result
+
+__all__ = [
+    "AsyncMySQLManager",
+    "MySQLConnection",
+    "MySQLTarget",
+    "bind_parameters",
+    "connect_mysql",
+    "parse_mysql_url",
+]
+
+logger = logging.getLogger("iogate.mysql")
+
+DEFAULT_MYSQL_PORT = 3306
+_SCHEMES = frozenset({"mysql", "mariadb", "mysql+asyncmy"})
+_URL_OPTIONS = frozenset({"charset"})
+_STATEMENT_CACHE_SIZE = 256
+_RESET_TIMEOUT = 5.0
+_KILL_TIMEOUT = 5.0
+
+# Server error codes (https://mariadb.com/kb/en/mariadb-error-codes/).
+_TIMEOUT_CODES = frozenset({1969, 3024})  # max_statement_time / max_execution_time
+_READ_ONLY_CODES = frozenset({1290, 1792, 1836})  # --read-only, READ ONLY transaction
+_CONNECTION_CODES = frozenset({1053, 1927, 4031})  # shutdown, killed, idle disconnect
+_UNKNOWN_THREAD = 1094
+
+
+# -- connection target ---------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MySQLTarget:
+    """Where and as whom to connect, parsed from ``mysql://user:pass@host:port/db``."""
+
+    host: str
+    port: int = DEFAULT_MYSQL_PORT
+    user: str | None = None
+    password: str = ""
+    database: str | None = None
+    charset: str = "utf8mb4"
+
+    def __repr__(self) -> str:
+        # The password never appears in a repr, log line or traceback.
+        return (
+            f"MySQLTarget(host={self.host!r}, port={self.port}, user={self.user!r}, "
+            f"password={'***' if self.password else ''!r}, database={self.database!r}, "
+            f"charset={self.charset!r})"
+        )
+
+
+def parse_mysql_url(url: str) -> MySQLTarget:
+    """``mysql://user:pass@host:port/db?charset=utf8mb4`` (also ``mariadb://``)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"invalid MySQL URL {redact_url(url)}: {exc}") from None
+    if parts.scheme not in _SCHEMES:
+        raise ConfigError(
+            f"MySQL URL must start with mysql:// or mariadb://, got {redact_url(url)}"
+        )
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - _URL_OPTIONS)
+    if unknown:
+        raise ConfigError(
+            f"unknown MySQL URL option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}"
+            f" (known: {', '.join(sorted(_URL_OPTIONS))})"
+        )
+    database = unquote(parts.path.lstrip("/")) or None
+    return MySQLTarget(
+        host=parts.hostname or "127.0.0.1",
+        port=port or DEFAULT_MYSQL_PORT,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else "",
+        database=database,
+        charset=options.get("charset") or "utf8mb4",
+    )
+
+
+async def connect_mysql(
+    target: MySQLTarget, *, timeout: float, statement_timeout: float | None
+) -> MySQLConnection:
+    """One asyncmy connection: autocommit, one statement per call, server-side timeout."""
+    where = f"{target.host}:{target.port}"
+    conn = MySQLConnection(  # type: ignore[no-untyped-call]
+        host=target.host,
+        port=target.port,
+        user=target.user,
+        password=target.password,
+        database=target.database,
+        charset=target.charset,
+        autocommit=True,
+        connect_timeout=timeout,
+        # UPDATE reports matched rows, as PostgreSQL does, not changed rows.
+        client_flag=CLIENT.FOUND_ROWS,
+        stmt_cache_size=_STATEMENT_CACHE_SIZE,
+        program_name="iogate",
+    )
+    # asyncmy always asks for multi-statements; without them a single call
+    # cannot smuggle "COMMIT; SET SESSION TRANSACTION READ WRITE; ..." past
+    # a read-only session. The flag is only read during the handshake.
+    conn._client_flag &= ~CLIENT.MULTI_STATEMENTS  # type: ignore[attr-defined]
+    try:
+        async with asyncio.timeout(timeout):
+            await conn.connect()
+            if statement_timeout is not None:
+                await _set_statement_timeout(conn, statement_timeout)
+    except TimeoutError:
+        conn.close()
+        raise DatabaseConnectionError(
+            f"cannot connect to {where}: no answer within {timeout:.3g}s"
+        ) from None
+    except (MySQLError, OSError) as exc:
+        conn.close()
+        reason = redact_text(_message(exc), [target.password])
+        raise DatabaseConnectionError(f"cannot connect to {where}: {reason}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def is_mariadb(conn: MySQLConnection) -> bool:
+    return "mariadb" in conn.get_server_info().lower()
+
+
+async def _set_statement_timeout(conn: MySQLConnection, seconds: float) -> None:
+    if is_mariadb(conn):
+        sql = f"SET SESSION max_statement_time = {seconds:.6f}"
+    else:
+        # MySQL's limit applies to read-only SELECT statements only.
+        sql = f"SET SESSION max_execution_time = {max(1, round(seconds * 1000))}"
+    cursor = conn.cursor()
+    await cursor.execute(sql)
+    await cursor.close()
+
+
+async def _close_connection(raw: MySQLConnection) -> None:
+    try:
+        async with asyncio.timeout(2.0):
+            await raw.ensure_closed()
+    finally:
+        raw.close()
+
+
+# -- placeholders ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Translated:
+    sql: str  # %s placeholders, every literal % doubled for the driver
+    order: tuple[int, ...]  # the argument index each %s takes, in order
+    expected: int  # how many arguments the query expects
+
+
+_IDENTIFIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+
+
+@functools.lru_cache(maxsize=512)
+def _translate(query: str) -> _Translated:
+    """Rewrite ``?``, ``$n`` and ``%s`` to ``%s`` outside literals and comments."""
+    out: list[str] = []
+    order: list[int] = []
+    styles: set[str] = set()
+    highest_dollar = 0
+    i, n = 0, len(query)
+    while i < n:
+        ch = query[i]
+        if ch in "'\"`":
+            end = _quoted_end(query, i)
+            out.append(query[i:end].replace("%", "%%"))
+            i = end
+        elif ch == "#" or (
+            query.startswith("--", i) and (i + 2 == n or query[i + 2] in " \t\r\n\f\v")
+        ):
+            end = query.find("\n", i)
+            end = n if end == -1 else end
+            out.append(query[i:end].replace("%", "%%"))
+            i = end
+        elif query.startswith("/*", i):
+            end = query.find("*/", i + 2)
+            end = n if end == -1 else end + 2
+            out.append(query[i:end].replace("%", "%%"))
+            i = end
+        elif ch == "?":
+            styles.add("?")
+            order.append(len(order))
+            out.append("%s")
+            i += 1
+        elif (
+            ch == "$"
+            and i + 1 < n
+            and query[i + 1].isdigit()
+            and (i == 0 or query[i - 1] not in _IDENTIFIER_CHARS)
+        ):
+            j = i + 1
+            while j < n and query[j].isdigit():
+                j += 1
+            position = int(query[i + 1 : j])
+            if position < 1:
+                raise ParameterError("placeholder $0: positions start at $1")
+            styles.add("$n")
+            highest_dollar = max(highest_dollar, position)
+            order.append(position - 1)
+            out.append("%s")
+            i = j
+        elif ch == "%":
+            if query.startswith("%s", i):
+                styles.add("%s")
+                order.append(len(order))
+                out.append("%s")
+                i += 2
+            else:
+                out.append("%%")
+                i += 1
+        else:
+            out.append(ch)
+            i += 1
+    if len(styles) > 1:
+        raise ParameterError(
+            f"query mixes placeholder styles {' and '.join(sorted(styles))}; use one"
+        )
+    expected = highest_dollar if "$n" in styles else len(order)
+    return _Translated("".join(out), tuple(order), expected)
+
+
+def _quoted_end(query: str, start: int) -> int:
+    """Index just past the literal or identifier opened at ``start``."""
+    quote = query[start]
+    i, n = start + 1, len(query)
+    while i < n:
+        ch = query[i]
+        if ch == "\\" and quote != "`":
+            i += 2  # backslash escapes (the default sql_mode)
+        elif ch == quote:
+            if i + 1 < n and query[i + 1] == quote:
+                i += 2  # doubled quote
+            else:
+                return i + 1
+        else:
+            i += 1
+    return n
+
+
+def bind_parameters(query: str, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...] | None]:
+    """The SQL and arguments to hand asyncmy, or ParameterError.
+
+    Without arguments the query is sent untouched (asyncmy only does
+    %-formatting when it is given arguments).
+    """
+    translated = _translate(query)
+    if translated.expected != len(args):
+        expected = translated.expected
+        raise ParameterError(
+            f"query expects {expected} parameter{'s' if expected != 1 else ''}, got {len(args)}"
+        )
+    if not args:
+        return query, None
+    return translated.sql, tuple(args[index] for index in translated.order)
+
+
+# -- the manager -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    columns: tuple[str, ...] | None  # None: the statement returned no result set
+    rows: list[tuple[Any, ...]]
+    rowcount: int
+    last_insert_id: int
+
+
+class AsyncMySQLManager(AsyncDatabaseManager):
+    """Pooled MySQL/MariaDB access returning ``Result``.
+
+    ``AsyncMySQLManager(url, max_connections=10)`` with
+    ``url = "mysql://user:pass@host:port/db"``; every other setting comes
+    through ``options`` (:class:`DatabaseOptions`). ``connect`` replaces how a
+    raw connection is made (a test seam).
+    """
+
+    backend = "mysql"
+
+    def __init__(
+        self,
+        url: str,
+        max_connections: int | None = None,
+        *,
+        name: str | None = None,
+        options: DatabaseOptions | None = None,
+        connect: Callable[[], Awaitable[MySQLConnection]] | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        options = options or DatabaseOptions()
+        if max_connections is not None:
+            options = replace(
+                options,
+                max_connections=max_connections,
+                min_connections=min(options.min_connections, max_connections),
+            )
+        self.options = options
+        self._url = url
+        self._target = parse_mysql_url(url)
+        self._connect = connect or self._default_connect
+        self._pool: Pool[MySQLConnection] = Pool(
+            connect=self._connect,
+            close=_close_connection,
+            min_size=options.min_connections,
+            max_size=options.max_connections,
+            max_idle_time=options.max_idle_time,
+            max_lifetime=options.max_lifetime,
+        )
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<AsyncMySQLManager {self.name!r} {redact_url(self._url)} {self._pool!r}>"
+
+    @property
+    def url(self) -> str:
+        """The URL with its password masked."""
+        return redact_url(self._url)
+
+    def pool_stats(self) -> dict[str, int]:
+        return self._pool.stats()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def _default_connect(self) -> MySQLConnection:
+        return await connect_mysql(
+            self._target,
+            timeout=self.options.acquire_timeout,
+            statement_timeout=self.options.statement_timeout,
+        )
+
+    async def _open(self) -> None:
+        await self._pool.open()
+
+    async def _close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._pool.close()
+
+    # -- connections ----------------------------------------------------------
+
+    async def acquire(self, deadline: Deadline | None = None) -> PooledConnection[Any]:
+        """Check out a pooled connection (pair with :meth:`release`)."""
+        await self._ensure_open()
+        timeout = (deadline or Deadline.never()).cap(self.options.acquire_timeout)
+        try:
+            return await self._pool.acquire(timeout or 0.0)
+        except PoolExhaustedError:
+            raise
+        except TimeoutError:
+            raise DatabaseConnectionError(
+                f"cannot connect to {self._target.host}:{self._target.port}: "
+                f"no answer within {timeout:.3g}s"
+            ) from None
+
+    def release(self, conn: PooledConnection[Any], *, clean: bool = True) -> None:
+        """Return a connection; ``clean=False`` resets (or discards) it first.
+
+        Synchronous bookkeeping plus tasks of their own, so a caller being
+        cancelled cannot interrupt it: the connection always comes back or
+        is closed.
+        """
+        raw: MySQLConnection = conn.raw
+        if conn.cache.pop("interrupted", False):
+            # A statement was cut off mid-flight: the stream is out of step
+            # and the server may still be running it.
+            self._pool.release(conn, discard=True)
+            self._spawn(self._kill(raw.thread_id()))
+            return
+        if not raw.connected:
+            self._pool.release(conn, discard=True)
+            return
+        if clean and not raw.get_transaction_status() and raw.get_autocommit():
+            self._pool.release(conn)
+            return
+        self._spawn(self._reset_and_release(conn))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reset_and_release(self, conn: PooledConnection[Any]) -> None:
+        raw: MySQLConnection = conn.raw
+        try:
+            async with asyncio.timeout(_RESET_TIMEOUT):
+                if raw.get_transaction_status():
+                    await raw.rollback()
+                if not raw.get_autocommit():
+                    await raw.autocommit(True)  # type: ignore[no-untyped-call]
+        except BaseException:
+            logger.debug("discarding a connection whose reset failed", exc_info=True)
+            raw.close()
+            self._pool.release(conn, discard=True)
+            return
+        self._pool.release(conn)
+
+    async def _kill(self, thread_id: int) -> None:
+        """Stop an interrupted statement's server thread from a side connection."""
+        try:
+            async with asyncio.timeout(_KILL_TIMEOUT):
+                side = await self._connect()
+                try:
+                    cursor = side.cursor()
+                    await cursor.execute(f"KILL {int(thread_id)}")
+                    await cursor.close()
+                finally:
+                    await _close_connection(side)
+        except MySQLError as exc:
+            if _code(exc) != _UNKNOWN_THREAD:  # already gone: nothing to stop
+                logger.warning("could not kill MySQL thread %s: %s", thread_id, _message(exc))
+        except Exception as exc:  # best effort: the server times the thread out anyway
+            logger.warning("could not kill MySQL thread %s: %s", thread_id, type(exc).__name__)
+
+    # -- operations -------------------------------------------------------------
+
+    async def _execute(
+        self,
+        query: str,
+        params: Params,
+        *,
+        deadline: Deadline,
+        read_only: bool,
+        max_rows: int | None,
+    ) -> Result:
+        sql, args = bind_parameters(query, normalize_params(params))
+        conn = await self.acquire(deadline)
+        clean = False
+        try:
+            await self._set_session_mode(conn, read_only or self.options.read_only, deadline)
+            outcome = await self._run(conn, sql, args, deadline)
+            clean = True
+        except QueryError:
+            clean = True  # the server refused the statement; the session is intact
+            raise
+        finally:
+            self.release(conn, clean=clean)
+        return _to_result(outcome, max_rows or self.options.max_rows)
+
+    async def _set_session_mode(
+        self, conn: PooledConnection[Any], read_only: bool, deadline: Deadline
+    ) -> None:
+        """Make the session's transactions read-only, or read-write again.
+
+        Read-only is set before every read-only call, never trusted from a
+        previous one: a statement may have changed it since.
+        """
+        if read_only:
+            await self._run(conn, "SET SESSION TRANSACTION READ ONLY", None, deadline)
+            conn.cache["session_read_only"] = True
+        elif conn.cache.get("session_read_only"):
+            await self._run(conn, "SET SESSION TRANSACTION READ WRITE", None, deadline)
+            conn.cache["session_read_only"] = False
+
+    async def _run(
+        self,
+        conn: PooledConnection[Any],
+        sql: str,
+        args: tuple[Any, ...] | None,
+        deadline: Deadline,
+    ) -> _Outcome:
+        """Run one statement, mapping asyncmy's errors to iogate's."""
+        raw: MySQLConnection = conn.raw
+        timeout = deadline.remaining()
+        if timeout is not None and timeout <= 0:
+            raise OperationTimeoutError("deadline passed before the statement was sent")
+        try:
+            async with asyncio.timeout(timeout):
+                cursor = raw.cursor()
+                await cursor.execute(sql, args)
+                description = cursor.description
+                rows = list(await cursor.fetchall()) if description else []
+                outcome = _Outcome(
+                    columns=tuple(column[0] for column in description) if description else None,
+                    rows=rows,
+                    rowcount=_count(cursor.rowcount),
+                    last_insert_id=int(cursor.lastrowid or 0),
+                )
+                await cursor.close()
+                return outcome
+        except TimeoutError:
+            conn.cache["interrupted"] = True
+            raise OperationTimeoutError(
+                f"statement did not finish within the deadline ({timeout:.3g}s)"
+            ) from None
+        except asyncio.CancelledError:
+            conn.cache["interrupted"] = True
+            raise
+        except MySQLError as exc:
+            raise self._map_error(exc) from exc
+        except (TypeError, ValueError, KeyError) as exc:
+            raise QueryError(f"cannot encode parameters: {type(exc).__name__}: {exc}") from exc
+
+    def _map_error(self, exc: MySQLError) -> IogateError:
+        code = _code(exc)
+        message = redact_text(_message(exc), [self._target.password])
+        sqlstate = getattr(exc, "sqlstate", None)
+        if code in _TIMEOUT_CODES:
+            return OperationTimeoutError(f"statement timeout: {message}")
+        if code in _READ_ONLY_CODES:
+            return ReadOnlyError(message, sqlstate=sqlstate)
+        if code is None or 2000 <= code < 3000 or code in _CONNECTION_CODES:
+            # 2xxx are client-side errors: the connection is gone or unusable.
+            return DatabaseConnectionError(f"connection lost: {message}")
+        return QueryError(message, sqlstate=sqlstate)
+
+    @asynccontextmanager
+    async def _transaction_impl(
+        self, read_only: bool, deadline: Deadline
+    ) -> AsyncIterator[Transaction]:
+        conn = await self.acquire(deadline)
+        tx = _MySQLTransaction(self, conn, deadline)
+        read_only = read_only or self.options.read_only
+        clean = False
+        try:
+            await self._set_session_mode(conn, read_only, deadline)
+            mode = "READ ONLY" if read_only else "READ WRITE"
+            await self._run(conn, f"START TRANSACTION {mode}", None, deadline)
+            yield tx
+            if tx.failed:
+                try:
+                    await self._run(conn, "ROLLBACK", None, deadline)
+                except IogateError:
+                    pass  # release resets or discards the connection: rolled back either way
+                else:
+                    clean = True
+                tx.status = "rolled_back"
+            else:
+                await self._run(conn, "COMMIT", None, deadline)
+                tx.status = "committed"
+                clean = True
+        finally:
+            if tx.status == "active":
+                tx.status = "rolled_back"
+            # An open transaction left behind is rolled back by the reset.
+            self.release(conn, clean=clean)
+
+    def _transaction(
+        self, *, read_only: bool, deadline: Deadline
+    ) -> AbstractAsyncContextManager[Transaction]:
+        return self._transaction_impl(read_only, deadline)
+
+    async def _ping(self) -> None:
+        conn = await self.acquire()
+        clean = False
+        try:
+            try:
+                await conn.raw.ping(reconnect=False)
+            except asyncio.CancelledError:
+                conn.cache["interrupted"] = True
+                raise
+            except MySQLError as exc:
+                raise self._map_error(exc) from exc
+            clean = True
+        finally:
+            self.release(conn, clean=clean)
+
+
+class _MySQLTransaction(Transaction):
+    def __init__(
+        self, manager: AsyncMySQLManager, conn: PooledConnection[Any], deadline: Deadline
+    ) -> None:
+        super().__init__()
+        self._manager = manager
+        self._conn = conn
+        self._deadline = deadline
+        self._ended = False
+
+    async def _execute(self, query: str, params: Params) -> Result:
+        manager = self._manager
+        if self._ended:
+            return Result.fail(
+                "the transaction was ended by an earlier statement; nothing more runs in it",
+                "invalid_request",
+                resource=manager.name,
+                operation="query",
+            )
+        sql, args = bind_parameters(query, normalize_params(params))
+        try:
+            outcome = await manager._run(self._conn, sql, args, self._deadline)
+        except IogateError as exc:
+            return Result.from_exception(exc, resource=manager.name, operation="query")
+        if not self._conn.raw.get_transaction_status():
+            # COMMIT, ROLLBACK or DDL (an implicit commit) ended it: later
+            # statements would run outside the transaction, and outside its
+            # read-only mode, so none may.
+            self._ended = True
+            return Result.fail(
+                "statement ended the transaction (COMMIT, ROLLBACK or an implicit "
+                "commit by DDL); work before it may already be committed",
+                "query_error",
+                resource=manager.name,
+                operation="query",
+            )
+        result = _to_result(outcome, manager.options.max_rows)
+        result.resource = manager.name
+        return result
+
+
+def _to_result(outcome: _Outcome, max_rows: int | None) -> Result:
+    if outcome.columns is None:
+        # No result set: a write, DDL or SET. The AUTO_INCREMENT value a
+        # write generated is reported as the one row of data.
+        data = [{"last_insert_id": outcome.last_insert_id}] if outcome.last_insert_id else []
+        return Result.ok(data, operation="query", rows_affected=outcome.rowcount)
+    rows = outcome.rows
+    truncated = max_rows is not None and len(rows) > max_rows
+    if truncated:
+        rows = rows[:max_rows]
+    columns = outcome.columns
+    return Result.ok(
+        [row_to_dict(columns, row) for row in rows], operation="query", truncated=truncated
+    )
+
+
+def _count(rowcount: object) -> int:
+    # asyncmy reports -1 or None when there is no count.
+    return rowcount if isinstance(rowcount, int) and rowcount > 0 else 0
+
+
+def _code(exc: MySQLError) -> int | None:
+    first = exc.args[0] if exc.args else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def _message(exc: BaseException) -> str:
+    args = exc.args
+    if len(args) >= 2 and isinstance(args[0], int):
+        return f"({args[0]}) {args[1]}"
+    return str(exc) or type(exc).__name__
