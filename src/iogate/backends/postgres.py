@@ -304,20 +304,23 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
         tx = _PgTransaction(self, conn, deadline)
         clean = False
         try:
-            pg_tx = raw.transaction(readonly=read_only or self.options.read_only)
-            await self._guard(pg_tx.start())
-            yield tx
-            if tx.failed:
-                await self._guard(pg_tx.rollback())
-                tx.status = "rolled_back"
-            else:
-                await self._guard(pg_tx.commit())
-                tx.status = "committed"
+            try:
+                # asyncpg's managed transaction rolls back on any exception.
+                async with raw.transaction(readonly=read_only or self.options.read_only):
+                    yield tx
+                    if tx.failed:
+                        raise _RollBack
+            except _RollBack:
+                pass
+            except asyncpg.PostgresError as exc:
+                raise QueryError(str(exc), sqlstate=exc.sqlstate) from exc
+            except (OSError, asyncpg.InterfaceError) as exc:
+                raise DatabaseConnectionError(f"connection lost: {type(exc).__name__}") from exc
+            tx.status = "rolled_back" if tx.failed else "committed"
             clean = True
         finally:
             if not clean:
                 tx.status = "rolled_back"
-            # A failed block leaves the transaction open: reset rolls it back.
             self.release(conn, clean=clean)
 
     def _transaction(
@@ -341,6 +344,10 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
             clean = True
         finally:
             self.release(conn, clean=clean)
+
+
+class _RollBack(Exception):
+    """Raised inside the managed transaction to roll it back quietly."""
 
 
 class _PgTransaction(Transaction):
