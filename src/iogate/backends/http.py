@@ -1,0 +1,767 @@
+"""External HTTP APIs on aiohttp: one pooled session per API.
+
+``AsyncAPIManager`` turns every call into a ``Result``: 2xx is a success with
+the parsed JSON body (text when it is not JSON), ``status_code`` and the
+response headers; anything else is a failed Result whose ``error_type`` is
+``http_error`` (with the size-capped upstream body as ``data``),
+``rate_limited``, ``timeout``, ``connection_error``, ``circuit_open`` or
+``invalid_request``.
+
+Around each request, in this order: the endpoint is joined to the base URL
+(``iogate.backends.urls`` refuses anything that could leave it), one deadline
+is set (the smaller of ``timeout`` and the caller's), then attempts run under
+``iogate.resilience.retry``; each attempt passes the circuit breaker and the
+rate limiter before it touches the network. Redirects are followed by hand,
+and only on the base URL's origin.
+
+aiohttp is imported only here; its exceptions are mapped to Results at this
+edge. Configured header values never appear in a Result, an error message or
+the stats: messages are written here from the method and path, never from a
+driver's exception text, and response bodies are scrubbed of those values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random as _random
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from iogate.backends.base import ManagerState
+from iogate.backends.urls import BaseURL, join_endpoint
+from iogate.core.deadline import Deadline
+from iogate.core.errors import (
+    APIConnectionError,
+    CircuitOpenError,
+    ClosedError,
+    ConfigError,
+    InvalidRequestError,
+    IogateError,
+    OperationTimeoutError,
+    RateLimitedError,
+)
+from iogate.core.events import OperationEvent, emit
+from iogate.core.redact import redact_text
+from iogate.core.result import Result
+from iogate.core.stats import OperationStats
+from iogate.resilience.breaker import CircuitBreaker, CircuitBreakerConfig
+from iogate.resilience.budget import RetryBudget
+from iogate.resilience.ratelimit import RateLimiter
+from iogate.resilience.retry import (
+    Random,
+    RetryPolicy,
+    Sleep,
+    parse_retry_after,
+    retry_results,
+)
+
+__all__ = [
+    "DEFAULT_ERROR_BODY_BYTES",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "DEFAULT_TIMEOUT",
+    "AsyncAPIManager",
+    "ExternalAPISession",
+]
+
+DEFAULT_MAX_CONNECTIONS = 30
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+DEFAULT_ERROR_BODY_BYTES = 4096
+DEFAULT_DNS_CACHE_TTL = 300
+MAX_REDIRECTS = 5
+
+_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+# RFC 9110 §9.2.2: repeating these has the same effect as sending them once.
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Headers a caller may not set: they would let a request choose another
+# virtual host or desynchronise the connection (request smuggling).
+_FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_SENSITIVE_HEADER = re.compile(r"(?i)auth|token|key|secret|cookie|passw|signature|session")
+_HEADER_VALUE_OK = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+_HEADER_NAME_OK = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_IDEMPOTENCY_KEY = "idempotency-key"
+
+
+@dataclass(slots=True)
+class _Call:
+    """What the retry decision needs to know about one request."""
+
+    method: str
+    idempotent: bool
+    attempts: int = 0
+    # True while every attempt so far provably never reached the upstream
+    # (connection refused, no connection within the timeout).
+    not_sent: bool = False
+
+
+class AsyncAPIManager:
+    """One external API: pooled session, retries, breaker, rate limit (seed 000).
+
+    ``retry``, ``circuit_breaker`` accept their config object, a dict from a
+    config file, or ``False`` to turn them off; ``rate_limit`` is a string
+    such as ``"100/second"`` (``rate_limit_storage`` an async ``limits``
+    storage URI to share it between processes).
+    """
+
+    backend: ClassVar[str] = "http"
+
+    def __init__(
+        self,
+        base_url: str,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | bool | int | None = None,
+        circuit_breaker: CircuitBreakerConfig | Mapping[str, Any] | bool | None = None,
+        rate_limit: str | None = None,
+        *,
+        name: str | None = None,
+        rate_limit_storage: str | None = None,
+        retry_budget: RetryBudget | bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        random: Random = _random.random,
+    ) -> None:
+        self.base = BaseURL.parse(base_url)
+        self.name = name or self.base.host
+        if max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive, got {timeout}")
+        self.max_connections = max_connections
+        self.timeout = float(timeout)
+        self.max_response_bytes = max_response_bytes
+        self._headers = _checked_headers(headers or {}, configured=True)
+        self._secrets = _secret_values(self._headers)
+        self.retry_policy = RetryPolicy.coerce(retry)
+        breaker_config = CircuitBreakerConfig.coerce(circuit_breaker)
+        self.breaker = (
+            None
+            if breaker_config is None
+            else CircuitBreaker(breaker_config, name=self.name, clock=clock)
+        )
+        self.rate_limiter = (
+            None
+            if rate_limit is None
+            else RateLimiter(rate_limit, name=self.name, storage_uri=rate_limit_storage)
+        )
+        if retry_budget is True:
+            self.retry_budget: RetryBudget | None = RetryBudget(clock=clock)
+        elif retry_budget is False:
+            self.retry_budget = None
+        else:
+            self.retry_budget = retry_budget
+        self._clock = clock
+        self._sleep = sleep
+        self._random = random
+        self.state = ManagerState.UNOPENED
+        self._session: aiohttp.ClientSession | None = None
+        self._open_lock = asyncio.Lock()
+        self._stats = OperationStats()
+
+    def __repr__(self) -> str:
+        return f"<AsyncAPIManager {self.name!r} {self.base} state={self.state.value}>"
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def initialize_session(self) -> None:
+        """Open the pooled session; idempotent. A closed manager cannot reopen."""
+        if self.state is ManagerState.OPEN:
+            return
+        if self.state is ManagerState.CLOSED:
+            raise ClosedError(f"{self.name}: manager is closed and cannot be reopened")
+        async with self._open_lock:
+            if self.state is ManagerState.UNOPENED:
+                connector = aiohttp.TCPConnector(
+                    limit=self.max_connections,
+                    limit_per_host=self.max_connections,
+                    ttl_dns_cache=DEFAULT_DNS_CACHE_TTL,
+                )
+                self._session = aiohttp.ClientSession(
+                    connector=connector,
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=None),
+                    # Proxies from the environment would send our requests
+                    # (and credentials) somewhere the config does not name.
+                    trust_env=False,
+                    raise_for_status=False,
+                )
+                self.state = ManagerState.OPEN
+
+    async def close(self) -> None:
+        """Close the session and its connections; idempotent."""
+        if self.state is ManagerState.CLOSED:
+            return
+        self.state = ManagerState.CLOSED
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncAPIManager:
+        await self.initialize_session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "state", None) is ManagerState.OPEN:
+            warnings.warn(
+                f"AsyncAPIManager {self.name!r} was never closed",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+    # -- operations ---------------------------------------------------------
+
+    async def get(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("GET", endpoint, data=data, params=params, headers=headers)
+
+    async def post(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("POST", endpoint, data=data, params=params, headers=headers)
+
+    async def put(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("PUT", endpoint, data=data, params=params, headers=headers)
+
+    async def patch(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("PATCH", endpoint, data=data, params=params, headers=headers)
+
+    async def delete(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("DELETE", endpoint, data=data, params=params, headers=headers)
+
+    async def request(
+        self,
+        method: str,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        deadline: Deadline | None = None,
+    ) -> Result:
+        """One call to the API; never raises for a failure (see module doc)."""
+        started = time.perf_counter()
+        verb = method.upper() if isinstance(method, str) else "?"
+        call = _Call(method=verb, idempotent=False)
+        try:
+            result = await self._request(call, endpoint, data, params, headers, deadline)
+        except IogateError as exc:
+            result = Result.from_exception(exc)
+        result.resource = self.name
+        result.operation = verb
+        duration = time.perf_counter() - started
+        result.duration_ms = round(duration * 1000, 3)
+        result.attempts = max(call.attempts, 1)
+        self._stats.record(result.duration_ms, result.error_type)
+        emit(
+            OperationEvent(
+                resource=self.name,
+                kind="api",
+                backend=self.backend,
+                operation=verb,
+                duration_s=duration,
+                error_type=result.error_type,
+                attempts=result.attempts,
+            )
+        )
+        return result
+
+    async def _request(
+        self,
+        call: _Call,
+        endpoint: str,
+        data: Any,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        deadline: Deadline | None,
+    ) -> Result:
+        if call.method not in _METHODS:
+            raise InvalidRequestError(
+                f"method must be one of {', '.join(sorted(_METHODS))}, got {call.method[:16]!r}"
+            )
+        url = join_endpoint(self.base, endpoint)
+        extra_headers = _checked_headers(headers, configured=False) if headers else None
+        query = _query_params(params)
+        body, content_type = _encode_body(data)
+        if content_type is not None:
+            extra_headers = {**(extra_headers or {}), "Content-Type": content_type}
+        secrets = self._secrets
+        if extra_headers:
+            secrets = secrets + _secret_values(extra_headers)
+        call.idempotent = call.method in _IDEMPOTENT_METHODS or _has_idempotency_key(
+            self._headers, extra_headers
+        )
+        if self.state is not ManagerState.OPEN:
+            await self.initialize_session()
+        session = self._session
+        assert session is not None
+        # One deadline bounds every attempt and every wait between them.
+        effective = Deadline(self.timeout, clock=self._clock)
+        if deadline is not None:
+            remaining = deadline.remaining()
+            if remaining is not None and remaining < self.timeout:
+                effective = deadline
+        if effective.expired():
+            raise OperationTimeoutError("deadline passed before the request started")
+        if self.retry_budget is not None:
+            self.retry_budget.deposit()
+
+        async def attempt() -> Result:
+            call.attempts += 1
+            return await self._attempt(
+                session, call, url, query, body, extra_headers, effective, secrets
+            )
+
+        return await retry_results(
+            attempt,
+            policy=self.retry_policy,
+            should_retry=lambda result: self._should_retry(call, result),
+            deadline=effective,
+            stop_checks=self._stop_checks(),
+            sleep=self._sleep,
+            random=self._random,
+        )
+
+    def _stop_checks(self) -> list[Any]:
+        checks: list[Any] = []
+        breaker = self.breaker
+        if breaker is not None:
+            checks.append(lambda: not breaker.allows())
+        budget = self.retry_budget
+        if budget is not None:
+            # Last on purpose: it takes a token, so it runs only for a retry
+            # that every other check has already allowed.
+            checks.append(lambda: not budget.try_withdraw())
+        return checks
+
+    def _should_retry(self, call: _Call, result: Result) -> bool:
+        if result.success:
+            return False
+        transient = result.error_type in {"timeout", "connection_error"} or (
+            result.status_code is not None
+            and result.status_code in self.retry_policy.retry_statuses
+        )
+        # A POST/PATCH that may have reached the upstream could be applied
+        # twice; retry it only with an Idempotency-Key or proof it never left.
+        return transient and (call.idempotent or call.not_sent)
+
+    async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        call: _Call,
+        url: str,
+        query: list[tuple[str, str]] | None,
+        body: bytes | None,
+        headers: dict[str, str] | None,
+        deadline: Deadline,
+        secrets: tuple[str, ...],
+    ) -> Result:
+        ticket: int | None = None
+        breaker = self.breaker
+        try:
+            if breaker is not None:
+                ticket = breaker.acquire()
+            if self.rate_limiter is not None:
+                await self.rate_limiter.acquire()
+        except (CircuitOpenError, RateLimitedError) as exc:
+            if breaker is not None and ticket is not None:
+                breaker.release(ticket)
+            call.not_sent = call.attempts == 1 or call.not_sent
+            return Result.from_exception(exc)
+        remaining = deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            if breaker is not None and ticket is not None:
+                breaker.release(ticket)
+            return Result.fail(f"{call.method}: deadline passed", "timeout")
+        try:
+            result, not_sent = await self._send(
+                session, call.method, url, query, body, headers, remaining, secrets
+            )
+        except BaseException:
+            if breaker is not None and ticket is not None:
+                breaker.release(ticket)
+            raise
+        call.not_sent = not_sent and (call.attempts == 1 or call.not_sent)
+        if breaker is not None and ticket is not None:
+            if _upstream_failed(result):
+                breaker.record_failure(ticket)
+            else:
+                breaker.record_success(ticket)
+        return result
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        query: list[tuple[str, str]] | None,
+        body: bytes | None,
+        headers: dict[str, str] | None,
+        timeout: float | None,
+        secrets: tuple[str, ...],
+    ) -> tuple[Result, bool]:
+        """One attempt on the wire; returns (Result, provably-not-sent)."""
+        target: str | URL = url
+        path = _display_path(url)
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                async with session.request(
+                    method,
+                    target,
+                    params=query,
+                    data=body,
+                    headers=headers,
+                    timeout=client_timeout,
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    if status in _REDIRECTS and "Location" in response.headers:
+                        next_url = response.url.join(URL(response.headers["Location"]))
+                        if not self.base.same_origin(str(next_url)):
+                            return Result.fail(
+                                f"{method} {path}: redirect to another origin refused",
+                                "http_error",
+                                status_code=status,
+                            ), False
+                        target, query = next_url, None
+                        if status == 303 or (status in {301, 302} and method == "POST"):
+                            method, body = "GET", None
+                        continue
+                    return await self._read_response(response, method, path, secrets), False
+            return Result.fail(
+                f"{method} {path}: more than {MAX_REDIRECTS} redirects", "http_error"
+            ), False
+        except aiohttp.ClientConnectorError:
+            # The TCP (or TLS) connection was never established: nothing sent.
+            return Result.fail(
+                f"{method} {path}: cannot connect to {self.base.origin}", "connection_error"
+            ), True
+        except aiohttp.ConnectionTimeoutError:
+            return Result.fail(
+                f"{method} {path}: no connection to {self.base.origin} within the timeout",
+                "timeout",
+            ), True
+        except (aiohttp.ServerTimeoutError, TimeoutError):
+            return Result.fail(f"{method} {path}: no answer within the timeout", "timeout"), False
+        except aiohttp.InvalidURL:
+            return Result.fail(f"{method} {path}: invalid URL", "invalid_request"), True
+        except aiohttp.ClientError as exc:
+            # Disconnected, reset or a broken body: the request may have been
+            # processed, so this is not "never sent".
+            return Result.fail(
+                f"{method} {path}: connection failed ({type(exc).__name__})",
+                "connection_error",
+            ), False
+
+    async def _read_response(
+        self,
+        response: aiohttp.ClientResponse,
+        method: str,
+        path: str,
+        secrets: tuple[str, ...],
+    ) -> Result:
+        status = response.status
+        ok = 200 <= status < 300
+        cap = self.max_response_bytes if ok else DEFAULT_ERROR_BODY_BYTES
+        raw, truncated = await _read_capped(response, cap)
+        content_type = response.headers.get("Content-Type", "")
+        data = _decode_body(raw, content_type, secrets, truncated)
+        headers = dict(response.headers)
+        if ok:
+            result = Result.ok(data, status_code=status, truncated=truncated)
+            result.headers = headers
+            return result
+        retry_after = (
+            parse_retry_after(response.headers.get("Retry-After")) if status in {429, 503} else None
+        )
+        error_type = "rate_limited" if status == 429 else "http_error"
+        result = Result.fail(
+            f"{method} {path}: upstream answered {status}",
+            error_type,
+            status_code=status,
+            data=data,
+            retry_after=retry_after,
+        )
+        result.truncated = truncated
+        result.headers = headers
+        return result
+
+    # -- health and observability ------------------------------------------------
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """Raise unless the breaker is not open and the upstream accepts TCP."""
+        if self.state is ManagerState.CLOSED:
+            raise ClosedError(f"{self.name}: manager is closed")
+        if self.breaker is not None and self.breaker.state.value == "open":
+            raise CircuitOpenError(
+                f"{self.name}: circuit is open", retry_after=self.breaker.retry_after()
+            )
+        try:
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(self.base.host, self.base.port)
+        except TimeoutError:
+            raise OperationTimeoutError(
+                f"{self.name}: {self.base.origin} did not accept a connection within {timeout}s"
+            ) from None
+        except OSError as exc:
+            raise APIConnectionError(f"{self.name}: cannot connect to {self.base.origin}") from exc
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+    def breaker_state(self) -> str:
+        return "disabled" if self.breaker is None else self.breaker.state.value
+
+    def get_stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.backend,
+            "state": self.state.value,
+            "base_url": str(self.base),
+            **self._stats.snapshot(),
+            "circuit": None if self.breaker is None else self.breaker.snapshot(),
+            "retry_budget": None if self.retry_budget is None else self.retry_budget.snapshot(),
+            "rate_limit": None if self.rate_limiter is None else self.rate_limiter.snapshot(),
+            "pool": {"max_connections": self.max_connections},
+        }
+
+
+class ExternalAPISession:
+    """Seed 002's raw session holder: ``async with ExternalAPISession(url) as s: s.session``.
+
+    ``.session`` is a plain ``aiohttp.ClientSession`` on ``base_url``; it
+    offers none of ``AsyncAPIManager``'s endpoint checks, retries or
+    breaker, and is kept for code written against the seed.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = str(BaseURL.parse(base_url))
+        self.timeout = timeout
+        self.state = ManagerState.UNOPENED
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise ClosedError("ExternalAPISession is not open; use initialize() or async with")
+        return self._session
+
+    async def initialize(self) -> None:
+        if self.state is ManagerState.OPEN:
+            return
+        if self.state is ManagerState.CLOSED:
+            raise ClosedError("ExternalAPISession is closed and cannot be reopened")
+        self._session = aiohttp.ClientSession(
+            base_url=self.base_url,
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(
+                limit=100, limit_per_host=20, ttl_dns_cache=DEFAULT_DNS_CACHE_TTL
+            ),
+            trust_env=False,
+        )
+        self.state = ManagerState.OPEN
+
+    async def close(self) -> None:
+        if self.state is ManagerState.CLOSED:
+            return
+        self.state = ManagerState.CLOSED
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    aclose = close
+
+    async def __aenter__(self) -> ExternalAPISession:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _checked_headers(headers: Mapping[str, str], *, configured: bool) -> dict[str, str]:
+    where = "configured" if configured else "request"
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME_OK.match(name):
+            raise (ConfigError if configured else InvalidRequestError)(
+                f"{where} header name is not a valid token"
+            )
+        if not isinstance(value, str) or not _HEADER_VALUE_OK.match(value):
+            # The value is never echoed: it may be a credential.
+            raise (ConfigError if configured else InvalidRequestError)(
+                f"{where} header {name!r} has a value with control characters"
+            )
+        if name.lower() in _FORBIDDEN_HEADERS:
+            raise (ConfigError if configured else InvalidRequestError)(
+                f"{where} header {name!r} may not be set"
+            )
+        out[name] = value
+    return out
+
+
+def _secret_values(headers: Mapping[str, str]) -> tuple[str, ...]:
+    secrets: list[str] = []
+    for name, value in headers.items():
+        if _SENSITIVE_HEADER.search(name) and value:
+            secrets.append(value)
+            scheme, _, credential = value.partition(" ")
+            if credential and scheme.isalpha():
+                secrets.append(credential.strip())
+    return tuple(s for s in secrets if len(s) >= 4)
+
+
+def _has_idempotency_key(*header_sets: Mapping[str, str] | None) -> bool:
+    return any(
+        name.lower() == _IDEMPOTENCY_KEY and value
+        for headers in header_sets
+        if headers
+        for name, value in headers.items()
+    )
+
+
+def _query_params(params: Mapping[str, Any] | None) -> list[tuple[str, str]] | None:
+    if not params:
+        return None
+    if not isinstance(params, Mapping):
+        raise InvalidRequestError("params must be an object of query parameters")
+    out: list[tuple[str, str]] = []
+    for key, value in params.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        for item in values:
+            if item is None:
+                continue
+            if isinstance(item, bool):
+                out.append((str(key), "true" if item else "false"))
+            elif isinstance(item, str | int | float):
+                out.append((str(key), str(item)))
+            else:
+                raise InvalidRequestError(
+                    f"query parameter {str(key)[:64]!r} must be a string, number or boolean"
+                )
+    return out
+
+
+def _encode_body(data: Any) -> tuple[bytes | None, str | None]:
+    if data is None:
+        return None, None
+    if isinstance(data, bytes):
+        return data, "application/octet-stream"
+    if isinstance(data, str):
+        return data.encode(), "text/plain; charset=utf-8"
+    try:
+        return orjson.dumps(data), "application/json"
+    except TypeError:
+        raise InvalidRequestError("request data is not JSON-serialisable") from None
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    length = response.content_length
+    if length is not None and length <= cap:
+        return await response.read(), False
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > cap:
+            return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
+
+
+def _decode_body(raw: bytes, content_type: str, secrets: tuple[str, ...], truncated: bool) -> Any:
+    if not raw:
+        return None
+    if secrets:
+        # An upstream echoing our credentials (a debug endpoint, an error
+        # page) must not hand them to whoever reads the Result.
+        text = redact_text(raw.decode("utf-8", errors="replace"), secrets)
+        if "json" in content_type and not truncated:
+            try:
+                return orjson.loads(text)
+            except orjson.JSONDecodeError:
+                return text
+        return text
+    if "json" in content_type and not truncated:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return raw.decode("utf-8", errors="replace")
+
+
+def _display_path(url: str) -> str:
+    # Messages name the path only: a query string may carry an API key.
+    scheme_end = url.find("://")
+    path_start = url.find("/", scheme_end + 3)
+    path = url[path_start:] if path_start >= 0 else "/"
+    return path.partition("?")[0][:200]
+
+
+def _upstream_failed(result: Result) -> bool:
+    """Does this attempt count against the breaker? 4xx means the upstream is up."""
+    if result.error_type in {"timeout", "connection_error"}:
+        return True
+    return result.status_code is not None and result.status_code >= 500
