@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
@@ -82,6 +83,16 @@ _TIMEOUT_CODES = frozenset({1969, 3024})  # max_statement_time / max_execution_t
 _READ_ONLY_CODES = frozenset({1290, 1792, 1836})  # --read-only, READ ONLY transaction
 _CONNECTION_CODES = frozenset({1053, 1927, 4031})  # shutdown, killed, idle disconnect
 _UNKNOWN_THREAD = 1094
+
+# Statements that may leave session state a later caller would inherit
+# (autocommit off, an open transaction, table locks): the connection is reset
+# after them. This is hygiene, not a security boundary; read-only is set by
+# the server session on every read-only call.
+_SESSION_VERBS = frozenset({"SET", "START", "BEGIN", "XA", "LOCK", "CALL", "HANDLER"})
+_RESET_STATEMENTS = ("ROLLBACK", "SET autocommit = 1", "UNLOCK TABLES")
+_LEADING_WORD = re.compile(
+    r"(?:\s+|--[^\n]*(?:\n|$)|#[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]+)", re.DOTALL
+)
 
 
 # -- connection target ---------------------------------------------------------
@@ -432,7 +443,8 @@ class AsyncMySQLManager(AsyncDatabaseManager):
         if not raw.connected:
             self._pool.release(conn, discard=True)
             return
-        if clean and not raw.get_transaction_status() and raw.get_autocommit():
+        needs_reset = conn.cache.pop("needs_reset", False)
+        if clean and not needs_reset and not raw.get_transaction_status():
             self._pool.release(conn)
             return
         self._spawn(self._reset_and_release(conn))
@@ -446,10 +458,12 @@ class AsyncMySQLManager(AsyncDatabaseManager):
         raw: MySQLConnection = conn.raw
         try:
             async with asyncio.timeout(_RESET_TIMEOUT):
-                if raw.get_transaction_status():
-                    await raw.rollback()
-                if not raw.get_autocommit():
-                    await raw.autocommit(True)  # type: ignore[no-untyped-call]
+                # Sent unconditionally: asyncmy does not track a server status
+                # of 0, so "autocommit off, no transaction" looks clean to it.
+                for statement in _RESET_STATEMENTS:
+                    cursor = raw.cursor()
+                    await cursor.execute(statement)
+                    await cursor.close()
         except BaseException:
             logger.debug("discarding a connection whose reset failed", exc_info=True)
             raw.close()
@@ -489,6 +503,7 @@ class AsyncMySQLManager(AsyncDatabaseManager):
         conn = await self.acquire(deadline)
         clean = False
         try:
+            _note_session_change(conn, query)
             await self._set_session_mode(conn, read_only or self.options.read_only, deadline)
             outcome = await self._run(conn, sql, args, deadline)
             clean = True
@@ -638,6 +653,7 @@ class _MySQLTransaction(Transaction):
                 operation="query",
             )
         sql, args = bind_parameters(query, normalize_params(params))
+        _note_session_change(self._conn, query)
         try:
             outcome = await manager._run(self._conn, sql, args, self._deadline)
         except IogateError as exc:
@@ -657,6 +673,12 @@ class _MySQLTransaction(Transaction):
         result = _to_result(outcome, manager.options.max_rows)
         result.resource = manager.name
         return result
+
+
+def _note_session_change(conn: PooledConnection[Any], query: str) -> None:
+    match = _LEADING_WORD.match(query)
+    if match and match.group(1).upper() in _SESSION_VERBS:
+        conn.cache["needs_reset"] = True
 
 
 def _to_result(outcome: _Outcome, max_rows: int | None) -> Result:
