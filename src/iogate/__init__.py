@@ -12,6 +12,7 @@ from iogate.backends.sqlite import AsyncSQLiteManager
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.result import Result
+from iogate.metrics import track_api_operation, track_database_operation
 from iogate.orchestrator import (
     AsyncOperationOrchestrator,
     DatabaseType,
@@ -33,4 +34,6 @@ __all__ = [
     "Transaction",
     "__version__",
     "get_database_connection",
+    "track_api_operation",
+    "track_database_operation",
 ]

@@ -71,10 +71,23 @@ class AsyncDatabaseManager(abc.ABC):
     backend: ClassVar[str] = "database"
 
     def __init__(self, *, name: str | None = None) -> None:
-        self.name = name or self.backend
+        self._name = name or self.backend
         self.state = ManagerState.UNOPENED
         self._open_lock = asyncio.Lock()
         self._stats = OperationStats()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+        self._renamed(value)
+
+    def _renamed(self, name: str) -> None:
+        """Hook for subclasses that label things (pools, metrics) by name."""
+        return None
 
     # -- lifecycle ----------------------------------------------------------
 

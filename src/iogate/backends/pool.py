@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from iogate.core.errors import ClosedError, PoolExhaustedError
+from iogate.core.events import PoolEvent, emit
 
 __all__ = ["Pool", "PooledConnection"]
 
@@ -56,7 +57,11 @@ class Pool(Generic[C]):
         max_idle_time: float,
         max_lifetime: float,
         clock: Callable[[], float] = time.monotonic,
+        resource: str = "",
+        backend: str = "",
     ) -> None:
+        self.resource = resource
+        self.backend = backend
         self._connect = connect
         self._close = close
         self.min_size = min_size
@@ -93,11 +98,28 @@ class Pool(Generic[C]):
             raise ClosedError("pool is closed")
         conn = self._take_idle()
         if conn is not None:
+            self._report(0.0, acquired=True)
             return conn
-        if self._size < self.max_size and not self._waiters:
-            self._size += 1
-            return await self._open_reserved(timeout)
-        return await self._wait(timeout)
+        started = time.perf_counter()
+        acquired = False
+        try:
+            if self._size < self.max_size and not self._waiters:
+                self._size += 1
+                conn = await self._open_reserved(timeout)
+            else:
+                conn = await self._wait(timeout)
+            acquired = True
+            return conn
+        finally:
+            self._report(time.perf_counter() - started, acquired=acquired)
+
+    def _report(self, wait_s: float, *, acquired: bool) -> None:
+        if self.resource:
+            emit(
+                PoolEvent(
+                    resource=self.resource, backend=self.backend, wait_s=wait_s, acquired=acquired
+                )
+            )
 
     def release(self, conn: PooledConnection[C], *, discard: bool = False) -> None:
         """Give ``conn`` back (synchronous, so it cannot be interrupted)."""

@@ -123,6 +123,8 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
             max_size=options.max_connections,
             max_idle_time=options.max_idle_time,
             max_lifetime=options.max_lifetime,
+            resource=self.name,
+            backend=self.backend,
         )
         self._resets: set[asyncio.Task[None]] = set()
 
@@ -136,6 +138,9 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
 
     def pool_stats(self) -> dict[str, int]:
         return self._pool.stats()
+
+    def _renamed(self, name: str) -> None:
+        self._pool.resource = name
 
     # -- lifecycle ----------------------------------------------------------
 

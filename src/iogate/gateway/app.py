@@ -27,6 +27,7 @@ from iogate.core.errors import IogateError
 from iogate.gateway.middleware import BodyLimitMiddleware
 from iogate.gateway.responses import ORJSONResponse, problem, result_response
 from iogate.gateway.settings import Settings, load_settings
+from iogate.metrics import MetricsCollector, StatsRegistry
 from iogate.orchestrator import AsyncOperationOrchestrator, create_database_manager
 
 __all__ = ["build_orchestrator", "create_app"]
@@ -62,7 +63,7 @@ def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
         from iogate.backends.http import AsyncAPIManager
 
         for name, api in settings.apis.items():
-            manager = AsyncAPIManager(
+            api_manager = AsyncAPIManager(
                 api.base_url,
                 name=name,
                 max_connections=api.max_connections,
@@ -74,7 +75,7 @@ def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
                 else None,
                 rate_limit=api.rate_limit,
             )
-            orchestrator.add_api(name, manager)
+            orchestrator.add_api(name, api_manager)
     return orchestrator
 
 
@@ -91,7 +92,8 @@ async def _open_all(orchestrator: AsyncOperationOrchestrator) -> None:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, metrics_dir: str | None = None) -> FastAPI:
+    """The gateway app; ``metrics_dir`` enables Prometheus multiprocess mode."""
     settings = settings or load_settings(None)
     started_at = time.time()
     # Fail now, not at start-up, on a type whose backend cannot be loaded.
@@ -102,10 +104,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         orchestrator = build_orchestrator(settings)
         app.state.orchestrator = orchestrator
+        collector = MetricsCollector(multiprocess_dir=metrics_dir)
+        operation_stats = StatsRegistry()
+        collector.watch(orchestrator)
+        collector.install()
+        operation_stats.install()
+        app.state.metrics = collector
+        app.state.operation_stats = operation_stats
         await _open_all(orchestrator)
         try:
             yield
         finally:
+            operation_stats.uninstall()
+            collector.uninstall()
             await orchestrator.close()
 
     app = FastAPI(
@@ -156,8 +167,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {
             "uptime_s": round(time.time() - started_at, 3),
             **orchestrator_of(request).get_stats(),
+            "operations": request.app.state.operation_stats.snapshot(),
         }
         return ORJSONResponse(body)
+
+    @app.get("/metrics", tags=["observability"], summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        collector: MetricsCollector = request.app.state.metrics
+        body, content_type = collector.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     return app
 
