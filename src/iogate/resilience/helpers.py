@@ -122,8 +122,14 @@ async def execute_with_retry(
     random: Random = _random.random,
 ) -> T:
     """Call ``fn()`` up to ``max_retries`` times; see the module doc."""
+
+    # tenacity awaits only what it recognises as a coroutine function; the
+    # seed passes lambdas returning awaitables, so wrap them.
+    async def call() -> T:
+        return await fn()
+
     return await _run(
-        fn,
+        call,
         attempts=max_retries,
         retry=tenacity.retry_if_exception_type(Exception)
         | tenacity.retry_if_result(_is_failed_result),
@@ -149,8 +155,12 @@ async def resilient_database_operation(
     operation_func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
 ) -> T:
     """``await operation_func(*args, **kwargs)``, retried on transient database failures."""
+
+    async def call() -> T:
+        return await operation_func(*args, **kwargs)
+
     return await _run(
-        lambda: operation_func(*args, **kwargs),
+        call,
         attempts=_SEED_ATTEMPTS,
         retry=_transient(_DB_TRANSIENT_EXCEPTIONS, _DB_TRANSIENT_TYPES),
         initial=DEFAULT_BACKOFF_INITIAL,
@@ -164,8 +174,12 @@ async def resilient_api_operation(
     operation_func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
 ) -> T:
     """``await operation_func(*args, **kwargs)``, retried on timeouts and rate limits."""
+
+    async def call() -> T:
+        return await operation_func(*args, **kwargs)
+
     return await _run(
-        lambda: operation_func(*args, **kwargs),
+        call,
         attempts=_SEED_ATTEMPTS,
         retry=_transient(_API_TRANSIENT_EXCEPTIONS, _API_TRANSIENT_TYPES),
         initial=DEFAULT_BACKOFF_INITIAL,
