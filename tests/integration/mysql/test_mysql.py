@@ -226,7 +226,7 @@ async def test_deadline_shorter_than_statement_timeout_kills_the_statement(
     assert time.monotonic() - started < 2.0
     assert my_manager.pool_stats()["in_use"] == 0
     # The interrupted connection was discarded and its server thread killed.
-    assert await poll(lambda: _gone(my_raw, marker), timeout=5)
+    assert await poll(lambda: _gone(my_raw, marker), timeout=2)
     assert (await my_manager.execute_query("SELECT 1 AS one")).success
 
 
@@ -369,7 +369,7 @@ async def test_cancellation_leaves_no_connection_checked_out(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert my_manager.pool_stats()["in_use"] == 0
-    assert await poll(lambda: _gone(my_raw, marker), timeout=5)
+    assert await poll(lambda: _gone(my_raw, marker), timeout=2)
     assert (await my_manager.execute_query("SELECT 1 AS one")).data == [{"one": 1}]
 
 
