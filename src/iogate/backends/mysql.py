@@ -507,8 +507,10 @@ class AsyncMySQLManager(AsyncDatabaseManager):
             await self._set_session_mode(conn, read_only or self.options.read_only, deadline)
             outcome = await self._run(conn, sql, args, deadline)
             clean = True
-        except QueryError:
-            clean = True  # the server refused the statement; the session is intact
+        except (QueryError, OperationTimeoutError):
+            # The server refused or timed out the statement and the session is
+            # intact; a client-side interruption is caught by release() anyway.
+            clean = True
             raise
         finally:
             self.release(conn, clean=clean)
