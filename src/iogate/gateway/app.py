@@ -18,14 +18,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from iogate.core.deadline import Deadline
 from iogate.core.errors import IogateError
+from iogate.gateway.deps import orchestrator_of
 from iogate.gateway.middleware import BodyLimitMiddleware
-from iogate.gateway.responses import ORJSONResponse, problem, result_response
+from iogate.gateway.responses import ORJSONResponse, problem
+from iogate.gateway.routes import ROUTERS
 from iogate.gateway.settings import Settings, load_settings
 from iogate.metrics import MetricsCollector, StatsRegistry
 from iogate.orchestrator import AsyncOperationOrchestrator, create_database_manager
@@ -35,20 +35,6 @@ __all__ = ["build_orchestrator", "create_app"]
 logger = logging.getLogger("iogate.gateway")
 
 READY_TIMEOUT = 1.0
-
-
-class DatabaseExecuteRequest(BaseModel):
-    """A statement (or, for Redis/memory, a key plus an operation) to run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    db_name: str = Field(min_length=1, description="Name of a configured database")
-    query: str = Field(
-        min_length=1, description="SQL with $1/? placeholders, or a key for redis/memory"
-    )
-    params: dict[str, Any] | list[Any] | None = Field(
-        default=None, description='Positional parameters: {"1": a, "2": b} or [a, b]'
-    )
 
 
 def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
@@ -129,27 +115,8 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
     _install_error_handlers(app)
 
-    def orchestrator_of(request: Request) -> AsyncOperationOrchestrator:
-        orchestrator: AsyncOperationOrchestrator = request.app.state.orchestrator
-        return orchestrator
-
-    @app.post("/database/execute", tags=["operations"], summary="Run one database operation")
-    async def database_execute(body: DatabaseExecuteRequest, request: Request) -> Response:
-        db = settings.databases.get(body.db_name)
-        if db is not None and not db.allow_raw_sql:
-            return problem(
-                403,
-                "Raw SQL not allowed",
-                f"database {body.db_name!r} accepts only named operations (allow_raw_sql = false)",
-            )
-        result = await orchestrator_of(request).execute_database_operation(
-            body.db_name,
-            body.query,
-            body.params,
-            deadline=Deadline(settings.gateway.request_timeout),
-            max_rows=settings.gateway.max_rows,
-        )
-        return result_response(result, kind="database")
+    for router in ROUTERS:
+        app.include_router(router)
 
     @app.get("/health", tags=["observability"], summary="Liveness (no I/O)")
     async def health() -> dict[str, Any]:

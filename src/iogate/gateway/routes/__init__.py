@@ -1,0 +1,15 @@
+"""Route modules; ``create_app`` includes every router listed here.
+
+Each module exports ``router`` (a FastAPI ``APIRouter``) and reaches the
+running app only through ``iogate.gateway.deps``.
+"""
+
+from fastapi import APIRouter
+
+from iogate.gateway.routes import database
+
+ROUTERS: list[APIRouter] = [
+    database.router,
+]
+
+__all__ = ["ROUTERS"]
