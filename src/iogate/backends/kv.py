@@ -129,6 +129,8 @@ def parse_command(query: str, params: Any, *, nested: bool = False) -> Command:
             'key-value params must be a mapping like {"operation": "get", "key": "k"}'
         )
     raw_op = params.get("operation")
+    if raw_op == "get":  # the hot path: skip the generic checks
+        return _parse_keyed(raw_op, query, params)
     if not isinstance(raw_op, str) or not raw_op:
         raise InvalidRequestError('missing "operation" (e.g. "get", "set", "delete")')
     op = raw_op.lower()
@@ -222,6 +224,9 @@ def _flag(params: Mapping[str, Any], allowed: tuple[str, ...]) -> str | None:
 
 
 def _parse_keyed(op: str, query: str, params: Mapping[str, Any]) -> Command:
+    key = params.get("key", query)
+    if type(key) is str and key:  # the common case, checked without the helpers
+        return Command(op=op, key=key)
     return Command(op=op, key=_key(query, params))
 
 

@@ -1,0 +1,674 @@
+"""Redis, with automatic pipelining (on by default) or a redis.asyncio pool.
+
+Automatic pipelining
+--------------------
+Every command goes over one multiplexed connection, an ``asyncio.Protocol``
+with hiredis's C reply parser. A command is appended to an outbox and a
+"waiting" FIFO; the outbox is written once per event-loop tick, so commands
+issued concurrently by many tasks leave in one ``write`` (one round trip for
+50 GETs, not 50). Replies arrive in the order the commands were written, and
+each one is handed to the head of the FIFO.
+
+Why this is safe under cancellation (redis-py CVE-2023-28858/9 was a reply
+handed to the wrong caller after a cancelled read): a slot is never removed
+from the FIFO except by its own reply. A cancelled caller's future is merely
+``done``; its reply still pops its slot and is dropped. No caller reads the
+socket, so no cancelled read can leave the stream out of step. If it ever
+could be out of step (a protocol error, a reply with no slot) or stops
+answering (``command_timeout`` with no reply), the connection is aborted,
+every waiter fails with a connection/timeout error, and the next command
+opens a fresh one.
+
+``auto_pipeline=False`` uses redis.asyncio (hiredis parser) with a blocking
+pool of ``max_connections`` instead: one command per connection round trip.
+
+Driver exceptions are mapped to iogate errors here and nowhere else; no
+message carries the URL's password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, NoReturn, cast
+
+import hiredis
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+
+from iogate.backends.base import AsyncDatabaseManager, Transaction
+from iogate.backends.kv import Command, batch_result, check_read_only, parse_command
+from iogate.core.deadline import Deadline
+from iogate.core.errors import (
+    ClosedError,
+    ConfigError,
+    DatabaseConnectionError,
+    DatabaseError,
+    InvalidRequestError,
+    IogateError,
+    OperationTimeoutError,
+    PoolExhaustedError,
+    QueryError,
+)
+from iogate.core.params import Params
+from iogate.core.redact import redact_text, redact_url, url_password
+from iogate.core.result import Result
+
+__all__ = [
+    "DEFAULT_COMMAND_TIMEOUT",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_REDIS_CONNECTIONS",
+    "AsyncRedisManager",
+]
+
+DEFAULT_REDIS_CONNECTIONS = 10
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_COMMAND_TIMEOUT = 5.0
+DEFAULT_MAX_IN_FLIGHT = 100_000
+# After a failed connect, commands fail fast for a while instead of each
+# paying a connect attempt (a cache in front of a dead Redis stays fast).
+_BACKOFF_INITIAL = 0.05
+_BACKOFF_MAX = 1.0
+
+
+# -- commands and replies -------------------------------------------------------
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _args(command: Command) -> tuple[Any, ...]:
+    """The RESP command for one (non-batch) Command."""
+    op = command.op
+    if op == "get":
+        return ("GET", command.key)
+    if op == "set":
+        args: tuple[Any, ...] = ("SET", command.key, command.value)
+        if command.ttl is not None:
+            args += ("PX", _ms(command.ttl))
+        return args + ((command.flag,) if command.flag else ())
+    if op in ("delete", "exists", "mget"):
+        return (_VERBS[op], *command.keys)
+    if op == "expire":
+        assert command.ttl is not None  # parse_command requires it
+        return ("PEXPIRE", command.key, _ms(command.ttl)) + (
+            (command.flag,) if command.flag else ()
+        )
+    if op in ("incr", "incrby"):
+        return ("INCRBY", command.key, command.amount)
+    if op == "mset":
+        return ("MSET", *[part for pair in command.mapping for part in pair])
+    if op == "hget":
+        return ("HGET", command.key, command.value)
+    if op == "hset":
+        return ("HSET", command.key, *[part for pair in command.mapping for part in pair])
+    if op == "lrange":
+        return ("LRANGE", command.key, command.start, command.stop)
+    if op == "publish":
+        return ("PUBLISH", command.key, command.value)
+    if op in ("hdel", "lpush", "rpush", "sadd", "srem"):
+        return (op.upper(), command.key, *command.values)
+    return (op.upper(), command.key)  # ttl, hgetall, smembers
+
+
+_VERBS = {"delete": "DEL", "exists": "EXISTS", "mget": "MGET"}
+
+
+def _shape(command: Command, reply: Any) -> Any:
+    """Raw RESP2 reply -> the data shape :mod:`iogate.backends.kv` promises."""
+    if isinstance(reply, hiredis.ReplyError | redis_errors.ResponseError):
+        raise QueryError(str(reply))
+    op = command.op
+    if op == "set":
+        return reply is not None
+    if op == "mset":
+        return True
+    if op == "expire":
+        return bool(reply)
+    if op == "hgetall":
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+    if op == "smembers":
+        return sorted(reply)
+    return reply
+
+
+def _shape_or_error(command: Command, reply: Any) -> Any:
+    try:
+        return _shape(command, reply)
+    except QueryError as exc:
+        return exc
+
+
+# -- the multiplexed connection -----------------------------------------------------
+
+
+class _Multiplexed(asyncio.Protocol):
+    """One connection, many callers; replies matched to callers in FIFO order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, command_timeout: float) -> None:
+        self._loop = loop
+        self._command_timeout = command_timeout
+        self._reader = hiredis.Reader(encoding="utf-8", errors="replace")
+        self._transport: asyncio.Transport | None = None
+        # (future, number of replies it takes); a slot leaves only with its reply.
+        self.waiting: deque[tuple[asyncio.Future[Any], int]] = deque()
+        self._partial: list[Any] = []
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
+        self._last_progress = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.failure: IogateError | None = None
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.batches = 0
+        self.commands = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.failure is None and self._transport is not None
+
+    # asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_progress = self._loop.time()
+        reader = self._reader
+        waiting = self.waiting
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError:
+                self.abort(DatabaseConnectionError("redis protocol error; connection discarded"))
+                return
+            if reply is False:
+                return
+            if not waiting:
+                self.abort(DatabaseConnectionError("reply with no caller; connection discarded"))
+                return
+            future, expected = waiting[0]
+            if expected == 1:
+                waiting.popleft()
+                if not future.done():  # a cancelled caller's reply is dropped
+                    future.set_result(reply)
+                continue
+            self._partial.append(reply)
+            if len(self._partial) == expected:
+                waiting.popleft()
+                replies, self._partial = self._partial, []
+                if not future.done():
+                    future.set_result(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.failure is None:
+            self.failure = DatabaseConnectionError("connection to redis lost")
+        self._fail_all(self.failure)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # sending ----------------------------------------------------------------
+
+    def send(self, packed: bytes, replies: int = 1) -> asyncio.Future[Any]:
+        """Queue one packed command (or a block taking ``replies`` replies)."""
+        if self.failure is not None:
+            raise _copy(self.failure)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if not self.waiting:
+            self._last_progress = self._loop.time()
+            if self._watchdog is None:
+                self._watchdog = self._loop.call_later(self._command_timeout, self._check)
+        self.waiting.append((future, replies))
+        self._outbox.append(packed)
+        self.commands += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._outbox or self._transport is None or self.failure is not None:
+            return
+        data = self._outbox[0] if len(self._outbox) == 1 else b"".join(self._outbox)
+        self._outbox.clear()
+        self.batches += 1
+        self._transport.write(data)
+
+    def _check(self) -> None:
+        """Abort a connection that has stopped answering (no reply for a while)."""
+        self._watchdog = None
+        if not self.waiting or self.failure is not None:
+            return
+        idle = self._loop.time() - self._last_progress
+        if idle >= self._command_timeout:
+            self.abort(
+                OperationTimeoutError(
+                    f"no reply from redis within {self._command_timeout}s; connection discarded"
+                )
+            )
+            return
+        self._watchdog = self._loop.call_later(self._command_timeout - idle, self._check)
+
+    # closing ----------------------------------------------------------------
+
+    def abort(self, failure: IogateError) -> None:
+        if self.failure is None:
+            self.failure = failure
+        self._fail_all(self.failure)
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def aclose(self) -> None:
+        if self.failure is None:
+            self.failure = ClosedError("redis manager closed")
+        self._fail_all(self.failure)
+        if self._transport is not None:
+            self._transport.close()
+            try:
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(self.closed)
+            except TimeoutError:
+                self._transport.abort()
+
+    def _fail_all(self, failure: IogateError) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._outbox.clear()
+        self._partial = []
+        while self.waiting:
+            future, _ = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(_copy(failure))
+
+
+def _copy(failure: IogateError) -> IogateError:
+    # Each waiter gets its own instance: tracebacks must not be shared.
+    return type(failure)(str(failure))
+
+
+# -- the manager ----------------------------------------------------------------------
+
+
+class AsyncRedisManager(AsyncDatabaseManager):
+    """Redis behind the seed's ``execute_query(key, {"operation": ...})`` API.
+
+    ``auto_pipeline=True`` (default): one multiplexed connection, concurrent
+    commands written together (``max_connections`` is then unused, as with
+    ioredis). ``auto_pipeline=False``: a redis.asyncio pool of
+    ``max_connections``, waiting up to ``acquire_timeout`` for a free one.
+    ``command_timeout`` bounds how long a connection may go without
+    answering before it is discarded; a request ``deadline`` bounds a call.
+    """
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        max_connections: int = DEFAULT_REDIS_CONNECTIONS,
+        *,
+        name: str | None = None,
+        auto_pipeline: bool = True,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        acquire_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        super().__init__(name=name)
+        if max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
+        for label, value in (
+            ("connect_timeout", connect_timeout),
+            ("command_timeout", command_timeout),
+            ("acquire_timeout", acquire_timeout),
+            ("max_in_flight", max_in_flight),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{label} must be positive, got {value}")
+        self.url = url
+        self.max_connections = max_connections
+        self.auto_pipeline = auto_pipeline
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.acquire_timeout = acquire_timeout
+        self.max_in_flight = max_in_flight
+        try:
+            self._target = parse_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"invalid redis url {redact_url(url)!r}: {exc}") from None
+        self._secrets = [s for s in (url_password(url), self._target.get("password")) if s]
+        # auto-pipelining state
+        self._conn: _Multiplexed | None = None
+        self._connect_lock = asyncio.Lock()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._reconnects = 0
+        self._batches = 0
+        self._commands = 0
+        # pooled state
+        self._client: aioredis.Redis | None = None
+
+    def __repr__(self) -> str:
+        mode = "auto_pipeline" if self.auto_pipeline else f"pool={self.max_connections}"
+        return (
+            f"<AsyncRedisManager {self.name!r} {redact_url(self.url)} {mode} "
+            f"state={self.state.value}>"
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        if self.auto_pipeline:
+            await self._connection()
+            return
+        kwargs: dict[str, Any] = {
+            k: v for k, v in self._target.items() if k != "connection_class"
+        } | {
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_timeout": self.command_timeout,
+            "decode_responses": True,
+            "encoding_errors": "replace",
+        }
+        connection_class = self._target.get("connection_class", aioredis.Connection)
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=self.max_connections,
+            timeout=self.acquire_timeout,  # type: ignore[arg-type]  # float works
+            connection_class=connection_class,
+            **kwargs,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        # Raw replies, shaped by _shape exactly as on the pipelined path.
+        client.response_callbacks.clear()
+        try:
+            await self._guard(client.ping())
+        except BaseException:
+            await client.aclose()
+            await pool.aclose()
+            raise
+        self._client = client
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.aclose()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.aclose()
+
+    # -- operations -----------------------------------------------------------------
+
+    async def _execute(
+        self,
+        query: str,
+        params: Params,
+        *,
+        deadline: Deadline,
+        read_only: bool,
+        max_rows: int | None,
+    ) -> Result:
+        command = parse_command(query, params)
+        if read_only:
+            check_read_only(command)
+        try:
+            if command.op in ("pipeline", "transaction"):
+                return batch_result(command, await self._run_batch(command, deadline))
+            reply = await self._run(_args(command), deadline)
+            return Result.ok(_shape(command, reply), operation=command.op)
+        except IogateError as exc:
+            return Result.from_exception(exc, operation=command.op)
+
+    async def execute_command(self, *args: Any, deadline: Deadline | None = None) -> Any:
+        """Send a raw command and return its raw reply (raises iogate errors)."""
+        await self._ensure_open()
+        reply = await self._run(args, deadline or Deadline.never())
+        if isinstance(reply, hiredis.ReplyError | redis_errors.ResponseError):
+            raise QueryError(str(reply))
+        return reply
+
+    async def _run(self, args: Sequence[Any], deadline: Deadline) -> Any:
+        if not self.auto_pipeline:
+            client = self._pooled_client()
+            return await self._guard(
+                client.execute_command(*args),  # type: ignore[no-untyped-call]
+                deadline,
+            )
+        conn = self._conn
+        if conn is None or not conn.usable:
+            conn = await self._connection()
+        if len(conn.waiting) >= self.max_in_flight:
+            raise PoolExhaustedError(
+                f"{self.name}: {self.max_in_flight} commands already in flight"
+            )
+        return await _wait(conn.send(hiredis.pack_command(tuple(args))), deadline)
+
+    async def _run_batch(self, command: Command, deadline: Deadline) -> list[Any]:
+        transaction = command.op == "transaction"
+        commands = command.commands
+        if not self.auto_pipeline:
+            client = self._pooled_client()
+            replies = await self._guard(self._pooled_batch(client, command), deadline)
+        else:
+            conn = self._conn
+            if conn is None or not conn.usable:
+                conn = await self._connection()
+            blocks = [hiredis.pack_command(_args(c)) for c in commands]
+            if transaction:
+                # MULTI ... EXEC leave in one write, contiguous, so nothing
+                # from another caller can be interleaved in the transaction.
+                blocks = [hiredis.pack_command(("MULTI",)), *blocks]
+                blocks.append(hiredis.pack_command(("EXEC",)))
+            raw = await _wait(conn.send(b"".join(blocks), len(blocks)), deadline)
+            replies = _exec_replies(raw) if transaction else raw
+        return [_shape_or_error(c, r) for c, r in zip(commands, replies, strict=True)]
+
+    async def _pooled_batch(self, client: aioredis.Redis, command: Command) -> list[Any]:
+        async with client.pipeline(transaction=command.op == "transaction") as pipe:
+            for sub in command.commands:
+                pipe.execute_command(*_args(sub))
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
+
+    def _pooled_client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise ClosedError(f"{self.name}: manager is not open")
+        return self._client
+
+    def _transaction(
+        self, *, read_only: bool, deadline: Deadline
+    ) -> AbstractAsyncContextManager[Transaction]:
+        return _unsupported_transaction()
+
+    async def _ping(self) -> None:
+        reply = await self._run(("PING",), Deadline.never())
+        if reply != "PONG":
+            raise DatabaseError(f"{self.name}: unexpected PING reply")
+
+    def pool_stats(self) -> dict[str, int]:
+        if not self.auto_pipeline:
+            return {"max_connections": self.max_connections}
+        conn = self._conn
+        live = conn is not None and conn.usable
+        return {
+            "connections": int(live),
+            "in_flight": len(conn.waiting) if conn is not None else 0,
+            "reconnects": self._reconnects,
+            "commands": self._commands + (conn.commands if conn else 0),
+            "writes": self._batches + (conn.batches if conn else 0),
+        }
+
+    # -- connecting (auto-pipelining) ------------------------------------------------
+
+    async def _connection(self) -> _Multiplexed:
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and conn.usable:
+                return conn
+            if self.state.value == "closed":
+                raise ClosedError(f"{self.name}: manager is closed")
+            loop = asyncio.get_running_loop()
+            if loop.time() < self._retry_at:
+                raise DatabaseConnectionError(
+                    f"{self.name}: redis at {self._where()} was unreachable moments ago"
+                )
+            if conn is not None:  # keep the counters of the connection we replace
+                self._batches += conn.batches
+                self._commands += conn.commands
+                self._reconnects += 1
+                self._conn = None
+            try:
+                conn = await self._dial(loop)
+            except IogateError:
+                self._failures += 1
+                backoff = min(_BACKOFF_INITIAL * 2 ** (self._failures - 1), _BACKOFF_MAX)
+                self._retry_at = loop.time() + backoff
+                raise
+            self._failures = 0
+            self._conn = conn
+            return conn
+
+    async def _dial(self, loop: asyncio.AbstractEventLoop) -> _Multiplexed:
+        target = self._target
+
+        def factory() -> _Multiplexed:
+            return _Multiplexed(loop, self.command_timeout)
+
+        conn: _Multiplexed | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if target.get("connection_class") is UnixDomainSocketConnection:
+                    _, conn = await loop.create_unix_connection(factory, target["path"])
+                else:
+                    tls = (
+                        ssl.create_default_context()
+                        if target.get("connection_class") is SSLConnection
+                        else None
+                    )
+                    _, conn = await loop.create_connection(
+                        factory, target.get("host", "localhost"), target.get("port", 6379), ssl=tls
+                    )
+                await self._handshake(conn)
+        except TimeoutError:
+            await _discard(conn)
+            raise DatabaseConnectionError(
+                f"{self.name}: no connection to redis at {self._where()} "
+                f"within {self.connect_timeout}s"
+            ) from None
+        except OSError as exc:
+            await _discard(conn)
+            raise DatabaseConnectionError(
+                f"{self.name}: cannot connect to redis at {self._where()}: "
+                f"{self._clean(exc.strerror or type(exc).__name__)}"
+            ) from exc
+        except BaseException:
+            await _discard(conn)
+            raise
+        return conn
+
+    async def _handshake(self, conn: _Multiplexed) -> None:
+        target = self._target
+        steps: list[tuple[Any, ...]] = []
+        if target.get("password"):
+            user = target.get("username")
+            steps.append(
+                ("AUTH", user, target["password"]) if user else ("AUTH", target["password"])
+            )
+        if target.get("db"):
+            steps.append(("SELECT", target["db"]))
+        for step in steps:
+            reply = await conn.send(hiredis.pack_command(step))
+            if isinstance(reply, hiredis.ReplyError):
+                what = "authentication" if step[0] == "AUTH" else step[0]
+                # The reply names no secret, but redact in case a server echoes one.
+                raise DatabaseConnectionError(
+                    f"{self.name}: redis {what} failed: {self._clean(str(reply))}"
+                )
+
+    # -- errors ---------------------------------------------------------------------
+
+    def _where(self) -> str:
+        target = self._target
+        if "path" in target:
+            return str(target["path"])
+        return f"{target.get('host', 'localhost')}:{target.get('port', 6379)}"
+
+    def _clean(self, message: str) -> str:
+        return redact_text(message, self._secrets)
+
+    async def _guard(self, awaitable: Any, deadline: Deadline | None = None) -> Any:
+        """Await a redis.asyncio call, mapping its exceptions at this edge."""
+        try:
+            remaining = deadline.remaining() if deadline is not None else None
+            if remaining is None:
+                return await awaitable
+            async with asyncio.timeout(remaining):
+                return await awaitable
+        except redis_errors.AuthenticationError as exc:
+            raise DatabaseConnectionError(f"{self.name}: redis authentication failed") from exc
+        except redis_errors.MaxConnectionsError as exc:
+            raise PoolExhaustedError(f"{self.name}: no redis connection available") from exc
+        except redis_errors.ConnectionError as exc:
+            if "No connection available" in str(exc):
+                raise PoolExhaustedError(
+                    f"{self.name}: no redis connection within {self.acquire_timeout}s"
+                ) from exc
+            raise DatabaseConnectionError(
+                f"{self.name}: redis at {self._where()}: {self._clean(str(exc))}"
+            ) from exc
+        except (redis_errors.TimeoutError, TimeoutError) as exc:
+            raise OperationTimeoutError(f"{self.name}: redis did not answer in time") from exc
+        except redis_errors.ResponseError as exc:
+            raise QueryError(self._clean(str(exc))) from exc
+        except redis_errors.RedisError as exc:
+            raise DatabaseError(f"{self.name}: redis error {type(exc).__name__}") from exc
+        except OSError as exc:
+            raise DatabaseConnectionError(
+                f"{self.name}: redis at {self._where()}: {type(exc).__name__}"
+            ) from exc
+
+
+async def _wait(future: asyncio.Future[Any], deadline: Deadline) -> Any:
+    remaining = deadline.remaining()
+    if remaining is None:
+        return await future
+    try:
+        async with asyncio.timeout(remaining):
+            return await future
+    except TimeoutError:
+        raise OperationTimeoutError("deadline passed waiting for redis") from None
+
+
+def _exec_replies(raw: list[Any]) -> list[Any]:
+    """[OK, QUEUED..., EXEC reply] -> the EXEC reply, or a QueryError."""
+    result = raw[-1]
+    if isinstance(result, hiredis.ReplyError):
+        queued_errors = [r for r in raw[1:-1] if isinstance(r, hiredis.ReplyError)]
+        raise QueryError(str(queued_errors[0] if queued_errors else result))
+    if result is None:
+        raise QueryError("transaction aborted")
+    replies: list[Any] = result
+    return replies
+
+
+async def _discard(conn: _Multiplexed | None) -> None:
+    if conn is not None:
+        conn.abort(DatabaseConnectionError("connection setup failed"))
+
+
+@asynccontextmanager
+async def _unsupported_transaction() -> AsyncIterator[NoReturn]:
+    raise InvalidRequestError(
+        "redis runs transactions as one operation (MULTI/EXEC in one write): "
+        '{"operation": "transaction", "operations": [...]}'
+    )
+    yield  # pragma: no cover - unreachable, makes this a generator
