@@ -21,8 +21,19 @@ from iogate.orchestrator import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # asyncmy is an optional extra: import the MySQL manager only when asked.
+    if name == "AsyncMySQLManager":
+        from iogate.backends.mysql import AsyncMySQLManager
+
+        return AsyncMySQLManager
+    raise AttributeError(f"module 'iogate' has no attribute {name!r}")
+
+
 __all__ = [
     "AsyncDatabaseManager",
+    "AsyncMySQLManager",
     "AsyncOperationOrchestrator",
     "AsyncPostgreSQLManager",
     "AsyncSQLiteManager",

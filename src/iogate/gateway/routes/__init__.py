@@ -6,10 +6,11 @@ running app only through ``iogate.gateway.deps``.
 
 from fastapi import APIRouter
 
-from iogate.gateway.routes import database
+from iogate.gateway.routes import api, database
 
 ROUTERS: list[APIRouter] = [
     database.router,
+    api.router,
 ]
 
 __all__ = ["ROUTERS"]

@@ -1,0 +1,51 @@
+"""POST /api/execute."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from iogate.core.deadline import Deadline
+from iogate.gateway.deps import orchestrator_of, request_deadline
+from iogate.gateway.responses import result_response
+from iogate.orchestrator import AsyncOperationOrchestrator
+
+__all__ = ["ApiExecuteRequest", "router"]
+
+router = APIRouter(tags=["operations"])
+
+
+class ApiExecuteRequest(BaseModel):
+    """One call to a configured API; the endpoint can never leave its base URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_name: str = Field(min_length=1, description="Name of a configured API")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    endpoint: str = Field(description="Path relative to the API's base URL, e.g. /users/1")
+    data: Any = Field(default=None, description="JSON body")
+    params: dict[str, Any] | None = Field(default=None, description="Query parameters")
+    headers: dict[str, str] | None = Field(
+        default=None, description="Extra request headers (e.g. Idempotency-Key)"
+    )
+
+
+@router.post("/api/execute", summary="Call an external API")
+async def api_execute(
+    body: ApiExecuteRequest,
+    orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
+    deadline: Annotated[Deadline, Depends(request_deadline)],
+) -> Response:
+    result = await orchestrator.execute_api_operation(
+        body.api_name,
+        body.method,
+        body.endpoint,
+        body.data,
+        body.params,
+        headers=body.headers,
+        deadline=deadline,
+    )
+    return result_response(result, kind="api")
