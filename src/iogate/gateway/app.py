@@ -14,14 +14,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from iogate.core.errors import IogateError
+from iogate.gateway.auth import Authenticator, Principal, principal_of
 from iogate.gateway.deps import orchestrator_of
 from iogate.gateway.middleware import BodyLimitMiddleware
 from iogate.gateway.responses import ORJSONResponse, problem
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.authenticator = Authenticator.from_settings(settings)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
     _install_error_handlers(app)
 
@@ -130,7 +132,9 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         return ORJSONResponse(body, status_code=503 if down else 200)
 
     @app.get("/stats", tags=["observability"], summary="Per-resource statistics")
-    async def stats(request: Request) -> Response:
+    async def stats(
+        request: Request, principal: Annotated[Principal, Depends(principal_of)]
+    ) -> Response:
         body = {
             "uptime_s": round(time.time() - started_at, 3),
             **orchestrator_of(request).get_stats(),
@@ -139,7 +143,9 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         return ORJSONResponse(body)
 
     @app.get("/metrics", tags=["observability"], summary="Prometheus metrics")
-    async def metrics(request: Request) -> Response:
+    async def metrics(
+        request: Request, principal: Annotated[Principal, Depends(principal_of)]
+    ) -> Response:
         collector: MetricsCollector = request.app.state.metrics
         body, content_type = collector.render(request.headers.get("accept"))
         return Response(body, media_type=content_type)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline
 from iogate.gateway.responses import result_response
 from iogate.orchestrator import AsyncOperationOrchestrator
@@ -38,7 +39,9 @@ async def api_execute(
     body: ApiExecuteRequest,
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
     deadline: Annotated[Deadline, Depends(request_deadline)],
+    principal: Annotated[Principal, Depends(principal_of)],
 ) -> Response:
+    principal.require(f"api:{body.api_name}")
     result = await orchestrator.execute_api_operation(
         body.api_name,
         body.method,

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
 from iogate.gateway.responses import problem, result_response
 from iogate.gateway.settings import Settings
@@ -39,7 +40,9 @@ async def database_execute(
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
     settings: Annotated[Settings, Depends(settings_of)],
     deadline: Annotated[Deadline, Depends(request_deadline)],
+    principal: Annotated[Principal, Depends(principal_of)],
 ) -> Response:
+    principal.require(f"db:{body.db_name}:read")
     db = settings.databases.get(body.db_name)
     if db is not None and not db.allow_raw_sql:
         return problem(
@@ -53,5 +56,7 @@ async def database_execute(
         body.params,
         deadline=deadline,
         max_rows=settings.gateway.max_rows,
+        # Without write scope the database itself refuses writes.
+        read_only=not principal.can_write(body.db_name),
     )
     return result_response(result, kind="database")

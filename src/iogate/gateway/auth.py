@@ -1,0 +1,103 @@
+"""API keys and scopes.
+
+With ``[[gateway.api_keys]]`` configured, every operation and observability
+endpoint needs ``Authorization: Bearer <key>``: 401 for a missing or unknown
+key, 403 for a missing scope. Keys are compared as SHA-256 digests with
+``hmac.compare_digest`` against every configured key, so neither the result
+nor the time taken reveals which key or how much of it matched.
+
+Scopes: ``db:NAME:read``, ``db:NAME:write``, ``api:NAME``, ``batch``,
+``ops:NAME``; ``*`` stands for any name (``db:*:read``, ``ops:*``).
+``db:NAME:write`` implies read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+
+from iogate.gateway.settings import ApiKeySettings, Settings
+
+__all__ = ["ANONYMOUS", "Authenticator", "Principal", "principal_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a configured key's name and scopes (or anonymous)."""
+
+    name: str
+    scopes: frozenset[str]
+    authenticated: bool = True
+
+    def allows(self, scope: str) -> bool:
+        if not self.authenticated:
+            return True  # no keys configured: loopback-only gateway, everything allowed
+        if scope in self.scopes:
+            return True
+        parts = scope.split(":")
+        write_scope = ":".join([*parts[:-1], "write"])
+        if scope.startswith("db:") and parts[-1] == "read" and self.allows(write_scope):
+            return True  # write implies read
+        if len(parts) >= 2:
+            wildcard = ":".join([parts[0], "*", *parts[2:]])
+            if wildcard in self.scopes:
+                return True
+        return False
+
+    def require(self, scope: str) -> None:
+        if not self.allows(scope):
+            raise HTTPException(403, f"the key {self.name!r} lacks the scope {scope!r}")
+
+    def can_write(self, database: str) -> bool:
+        return self.allows(f"db:{database}:write")
+
+
+ANONYMOUS = Principal("anonymous", frozenset(), authenticated=False)
+
+
+class Authenticator:
+    def __init__(self, keys: list[ApiKeySettings]) -> None:
+        self._keys: list[tuple[bytes, Principal]] = []
+        for key in keys:
+            if key.key is not None:
+                digest = hashlib.sha256(key.key.encode()).digest()
+            else:
+                digest = bytes.fromhex(key.key_sha256 or "")
+            self._keys.append((digest, Principal(key.name, frozenset(key.scopes))))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Authenticator:
+        return cls(settings.gateway.api_keys)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not self._keys:
+            return ANONYMOUS
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        found: Principal | None = None
+        for known, principal in self._keys:  # compare with all: constant time
+            if hmac.compare_digest(known, digest):
+                found = principal
+        if found is None:
+            raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        return found
+
+
+def principal_of(request: Request) -> Principal:
+    """FastAPI dependency: the caller, authenticated once per request."""
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    authenticator: Authenticator = request.app.state.authenticator
+    principal = authenticator.authenticate(request.headers.get("authorization"))
+    request.state.principal = principal
+    return principal
