@@ -276,7 +276,7 @@ class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         moment = time.strftime("%H:%M:%S", time.localtime(record.created))
         request_id = getattr(record, "request_id", None)
-        rid = f" [{request_id[:12]}]" if request_id else ""
+        rid = f" [{request_id}]" if request_id else ""
         line = (
             f"{moment}.{int(record.msecs):03d} {record.levelname:<7} {record.name}{rid} "
             f"{record.getMessage()}"
