@@ -1,0 +1,431 @@
+"""Cache-aside with single-flight loads, tags, and a cache that may be down.
+
+``Cache`` stores orjson-serialised values in any key-value manager (the
+in-process memory store by default, Redis when given a Redis manager or
+URL). ``get_or_load(key, loader)`` returns the cached value or runs
+``loader`` once, however many tasks miss the same key at the same time
+(single-flight, per process): the first one loads, the others await it.
+
+A cache is an optimisation, never a dependency: when the backend fails
+(Redis down, a timeout), a lookup counts as a miss, a write is skipped, the
+failure is counted in ``stats()`` and logged (once when it starts, once when
+it ends), and the caller still gets the loader's value. Only the loader's
+own exceptions reach the caller.
+
+``@cached(ttl=..., key=..., database=..., tags=...)`` wraps an async
+function or method. The default key is ``"{function name}:{arg}:{arg}"``
+without ``self``, the key seed 002 invalidates
+(``get_post_by_id_cached:{post_id}``), so keys are stored unprefixed unless
+a ``namespace`` is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import types
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, TypeVar
+
+import orjson
+
+from iogate.backends.base import AsyncDatabaseManager
+from iogate.core.jsonable import jsonable
+from iogate.core.result import Result
+
+__all__ = ["DEFAULT_CACHE_TTL", "Cache", "CacheStats", "CachedFunction", "cached", "default_cache"]
+
+logger = logging.getLogger("iogate.cache")
+
+DEFAULT_CACHE_TTL = 300.0
+DEFAULT_TAG_PREFIX = "iogate:tag:"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    coalesced: int = 0  # callers that awaited another caller's load
+    errors: int = 0  # backend failures absorbed (lookups, writes, invalidations)
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "loads": self.loads,
+            "coalesced": self.coalesced,
+            "errors": self.errors,
+        }
+
+
+class Cache:
+    """Cache-aside over a key-value manager (memory by default)."""
+
+    def __init__(
+        self,
+        database: AsyncDatabaseManager | str | None = None,
+        *,
+        name: str = "cache",
+        default_ttl: float | None = DEFAULT_CACHE_TTL,
+        namespace: str = "",
+        tag_prefix: str = DEFAULT_TAG_PREFIX,
+    ) -> None:
+        self.name = name
+        self.default_ttl = default_ttl
+        self.namespace = namespace
+        self.tag_prefix = tag_prefix
+        self._owns_manager = not isinstance(database, AsyncDatabaseManager)
+        self.manager = _manager_for(database, name)
+        self.stats = CacheStats()
+        self._inflight: dict[str, asyncio.Task[Any]] = {}
+        self._degraded = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Cache {self.name!r} backend={self.manager.backend} "
+            f"state={self.manager.state.value} {self.stats.snapshot()}>"
+        )
+
+    @property
+    def backend(self) -> str:
+        return self.manager.backend
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Cache:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel pending loads; close the manager if this cache created it."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._owns_manager:
+            await self.manager.close()
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """Raise an iogate error unless the backend answers (for ``/ready``)."""
+        await self.manager.ping(timeout)
+
+    def get_stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "degraded": self._degraded,
+            **self.stats.snapshot(),
+        }
+
+    # -- operations ---------------------------------------------------------------------
+
+    async def get(self, key: str) -> Any:
+        """The cached value, or None on a miss (or when the backend fails)."""
+        _, value = await self._lookup(key)
+        return value
+
+    async def set(
+        self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> bool:
+        """Store ``value``; False when the backend failed (counted, logged)."""
+        ttl = self.default_ttl if ttl is None else ttl
+        full = self.namespace + key
+        data = orjson.dumps(value, default=jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
+        entry: dict[str, Any] = {"operation": "set", "key": full, "value": data}
+        if ttl is not None:
+            entry["ttl"] = ttl
+        tag_list = list(tags)
+        if not tag_list:
+            return self._ok(await self.manager.execute_query(full, entry))
+        operations = [entry]
+        for tag in tag_list:
+            tag_key = self._tag_key(tag)
+            operations.append({"operation": "sadd", "key": tag_key, "member": full})
+            if ttl is not None:
+                # The tag's set lives as long as its longest-lived entry:
+                # NX sets a TTL on a new set, GT only ever extends it.
+                operations.append({"operation": "expire", "key": tag_key, "ttl": ttl, "nx": True})
+                operations.append({"operation": "expire", "key": tag_key, "ttl": ttl, "gt": True})
+        return self._ok(
+            await self.manager.execute_query(
+                full, {"operation": "pipeline", "operations": operations}
+            )
+        )
+
+    async def delete(self, *keys: str) -> int:
+        """Remove entries; the number removed (0 when the backend failed)."""
+        if not keys:
+            return 0
+        full = [self.namespace + key for key in keys]
+        result = await self.manager.execute_query(full[0], {"operation": "delete", "keys": full})
+        return int(result.data) if self._ok(result) else 0
+
+    async def invalidate_tag(self, tag: str) -> int:
+        """Remove every entry stored with ``tag``; the number removed."""
+        tag_key = self._tag_key(tag)
+        members = await self.manager.execute_query(
+            tag_key, {"operation": "smembers", "key": tag_key}
+        )
+        if not self._ok(members):
+            return 0
+        result = await self.manager.execute_query(
+            tag_key, {"operation": "delete", "keys": [*members.data, tag_key]}
+        )
+        if not self._ok(result):
+            return 0
+        return max(0, int(result.data) - 1) if members.data else 0
+
+    async def get_or_load(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[R]],
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> R:
+        """The cached value, or ``loader()``'s, stored; one load per key at a time."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._lookup_or_load(key, loader, ttl, tuple(tags))
+            )
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._forget, key))
+        else:
+            self.stats.coalesced += 1
+        # Shielded: one caller giving up must not cancel the others' load.
+        result: R = await asyncio.shield(task)
+        return result
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _lookup_or_load(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[R]],
+        ttl: float | None,
+        tags: tuple[str, ...],
+    ) -> R:
+        hit, value = await self._lookup(key)
+        if hit:
+            cached_value: R = value
+            return cached_value
+        self.stats.loads += 1
+        loaded = await loader()
+        await self.set(key, loaded, ttl=ttl, tags=tags)
+        return loaded
+
+    def _forget(self, key: str, task: asyncio.Task[Any]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: a loader error nobody awaited is not "lost"
+
+    async def _lookup(self, key: str) -> tuple[bool, Any]:
+        full = self.namespace + key
+        result = await self.manager.execute_query(full, {"operation": "get", "key": full})
+        if not self._ok(result) or result.data is None:
+            self.stats.misses += 1
+            return False, None
+        try:
+            value = orjson.loads(result.data)
+        except orjson.JSONDecodeError:
+            # Not written by a Cache (or truncated): treat as a miss, overwrite on load.
+            self._absorb(f"entry {full!r} is not JSON")
+            self.stats.misses += 1
+            return False, None
+        self.stats.hits += 1
+        return True, value
+
+    def _tag_key(self, tag: str) -> str:
+        return f"{self.tag_prefix}{self.namespace}{tag}"
+
+    def _ok(self, result: Result) -> bool:
+        if result.success:
+            if self._degraded:
+                self._degraded = False
+                logger.info("cache %r is answering again", self.name)
+            return True
+        self._absorb(f"{result.error_type}: {result.error}")
+        return False
+
+    def _absorb(self, reason: str) -> None:
+        self.stats.errors += 1
+        if not self._degraded:
+            self._degraded = True
+            logger.warning("cache %r failed (%s); serving from the loader", self.name, reason)
+        else:
+            logger.debug("cache %r failed again (%s)", self.name, reason)
+
+
+def _manager_for(database: AsyncDatabaseManager | str | None, name: str) -> AsyncDatabaseManager:
+    if isinstance(database, AsyncDatabaseManager):
+        return database
+    if database is None or database in ("memory://", "memory:"):
+        from iogate.backends.memory import AsyncMemoryManager
+
+        return AsyncMemoryManager(name=name)
+    from iogate.backends.redis import AsyncRedisManager
+
+    return AsyncRedisManager(database, name=name)
+
+
+# -- caches for managers and the default --------------------------------------------------
+
+_by_manager: weakref.WeakKeyDictionary[AsyncDatabaseManager, Cache] = weakref.WeakKeyDictionary()
+_default: Cache | None = None
+
+
+def default_cache() -> Cache:
+    """The process-wide in-memory cache ``@cached`` uses when given no database."""
+    global _default
+    if _default is None:
+        _default = Cache(name="default")
+    return _default
+
+
+def cache_for(manager: AsyncDatabaseManager) -> Cache:
+    """The one Cache over ``manager`` (so single-flight spans all its users)."""
+    cache = _by_manager.get(manager)
+    if cache is None:
+        cache = _by_manager[manager] = Cache(manager, name=manager.name)
+    return cache
+
+
+# -- the decorator ----------------------------------------------------------------------------
+
+CacheSource = Cache | AsyncDatabaseManager | str | Callable[[Any], Any] | None
+
+
+class CachedFunction(Generic[P, R]):
+    """An async function whose results are cached; also works as a method."""
+
+    def __init__(
+        self,
+        func: Callable[P, Awaitable[R]],
+        *,
+        ttl: float | None,
+        key: str | Callable[..., str] | None,
+        database: CacheSource,
+        tags: Iterable[str] | Callable[..., Iterable[str]],
+    ) -> None:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"@cached needs an async function, got {func!r}")
+        functools.update_wrapper(self, func)
+        self.__wrapped__ = func
+        self._func = func
+        self._signature = inspect.signature(func)
+        parameters = list(self._signature.parameters)
+        self._skip_first = bool(parameters) and parameters[0] in ("self", "cls")
+        self.ttl = ttl
+        self._key = key
+        self._tags = tags
+        self._source = database
+        # A fixed cache is built now (no I/O until first use); callables and
+        # orchestrator names are resolved per call.
+        self.cache: Cache | None = None
+        if isinstance(database, Cache):
+            self.cache = database
+        elif isinstance(database, AsyncDatabaseManager):
+            self.cache = cache_for(database)
+        elif isinstance(database, str) and "://" in database:
+            self.cache = Cache(database, name=f"cache:{func.__name__}")
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        if instance is None:
+            return self
+        return types.MethodType(self, instance)
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        cache = self._resolve(args)
+        key = self.key_for(*args, **kwargs)
+        tags = self._tags_for(args, kwargs)
+        return await cache.get_or_load(
+            key, lambda: self._func(*args, **kwargs), ttl=self.ttl, tags=tags
+        )
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        """The cache key a call with these arguments uses."""
+        if callable(self._key):
+            return self._key(*args, **kwargs)
+        if isinstance(self._key, str):
+            return self._key.format(**self._bind(args, kwargs))
+        parts = [str(a) for a in (args[1:] if self._skip_first else args)]
+        parts += [f"{k}={kwargs[k]}" for k in sorted(kwargs)]
+        return ":".join([self._func.__name__, *parts])
+
+    async def invalidate(self, *args: Any, **kwargs: Any) -> int:
+        """Drop the entry a call with these arguments would read."""
+        return await self._resolve(args).delete(self.key_for(*args, **kwargs))
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def _tags_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+        if callable(self._tags):
+            return list(self._tags(*args, **kwargs))
+        tags = list(self._tags)
+        if not tags:
+            return []
+        arguments = self._bind(args, kwargs)
+        return [tag.format(**arguments) for tag in tags]
+
+    def _resolve(self, args: tuple[Any, ...]) -> Cache:
+        if self.cache is not None:
+            return self.cache
+        source = self._source
+        if source is None:
+            return default_cache()
+        if isinstance(source, str):  # a database name on the current orchestrator
+            from iogate.orchestrator.orchestrator import current_orchestrator
+
+            return cache_for(current_orchestrator().get_manager(source))
+        if not callable(source) or isinstance(source, Cache | AsyncDatabaseManager):
+            raise TypeError(f"cached(database=...) cannot use {type(source).__name__}")
+        resolved = source(args[0] if args else None)  # callable: given the instance
+        if isinstance(resolved, Cache):
+            return resolved
+        if isinstance(resolved, AsyncDatabaseManager):
+            return cache_for(resolved)
+        raise TypeError(f"cached(database=...) callable returned {type(resolved).__name__}")
+
+
+def cached(
+    ttl: float | None = DEFAULT_CACHE_TTL,
+    *,
+    key: str | Callable[..., str] | None = None,
+    database: CacheSource = None,
+    tags: Iterable[str] | Callable[..., Iterable[str]] = (),
+) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
+    """Cache an async function's result for ``ttl`` seconds (seed 002's ``@cached``).
+
+    ``key``: a format string over the arguments (``"post:{post_id}"``), a
+    callable taking the arguments, or None for ``"name:arg:arg"``.
+    ``database``: None (the in-memory default), a ``Cache``, a manager, a
+    Redis URL, the name of a database on the current orchestrator, or a
+    callable given the method's instance (``lambda self: self.cache``).
+    ``tags``: format strings like ``"user:{user_id}"`` for ``invalidate_tag``.
+    """
+
+    def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
+        return CachedFunction(func, ttl=ttl, key=key, database=database, tags=tags)
+
+    return decorate
