@@ -1,7 +1,8 @@
 """SQLite on aiosqlite: parallel readers, one writer, group commit.
 
 Layout: ``readers`` connections opened with ``PRAGMA query_only = ON`` serve
-reads in parallel (WAL lets them run beside the writer); one writer
+reads in parallel (WAL lets them run beside the writer), each read queued on
+the least-loaded reader's thread; one writer
 connection takes every write from a queue. Consecutive queued writes are
 committed together in one transaction (group commit), each inside its own
 SAVEPOINT, so one failing statement fails only its own caller and concurrent
@@ -216,8 +217,10 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         self._reader_count = 0 if self._in_memory else max(1, options.max_connections - 1)
         self._writer: _Connection | None = None
         self._readers: list[_Connection] = []
-        self._idle_readers: asyncio.Queue[_Connection] = asyncio.Queue()
-        self._readers_waiting = 0
+        # Statements queued or running per reader: reads are spread over the
+        # least-loaded reader and queue in its thread back to back, so a
+        # reader never idles while the event loop hands out the next read.
+        self._reader_load: list[int] = []
         self._write_queue: deque[_WriteRequest] = deque()
         self._write_ready = asyncio.Event()
         self._writer_lock = asyncio.Lock()
@@ -232,14 +235,14 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         )
 
     def pool_stats(self) -> dict[str, int]:
-        idle = self._idle_readers.qsize()
+        busy = sum(1 for load in self._reader_load if load)
         return {
             "size": len(self._readers) + (1 if self._writer else 0),
             "max_size": self._reader_count + 1,
             "readers": len(self._readers),
-            "in_use": len(self._readers) - idle,
-            "idle": idle,
-            "waiting": self._readers_waiting,
+            "in_use": busy + (1 if self._writer_lock.locked() else 0),
+            "idle": len(self._readers) - busy,
+            "waiting": sum(max(0, load - 1) for load in self._reader_load),
             "write_queue": len(self._write_queue),
         }
 
@@ -280,7 +283,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
             for _ in range(self._reader_count):
                 reader = await self._connect(reader=True)
                 self._readers.append(reader)
-                self._idle_readers.put_nowait(reader)
+                self._reader_load.append(0)
         except BaseException:
             await self._close()
             raise
@@ -301,6 +304,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         async with self._writer_lock:
             connections = [*self._readers, *([self._writer] if self._writer else [])]
             self._readers.clear()
+            self._reader_load.clear()
             self._writer = None
             for conn in connections:
                 with contextlib.suppress(Exception):
@@ -308,33 +312,19 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
 
     # -- reads ----------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _reader(self, deadline: Deadline) -> AsyncIterator[_Connection]:
-        timeout = deadline.cap(self.options.acquire_timeout) or 0.0
-        self._readers_waiting += 1
-        try:
-            async with asyncio.timeout(timeout):
-                conn = await self._idle_readers.get()
-        except TimeoutError:
-            raise PoolExhaustedError(
-                f"no SQLite reader free within {timeout:.3g}s ({self._reader_count} readers)"
-            ) from None
-        finally:
-            self._readers_waiting -= 1
-        try:
-            yield conn
-        finally:
-            # The thread finishes the statement even if we were cancelled;
-            # the connection is safe to hand on (its work is serialised).
-            self._idle_readers.put_nowait(conn)
-
     async def _read(
         self, query: str, args: tuple[Any, ...], deadline: Deadline, max_rows: int | None
     ) -> _Outcome:
-        async with self._reader(deadline) as conn:
+        loads = self._reader_load
+        index = loads.index(min(loads))
+        loads[index] += 1
+        try:
             return await self._call_with_deadline(
-                conn, _run_statement, deadline, query, args, max_rows
+                self._readers[index], _run_statement, deadline, query, args, max_rows
             )
+        finally:
+            if index < len(loads):  # the manager may have closed meanwhile
+                loads[index] -= 1
 
     # -- writes ---------------------------------------------------------------
 
@@ -489,18 +479,18 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         self, read_only: bool, deadline: Deadline
     ) -> AsyncIterator[Transaction]:
         read_only = read_only or self.options.read_only
-        if read_only and self._readers:
-            async with (
-                self._reader(deadline) as conn,
-                self._sqlite_transaction(conn, deadline, "BEGIN") as tx,
-            ):
-                yield tx
-            return
-        async with (
-            self._writer_session(deadline) as writer,
-            self._sqlite_transaction(writer, deadline, "BEGIN IMMEDIATE") as tx,
-        ):
-            yield tx
+        # A read-only transaction holds the writer with query_only on: SQLite
+        # itself refuses writes, and reads see one consistent snapshot.
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        async with self._writer_session(deadline) as writer:
+            if read_only:
+                await writer.call(_exec_plain, "PRAGMA query_only = ON")
+            try:
+                async with self._sqlite_transaction(writer, deadline, begin) as tx:
+                    yield tx
+            finally:
+                if read_only:
+                    await asyncio.shield(writer.call(_exec_plain, "PRAGMA query_only = OFF"))
 
     @asynccontextmanager
     async def _sqlite_transaction(
@@ -535,8 +525,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
 
     async def _ping(self) -> None:
         if self._readers:
-            async with self._reader(Deadline.never()) as conn:
-                await conn.call(_run_statement, "SELECT 1", (), None)
+            await self._read("SELECT 1", (), Deadline.never(), None)
         else:
             async with self._writer_session(Deadline.never()) as writer:
                 await writer.call(_run_statement, "SELECT 1", (), None)

@@ -1,0 +1,71 @@
+"""``make bench``: run every benchmark script and write docs/benchmarks.md.
+
+Each script prints a Markdown table comparing iogate with the raw driver in
+the same run. ``--quick`` shrinks the workloads (under 2 minutes in all).
+Scripts run one after another, never in parallel, on loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "docs" / "benchmarks-latest.md"
+
+
+def machine() -> str:
+    memory = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores, {memory}, Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def run(title: str, command: list[str]) -> str:
+    print(f"== {title}: {' '.join(command)}", file=sys.stderr)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    body = done.stdout.strip() or "(no output)"
+    if done.returncode != 0:
+        body += f"\n\nexit {done.returncode}:\n```\n{done.stderr.strip()[-2000:]}\n```"
+    return f"## {title}\n\n`{' '.join(command)}`\n\n{body}\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small workloads (< 2 minutes)")
+    args = parser.parse_args()
+    py = sys.executable
+    quick = ["--quick"] if args.quick else []
+    sections = [
+        run("SQL managers vs raw drivers", [py, "-m", "bench.db_bench", *quick]),
+        run(
+            "Redis manager vs redis.asyncio",
+            [py, "bench/redis_bench.py", *(["--ops", "5000"] if args.quick else [])],
+        ),
+        run(
+            "API manager vs aiohttp",
+            [py, "bench/api_bench.py", *(["--requests", "2000"] if args.quick else [])],
+        ),
+    ]
+    header = (
+        f"# Benchmark run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"Machine: {machine()}. Command: `make bench{'-quick' if args.quick else ''}`.\n"
+        "Figures are medians of interleaved rounds; see docs/benchmarks.md for the analysis.\n"
+    )
+    OUTPUT.write_text(header + "\n" + "\n".join(sections), encoding="utf-8")
+    print(OUTPUT.read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()
