@@ -1,0 +1,200 @@
+"""Step references: one batch operation using an earlier one's output.
+
+Two forms, both explicit JSON objects so that ordinary user data (a string
+that happens to contain braces or a dollar sign) is never rewritten:
+
+``{"$ref": "0.data.0.id"}``
+    replaced by the value found at that path; the value keeps its JSON type.
+``{"$fmt": "user:{0.data.0.id}"}``
+    a string with ``{path}`` placeholders, each replaced by the value's text
+    (``{{`` and ``}}`` are literal braces); for endpoint fragments and keys.
+
+A path starts with a step: its index in the batch (``0``) or the ``id`` the
+operation was given (``{"id": "user", ...}`` -> ``user.data.0.id``); the rest
+walks that step's Result as served (``data``, ``rows_affected``,
+``status_code``, ...), a number indexing a list. Only earlier steps can be
+referenced, so a batch cannot contain a cycle; a forward or unknown
+reference is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from iogate.core.errors import InvalidRequestError
+from iogate.core.result import Result
+
+__all__ = [
+    "FMT_KEY",
+    "REF_KEY",
+    "Reference",
+    "StepReferenceError",
+    "collect_references",
+    "resolve",
+]
+
+REF_KEY = "$ref"
+FMT_KEY = "$fmt"
+_STEP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+class StepReferenceError(InvalidRequestError):
+    """A reference that cannot be followed (bad syntax, forward, missing path)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One parsed ``step.path...`` reference."""
+
+    text: str
+    step: int
+    path: tuple[str, ...]
+
+
+def is_step_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_STEP_ID.match(value)) and not value.isdigit()
+
+
+def parse_path(text: object, *, at: int, ids: Mapping[str, int]) -> Reference:
+    """Parse ``text`` for the operation at index ``at``; refuse forward references."""
+    if not isinstance(text, str) or not text.strip():
+        raise StepReferenceError(f"operation {at}: a reference must be a non-empty string")
+    head, *path = text.strip().split(".")
+    if head.isdigit():
+        step = int(head)
+    elif head in ids:
+        step = ids[head]
+    else:
+        raise StepReferenceError(f"operation {at}: reference {text!r} names no step {head!r}")
+    if step >= at:
+        raise StepReferenceError(
+            f"operation {at}: reference {text!r} points to operation {step}, "
+            "which does not run before it (only earlier operations can be referenced)"
+        )
+    if any(part == "" for part in path):
+        raise StepReferenceError(f"operation {at}: reference {text!r} has an empty path segment")
+    return Reference(text=text, step=step, path=tuple(path))
+
+
+def _fmt_fields(template: str, *, at: int) -> list[str]:
+    try:
+        return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+    except ValueError as exc:
+        raise StepReferenceError(f"operation {at}: bad $fmt template {template!r}: {exc}") from None
+
+
+def collect_references(value: Any, *, at: int, ids: Mapping[str, int]) -> list[Reference]:
+    """Every reference inside ``value``, validated (raises StepReferenceError)."""
+    found: list[Reference] = []
+    _walk(value, at, ids, found)
+    return found
+
+
+def _walk(value: Any, at: int, ids: Mapping[str, int], found: list[Reference]) -> None:
+    if isinstance(value, Mapping):
+        marker = _marker(value)
+        if marker == REF_KEY:
+            found.append(parse_path(value[REF_KEY], at=at, ids=ids))
+            return
+        if marker == FMT_KEY:
+            template = value[FMT_KEY]
+            if not isinstance(template, str):
+                raise StepReferenceError(f"operation {at}: $fmt must be a string")
+            found.extend(parse_path(f, at=at, ids=ids) for f in _fmt_fields(template, at=at))
+            return
+        for item in value.values():
+            _walk(item, at, ids, found)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _walk(item, at, ids, found)
+
+
+def _marker(value: Mapping[Any, Any]) -> str | None:
+    """``$ref``/``$fmt`` when ``value`` is exactly such an object."""
+    if len(value) == 1:
+        (key,) = value
+        if key in (REF_KEY, FMT_KEY):
+            return str(key)
+    return None
+
+
+def resolve(
+    value: Any, results: Sequence[Result | None], *, at: int, ids: Mapping[str, int]
+) -> Any:
+    """``value`` with every reference replaced from the finished ``results``.
+
+    The referenced steps must have succeeded (the batch checks that first);
+    a path that does not exist in a step's output raises StepReferenceError.
+    """
+    if isinstance(value, Mapping):
+        marker = _marker(value)
+        if marker == REF_KEY:
+            return lookup(parse_path(value[REF_KEY], at=at, ids=ids), results)
+        if marker == FMT_KEY:
+            return _format(value[FMT_KEY], results, at=at, ids=ids)
+        return {k: resolve(v, results, at=at, ids=ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, results, at=at, ids=ids) for v in value]
+    if isinstance(value, tuple):
+        return tuple(resolve(v, results, at=at, ids=ids) for v in value)
+    return value
+
+
+def _format(
+    template: str, results: Sequence[Result | None], *, at: int, ids: Mapping[str, int]
+) -> str:
+    out: list[str] = []
+    for literal, field, _spec, _conv in string.Formatter().parse(template):
+        out.append(literal)
+        if field:
+            found = lookup(parse_path(field, at=at, ids=ids), results)
+            out.append(found if isinstance(found, str) else _text(found))
+    return "".join(out)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def lookup(ref: Reference, results: Sequence[Result | None]) -> Any:
+    """The value at ``ref`` in its step's Result (``to_dict`` shape)."""
+    result = results[ref.step]
+    if result is None:
+        raise StepReferenceError(f"reference {ref.text!r}: operation {ref.step} has not run")
+    current: Any = result.to_dict()
+    walked = str(ref.step)
+    for part in ref.path:
+        if isinstance(current, Mapping):
+            if part not in current:
+                raise StepReferenceError(f"reference {ref.text!r}: no key {part!r} in {walked}")
+            current = current[part]
+        elif isinstance(current, list | tuple):
+            if not _is_index(part):
+                raise StepReferenceError(
+                    f"reference {ref.text!r}: {walked} is a list; {part!r} is not an index"
+                )
+            index = int(part)
+            if not -len(current) <= index < len(current):
+                raise StepReferenceError(
+                    f"reference {ref.text!r}: {walked} has {len(current)} item(s), no index {index}"
+                )
+            current = current[index]
+        else:
+            raise StepReferenceError(
+                f"reference {ref.text!r}: {walked} is {type(current).__name__}, "
+                f"cannot look up {part!r}"
+            )
+        walked = f"{walked}.{part}"
+    return current
+
+
+def _is_index(part: str) -> bool:
+    return part.lstrip("-").isdigit()
