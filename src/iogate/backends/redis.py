@@ -423,7 +423,21 @@ class AsyncRedisManager(AsyncDatabaseManager):
         try:
             if command.op in ("pipeline", "transaction"):
                 return batch_result(command, await self._run_batch(command, deadline))
-            reply = await self._run(_args(command), deadline)
+            conn = self._conn
+            if (
+                self.auto_pipeline
+                and conn is not None
+                and conn.usable
+                and deadline.expires_at is None
+            ):
+                # The hot path, inlined: no extra coroutine per command.
+                if len(conn.waiting) >= self.max_in_flight:
+                    raise PoolExhaustedError(
+                        f"{self.name}: {self.max_in_flight} commands already in flight"
+                    )
+                reply = await conn.send(hiredis.pack_command(_args(command)))
+            else:
+                reply = await self._run(_args(command), deadline)
             return Result.ok(_shape(command, reply), operation=command.op)
         except IogateError as exc:
             return Result.from_exception(exc, operation=command.op)
