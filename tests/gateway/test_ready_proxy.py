@@ -147,6 +147,51 @@ async def redis_proxy(redis_url: str) -> AsyncIterator[CuttableProxy]:
         await proxy.close()
 
 
+@contextlib.asynccontextmanager
+async def serve_gateway(config_text: str, workdir: Path) -> AsyncIterator[str]:
+    """``iogate serve`` as a real process; yields its base URL once /health answers."""
+    port = free_port()
+    config = workdir / "iogate.toml"
+    config.write_text(f"[gateway]\nport = {port}\n{config_text}")
+    log_path = workdir / "gateway.log"
+    log = log_path.open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "iogate.cli",
+        "serve",
+        "--config",
+        str(config),
+        cwd=workdir,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=2.0) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.returncode is not None:
+                    pytest.fail(f"gateway exited: {log_path.read_text()}")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"gateway did not start: {log_path.read_text()}")
+                await asyncio.sleep(0.05)
+        yield base
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        log.close()
+
+
 @pytest.fixture
 async def gateway(
     tmp_path: Path,
@@ -155,14 +200,8 @@ async def gateway(
     pg_proxy: CuttableProxy,
     redis_proxy: CuttableProxy,
 ) -> AsyncIterator[str]:
-    """``iogate serve`` as a real process, its databases behind the relays."""
-    port = free_port()
-    config = tmp_path / "iogate.toml"
-    config.write_text(
-        f"""
-[gateway]
-port = {port}
-
+    """A gateway whose PostgreSQL and Redis are behind the relays."""
+    config = f"""
 [databases.pg]
 type = "postgresql"
 url = "{pg_proxy.url(postgres_url)}"
@@ -176,43 +215,8 @@ url = "{redis_proxy.url(redis_url)}"
 type = "sqlite"
 path = "{tmp_path / "main.db"}"
 """
-    )
-    log = (tmp_path / "gateway.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "iogate.cli",
-        "serve",
-        "--config",
-        str(config),
-        cwd=tmp_path,
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=2.0) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.returncode is not None:
-                    pytest.fail(f"gateway exited: {(tmp_path / 'gateway.log').read_text()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/ready")).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"gateway not ready: {(tmp_path / 'gateway.log').read_text()}")
-                await asyncio.sleep(0.05)
+    async with serve_gateway(config, tmp_path) as base:
         yield base
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        log.close()
 
 
 class HealthWatch:

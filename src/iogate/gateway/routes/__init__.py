@@ -6,11 +6,12 @@ running app only through ``iogate.gateway.deps``.
 
 from fastapi import APIRouter
 
-from iogate.gateway.routes import api, database
+from iogate.gateway.routes import api, dashboard, database
 
 ROUTERS: list[APIRouter] = [
     database.router,
     api.router,
+    dashboard.router,
 ]
 
 __all__ = ["ROUTERS"]
