@@ -208,8 +208,18 @@ async def retry_results(
     effect (taking a retry-budget token) therefore runs only for a retry that
     will really happen when it is last.
     """
-    if policy.attempts == 1:
-        return await attempt()
+    # Fast path: most calls succeed first time, and tenacity's machinery
+    # costs more than a loopback round trip's worth of CPU. The first
+    # outcome is taken here and replayed to tenacity as its attempt 1 only
+    # when a retry is due, so attempt numbering and waits are unchanged.
+    first = await attempt()
+    if policy.attempts == 1 or not should_retry(first):
+        return first
+    replay = [first]
+
+    async def next_attempt() -> Result:
+        return replay.pop() if replay else await attempt()
+
     stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(policy.attempts)
     if deadline is not None:
         stop = stop | _StopAtDeadline(deadline)
@@ -223,5 +233,5 @@ async def retry_results(
         retry_error_callback=_last_result,
         reraise=True,
     )
-    result: Result = await retrying(attempt)
+    result: Result = await retrying(next_attempt)
     return result
