@@ -246,3 +246,17 @@ headers = { X-Api-Token = "${TOKEN}" }
     for secret in ("ci-key-0123456789", "tok-abcdefgh", "pg-pass-xyz"):
         assert secret not in output
     assert "RuntimeError" in output
+
+
+def test_uvicorn_level_names_are_accepted() -> None:
+    root = logging.getLogger()
+    previous = root.level
+    handler = configure_logging(level="trace", stream=io.StringIO())
+    try:
+        assert root.level == logging.DEBUG
+        handler = configure_logging(level="warning", stream=io.StringIO())
+        assert root.level == logging.WARNING
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(previous)

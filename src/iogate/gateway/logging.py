@@ -317,5 +317,9 @@ def configure_logging(
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
-    root.setLevel(level.upper() if isinstance(level, str) else level)
+    if isinstance(level, str):
+        # uvicorn's "trace" has no stdlib counterpart: the most verbose one.
+        level = logging.getLevelName(level.upper())
+        level = level if isinstance(level, int) else logging.DEBUG
+    root.setLevel(level)
     return handler
