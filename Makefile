@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict src
 
 test: lint
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) || true
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -84,13 +84,34 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
+    from iogate.gateway.logging import configure_logging, secrets_of
+
+    configure_logging(level=log_level, secrets=secrets_of(settings))
     uvicorn.run(
         create_app(settings),
         host=gateway.host,
         port=gateway.port,
         log_level=log_level,
+        log_config=None,
+        access_log=False,
         server_header=False,
     )
+
+
+@app.command()
+def check(
+    config: ConfigOption = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds allowed to open and to ping each resource.", min=0.1)
+    ] = 3.0,
+) -> None:
+    """Validate the config and ping every resource; exit 1 when anything fails."""
+    from iogate.check import run_check
+
+    path = config or (
+        Path(os.environ["IOGATE_CONFIG"]) if os.environ.get("IOGATE_CONFIG") else None
+    )
+    raise typer.Exit(run_check(path, timeout=timeout))
 
 
 @app.command()

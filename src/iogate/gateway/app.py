@@ -24,6 +24,11 @@ from starlette.responses import Response
 from iogate.core.errors import IogateError
 from iogate.gateway.auth import Authenticator, Principal, principal_of
 from iogate.gateway.deps import orchestrator_of
+from iogate.gateway.logging import (
+    RequestIdMiddleware,
+    install_operation_log,
+    uninstall_operation_log,
+)
 from iogate.gateway.middleware import BodyLimitMiddleware
 from iogate.gateway.responses import ORJSONResponse, problem
 from iogate.gateway.routes import ROUTERS
@@ -96,12 +101,14 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         collector.watch(orchestrator)
         collector.install()
         operation_stats.install()
+        install_operation_log()
         app.state.metrics = collector
         app.state.operation_stats = operation_stats
         await _open_all(orchestrator)
         try:
             yield
         finally:
+            uninstall_operation_log()
             operation_stats.uninstall()
             collector.uninstall()
             await orchestrator.close()
@@ -115,6 +122,8 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     app.state.settings = settings
     app.state.authenticator = Authenticator.from_settings(settings)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
+    # Added last = outermost: every response carries X-Request-ID.
+    app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)
 
     for router in ROUTERS:
