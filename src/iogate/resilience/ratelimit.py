@@ -37,7 +37,7 @@ class RateLimiter:
         self.limit = limit
         self.name = name
         try:
-            storage = storage_from_string(storage_uri) if storage_uri else MemoryStorage()
+            storage = _storage(storage_uri) if storage_uri else MemoryStorage()
             if not isinstance(storage, Storage):
                 raise ConfigError(f"rate limit storage for {name!r} must be an async+ URI")
             self._storage: Storage = storage
@@ -76,8 +76,22 @@ class RateLimiter:
 
     async def close(self) -> None:
         # The in-memory storage runs an expiry task; stop it with the manager.
-        # A shared storage is left alone: other processes still count in it.
+        # A shared storage keeps its counts (other processes still use
+        # them); only our client connection to it is closed.
         if isinstance(self._storage, MemoryStorage):
             timer = self._storage.timer
             if timer is not None and not timer.done():
                 timer.cancel()
+            return
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        aclose = getattr(client, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _storage(uri: str) -> Any:
+    if uri.startswith(("async+redis://", "async+rediss://")):
+        # limits defaults to coredis for async Redis; iogate already ships
+        # redis-py, so use that instead of pulling in a second client.
+        return storage_from_string(uri, implementation="redispy")
+    return storage_from_string(uri)
