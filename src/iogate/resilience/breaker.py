@@ -13,10 +13,11 @@ Each call gets a *generation* ticket from ``acquire()``; an outcome reported
 with a ticket from an earlier state (a slow call that started before the
 breaker opened) is ignored, so it cannot close or re-open the wrong state.
 
-Written here rather than taken from a library: pybreaker and circuitbreaker
-are synchronous-first and have no failure-ratio window, aiobreaker is
-unmaintained, and none offers an injectable clock plus bounded half-open
-probes (see docs/apis-and-resilience.md).
+Written here rather than taken from a library: pybreaker, circuitbreaker and
+aiobreaker count consecutive failures only; purgatory offers a threshold and
+an open TTL around raised exceptions, while iogate's failures are Results and
+need a failure-ratio window, bounded half-open probes and an injectable
+clock (see docs/apis-and-resilience.md).
 """
 
 from __future__ import annotations
