@@ -305,6 +305,12 @@ class AsyncMemoryManager(AsyncDatabaseManager):
             f"keys={len(self.store)} max_keys={self.store.max_keys}>"
         )
 
+    def __del__(self) -> None:
+        # Nothing leaks when a memory store is dropped unclosed (no sockets,
+        # no threads), so no ResourceWarning: the process-wide default cache
+        # lives until exit without an owner to close it.
+        return None
+
     async def _open(self) -> None:
         return None
 
