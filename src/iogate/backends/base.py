@@ -126,6 +126,9 @@ class AsyncDatabaseManager(abc.ABC):
         await self.close()
 
     def __del__(self) -> None:
+        # An in-process store holds nothing outside the process: no warning.
+        if self.backend == "memory":
+            return
         if getattr(self, "state", None) is ManagerState.OPEN:
             warnings.warn(
                 f"{type(self).__name__} {self.name!r} was never closed",
