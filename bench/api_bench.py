@@ -162,15 +162,19 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
-    print(f"loop={args.loop} requests/round={args.requests} rounds={args.rounds} (median)")
     print(
-        f"{'concurrency':>11} {'raw aiohttp req/s':>18} {'AsyncAPIManager req/s':>22} "
-        f"{'ratio':>7} {'raw CPU us/req':>15} {'manager CPU us/req':>19}"
+        f"loop={args.loop}, {args.requests} requests per round, median of {args.rounds} "
+        "interleaved rounds; manager with retry, breaker, retry budget and metrics on\n"
     )
+    print(
+        "| concurrency | raw aiohttp req/s | AsyncAPIManager req/s | ratio "
+        "| raw CPU µs/req | manager CPU µs/req |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
     for concurrency, raw_rate, manager_rate, raw_cpu, manager_cpu in rows:
         print(
-            f"{concurrency:>11} {raw_rate:>18.0f} {manager_rate:>22.0f} "
-            f"{manager_rate / raw_rate:>7.1%} {raw_cpu:>15.0f} {manager_cpu:>19.0f}"
+            f"| {concurrency} | {raw_rate:.0f} | {manager_rate:.0f} | "
+            f"{manager_rate / raw_rate:.1%} | {raw_cpu:.0f} | {manager_cpu:.0f} |"
         )
 
 
