@@ -6,12 +6,13 @@ running app only through ``iogate.gateway.deps``.
 
 from fastapi import APIRouter
 
-from iogate.gateway.routes import api, dashboard, database
+from iogate.gateway.routes import api, batch, dashboard, database
 
 ROUTERS: list[APIRouter] = [
     database.router,
     api.router,
     dashboard.router,
+    batch.router,
 ]
 
 __all__ = ["ROUTERS"]

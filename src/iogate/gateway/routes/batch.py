@@ -1,0 +1,106 @@
+"""POST /batch/execute: a mixed batch, one Result per operation, in order.
+
+A batch over ``[gateway] max_batch_operations`` is refused with 422 (not
+413: the body may be small; it is the request that asks for too much),
+as is a batch refused as a whole (forward reference, atomic over an API
+call or several databases). Otherwise the answer is 200 with every
+operation's Result, whatever each outcome.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from iogate.core.deadline import Deadline
+from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
+from iogate.gateway.responses import ORJSONResponse, problem
+from iogate.gateway.routes import operations as operation_routes
+from iogate.gateway.settings import Settings
+from iogate.orchestrator import AsyncOperationOrchestrator
+from iogate.orchestrator.batch import (
+    DEFAULT_CONCURRENCY,
+    BatchRefusedError,
+    check_atomic,
+    execute_batch,
+    plan_batch,
+)
+from iogate.orchestrator.operations import load_operations
+
+__all__ = ["BatchExecuteRequest", "router"]
+
+router = APIRouter(tags=["operations"])
+# One entry in ROUTERS serves both: batches and the named operations.
+router.include_router(operation_routes.router)
+MAX_CONCURRENCY = 100
+
+
+class BatchExecuteRequest(BaseModel):
+    """Operations in the seed's dict format (see docs/batches-and-operations.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operations: list[Any] = Field(description="database / api / transaction / operation objects")
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
+    atomic: bool = Field(default=False, description="All SQL on one database, one transaction")
+
+
+@router.post("/batch/execute", summary="Run a mixed batch of operations")
+async def batch_execute(
+    body: BatchExecuteRequest,
+    orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
+    settings: Annotated[Settings, Depends(settings_of)],
+    deadline: Annotated[Deadline, Depends(request_deadline)],
+) -> Response:
+    limit = settings.gateway.max_batch_operations
+    if len(body.operations) > limit:
+        return problem(
+            422,
+            "Batch too large",
+            f"{len(body.operations)} operations; at most {limit} per batch "
+            "([gateway] max_batch_operations)",
+        )
+    try:
+        steps = plan_batch(body.operations)
+        if body.atomic:
+            check_atomic(orchestrator, steps)
+    except BatchRefusedError as exc:
+        return problem(422, "Batch refused", str(exc))
+    for step in steps:
+        if step.error is None and step.kind in ("database", "transaction"):
+            db = settings.databases.get(str(step.spec["db_name"]))
+            if db is not None and not db.allow_raw_sql:
+                return problem(
+                    403,
+                    "Raw SQL not allowed",
+                    f"operation {step.index}: database {db_name(step.spec)!r} accepts only "
+                    "named operations (allow_raw_sql = false)",
+                )
+    load_operations(orchestrator, settings.operations)
+    results = await execute_batch(
+        orchestrator,
+        body.operations,
+        concurrency=body.concurrency,
+        atomic=body.atomic,
+        deadline=deadline,
+        max_rows=settings.gateway.max_rows,
+    )
+    failed = Counter(r.error_type or "unknown" for r in results if not r.success)
+    return ORJSONResponse(
+        {
+            "results": [r.to_dict() for r in results],
+            "summary": {
+                "total": len(results),
+                "succeeded": len(results) - sum(failed.values()),
+                "failed": dict(sorted(failed.items())),
+            },
+        }
+    )
+
+
+def db_name(spec: Any) -> str:
+    return str(spec.get("db_name"))

@@ -1,0 +1,60 @@
+"""Named operations over HTTP: ``GET /operations`` and ``POST /operations/{name}``.
+
+The request body is the operation's parameters by name (``{"id": 42}``); a
+missing or extra parameter is a 422 naming it. Operations come from
+``[operations.NAME]`` in the config and from ``@operation`` in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from starlette.responses import Response
+
+from iogate.core.deadline import Deadline
+from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
+from iogate.gateway.responses import ORJSONResponse, problem, result_response
+from iogate.gateway.settings import Settings
+from iogate.orchestrator import AsyncOperationOrchestrator
+from iogate.orchestrator.operations import (
+    OperationRegistry,
+    execute_named_operation,
+    load_operations,
+    registry_of,
+)
+
+__all__ = ["operations_of", "router"]
+
+router = APIRouter(tags=["operations"])
+
+
+def operations_of(
+    orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
+    settings: Annotated[Settings, Depends(settings_of)],
+) -> OperationRegistry:
+    """The running app's operations, loaded from the settings on first use."""
+    load_operations(orchestrator, settings.operations)
+    return registry_of(orchestrator)
+
+
+@router.get("/operations", summary="List the named operations and their parameters")
+async def list_operations(
+    registry: Annotated[OperationRegistry, Depends(operations_of)],
+) -> Response:
+    return ORJSONResponse({"operations": [op.describe() for op in registry.all()]})
+
+
+@router.post("/operations/{name}", summary="Run a named operation")
+async def run_operation(
+    name: str,
+    registry: Annotated[OperationRegistry, Depends(operations_of)],
+    orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
+    deadline: Annotated[Deadline, Depends(request_deadline)],
+    params: Annotated[dict[str, Any] | None, Body()] = None,
+) -> Response:
+    op = registry.get(name)
+    if op is None:
+        return problem(404, "Unknown operation", f"no operation named {name!r}")
+    result = await execute_named_operation(orchestrator, name, params or {}, deadline=deadline)
+    return result_response(result, kind="api" if op.kind == "api" else "database")
