@@ -6,6 +6,7 @@ operations and batches, and a gateway serving them over HTTP.
 """
 
 from iogate.backends.base import AsyncDatabaseManager, Transaction
+from iogate.backends.http import AsyncAPIManager, ExternalAPISession
 from iogate.backends.pg_pool import DatabaseConnectionPool
 from iogate.backends.postgres import AsyncPostgreSQLManager
 from iogate.backends.sqlite import AsyncSQLiteManager
@@ -16,8 +17,17 @@ from iogate.metrics import track_api_operation, track_database_operation
 from iogate.orchestrator import (
     AsyncOperationOrchestrator,
     DatabaseType,
+    get_api_session,
     get_database_connection,
 )
+from iogate.resilience.breaker import CircuitBreakerConfig
+from iogate.resilience.helpers import (
+    circuit_breaker_api_call,
+    execute_with_retry,
+    resilient_api_operation,
+    resilient_database_operation,
+)
+from iogate.resilience.retry import RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -32,19 +42,28 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AsyncAPIManager",
     "AsyncDatabaseManager",
     "AsyncMySQLManager",
     "AsyncOperationOrchestrator",
     "AsyncPostgreSQLManager",
     "AsyncSQLiteManager",
+    "CircuitBreakerConfig",
     "DatabaseConnectionPool",
     "DatabaseOptions",
     "DatabaseType",
     "Deadline",
+    "ExternalAPISession",
     "Result",
+    "RetryPolicy",
     "Transaction",
     "__version__",
+    "circuit_breaker_api_call",
+    "execute_with_retry",
+    "get_api_session",
     "get_database_connection",
+    "resilient_api_operation",
+    "resilient_database_operation",
     "track_api_operation",
     "track_database_operation",
 ]
