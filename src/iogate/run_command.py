@@ -1,0 +1,138 @@
+"""``iogate run FILE.json``: execute a batch file with progress and a summary.
+
+The file holds either a list of operations or an object
+``{"operations": [...], "concurrency": 10, "atomic": false}`` (the body of
+``POST /batch/execute``). Resources come from the settings, as for
+``iogate serve``. Exit status: 0 when every operation succeeded, 1 when
+some failed, 2 when the file itself is unusable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from iogate.core.result import Result
+from iogate.gateway.settings import Settings
+from iogate.orchestrator.batch import DEFAULT_CONCURRENCY, execute_batch
+from iogate.orchestrator.operations import load_operations
+
+__all__ = ["BatchFile", "load_batch_file", "run_batch_file"]
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_UNUSABLE = 2
+
+
+class BatchFile:
+    """What a batch file asks for."""
+
+    def __init__(self, operations: list[Any], *, concurrency: int, atomic: bool) -> None:
+        self.operations = operations
+        self.concurrency = concurrency
+        self.atomic = atomic
+
+
+def load_batch_file(path: Path) -> BatchFile:
+    """Parse ``path``; ValueError says what is wrong with it."""
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+    if isinstance(raw, list):
+        return BatchFile(raw, concurrency=DEFAULT_CONCURRENCY, atomic=False)
+    if not isinstance(raw, dict) or not isinstance(raw.get("operations"), list):
+        raise ValueError(f'{path}: expected a list of operations or {{"operations": [...]}}')
+    unknown = sorted(set(raw) - {"operations", "concurrency", "atomic"})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    concurrency = raw.get("concurrency", DEFAULT_CONCURRENCY)
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(f"{path}: concurrency must be a positive integer")
+    atomic = raw.get("atomic", False)
+    if not isinstance(atomic, bool):
+        raise ValueError(f"{path}: atomic must be true or false")
+    return BatchFile(raw["operations"], concurrency=concurrency, atomic=atomic)
+
+
+def run_batch_file(
+    path: Path,
+    settings: Settings,
+    output: Path | None,
+    *,
+    console: Console | None = None,
+) -> int:
+    """Run the batch in ``path``; print progress and a summary; return the exit status."""
+    console = console or Console()
+    try:
+        batch = load_batch_file(path)
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_UNUSABLE
+    started = time.perf_counter()
+    results = asyncio.run(_run(batch, settings, console))
+    duration = time.perf_counter() - started
+    _summary(console, results, duration)
+    if output is not None:
+        output.write_bytes(
+            orjson.dumps([r.to_dict() for r in results], default=str, option=orjson.OPT_INDENT_2)
+        )
+        console.print(f"results written to {output}", highlight=False)
+    return EXIT_OK if all(r.success for r in results) else EXIT_FAILURES
+
+
+async def _run(batch: BatchFile, settings: Settings, console: Console) -> list[Result]:
+    # The gateway's builder, so a batch file sees exactly what `iogate serve` serves.
+    from iogate.gateway.app import build_orchestrator
+
+    orchestrator = build_orchestrator(settings)
+    async with orchestrator:
+        load_operations(orchestrator, settings.operations)
+        with Progress(
+            TextColumn("[bold]running"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("batch", total=len(batch.operations), failed=0)
+            failed = 0
+
+            def advance(index: int, result: Result) -> None:
+                nonlocal failed
+                failed += not result.success
+                progress.update(task, advance=1, failed=failed)
+
+            return await execute_batch(
+                orchestrator,
+                batch.operations,
+                concurrency=batch.concurrency,
+                atomic=batch.atomic,
+                max_rows=settings.gateway.max_rows,
+                on_result=advance,
+            )
+
+
+def _summary(console: Console, results: list[Result], duration: float) -> None:
+    failures = Counter(r.error_type or "unknown" for r in results if not r.success)
+    table = Table(title="batch summary", show_header=True)
+    table.add_column("outcome")
+    table.add_column("operations", justify="right")
+    table.add_row("total", str(len(results)))
+    table.add_row("[green]succeeded[/]", str(len(results) - sum(failures.values())))
+    for error_type, count in sorted(failures.items()):
+        table.add_row(f"[red]failed: {error_type}[/]", str(count))
+    table.add_row("duration", f"{duration:.3f} s")
+    console.print(table)
