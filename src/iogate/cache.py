@@ -38,7 +38,15 @@ from iogate.backends.base import AsyncDatabaseManager
 from iogate.core.jsonable import jsonable
 from iogate.core.result import Result
 
-__all__ = ["DEFAULT_CACHE_TTL", "Cache", "CacheStats", "CachedFunction", "cached", "default_cache"]
+__all__ = [
+    "DEFAULT_CACHE_TTL",
+    "Cache",
+    "CacheStats",
+    "CachedFunction",
+    "cache_for",
+    "cached",
+    "default_cache",
+]
 
 logger = logging.getLogger("iogate.cache")
 
