@@ -7,9 +7,12 @@ operations and batches, and a gateway serving them over HTTP.
 
 from iogate.backends.base import AsyncDatabaseManager, Transaction
 from iogate.backends.http import AsyncAPIManager, ExternalAPISession
+from iogate.backends.memory import AsyncMemoryManager
 from iogate.backends.pg_pool import DatabaseConnectionPool
 from iogate.backends.postgres import AsyncPostgreSQLManager
+from iogate.backends.redis import AsyncRedisManager
 from iogate.backends.sqlite import AsyncSQLiteManager
+from iogate.cache import Cache, cached
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.result import Result
@@ -44,10 +47,13 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AsyncAPIManager",
     "AsyncDatabaseManager",
+    "AsyncMemoryManager",
     "AsyncMySQLManager",
     "AsyncOperationOrchestrator",
     "AsyncPostgreSQLManager",
+    "AsyncRedisManager",
     "AsyncSQLiteManager",
+    "Cache",
     "CircuitBreakerConfig",
     "DatabaseConnectionPool",
     "DatabaseOptions",
@@ -58,6 +64,7 @@ __all__ = [
     "RetryPolicy",
     "Transaction",
     "__version__",
+    "cached",
     "circuit_breaker_api_call",
     "execute_with_retry",
     "get_api_session",
