@@ -56,6 +56,14 @@ def serve(
         int | None, typer.Option(help="Port (overrides [gateway] port).", min=0, max=65535)
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes; with more than one, /metrics sums them all "
+            "(Prometheus multiprocess mode) and /stats describes the answering worker.",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
     """Serve the HTTP gateway (OpenAPI docs at /docs)."""
     settings = _load(config)
@@ -87,6 +95,9 @@ def serve(
     from iogate.gateway.logging import configure_logging, secrets_of
 
     configure_logging(level=log_level, secrets=secrets_of(settings))
+    if workers > 1:
+        _serve_workers(config, settings, workers, log_level)
+        return
     uvicorn.run(
         create_app(settings),
         host=gateway.host,
@@ -96,6 +107,37 @@ def serve(
         access_log=False,
         server_header=False,
     )
+
+
+def _serve_workers(config: Path | None, settings: Settings, workers: int, log_level: str) -> None:
+    """Several uvicorn workers sharing one Prometheus multiprocess directory."""
+    import tempfile
+
+    import uvicorn
+
+    path = config or (
+        Path(os.environ["IOGATE_CONFIG"]) if os.environ.get("IOGATE_CONFIG") else None
+    )
+    metrics_dir = tempfile.mkdtemp(prefix="iogate-metrics-")
+    # Read by the workers (and by prometheus-client at import) before they start.
+    os.environ["IOGATE_CONFIG"] = str(path.resolve()) if path else ""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "iogate.gateway.app:app_from_environment",
+            factory=True,
+            workers=workers,
+            host=settings.gateway.host,
+            port=settings.gateway.port,
+            log_level=log_level,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+    finally:
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command()

@@ -194,3 +194,18 @@ def _title(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+def app_from_environment() -> FastAPI:
+    """App factory for ``uvicorn --factory`` workers started by ``iogate serve --workers N``.
+
+    The parent process passes the config path in ``IOGATE_CONFIG`` (empty: the
+    embedded default) and the shared metrics directory in
+    ``PROMETHEUS_MULTIPROC_DIR``.
+    """
+    import os
+
+    config = os.environ.get("IOGATE_CONFIG") or None
+    return create_app(
+        load_settings(config), metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    )
