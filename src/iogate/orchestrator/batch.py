@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from iogate.backends.kv import parse_command
 from iogate.core.deadline import Deadline
 from iogate.core.errors import InvalidRequestError, IogateError
 from iogate.core.events import OperationEvent, emit
@@ -293,14 +292,18 @@ class _BatchRun:
         self.max_rows = max_rows
         self.on_result = on_result
         self.results: list[Result | None] = [None] * len(steps)
-        self.done = [asyncio.Event() for _ in steps]
+        # Only a referenced operation needs an event for others to wait on.
+        referenced = {d for s in steps for d in s.depends_on}
+        self.done = {i: asyncio.Event() for i in referenced}
         self.ids = {s.step_id: s.index for s in steps if s.step_id is not None}
 
     def finish(self, index: int, result: Result) -> None:
         if self.results[index] is not None:
             return
         self.results[index] = result
-        self.done[index].set()
+        event = self.done.get(index)
+        if event is not None:
+            event.set()
         if self.on_result is not None:
             self.on_result(index, result)
 
@@ -367,7 +370,6 @@ class _BatchRun:
                 isinstance(query, str)
                 and isinstance(params, Mapping)
                 and params.get("operation") not in ("pipeline", "transaction", None)
-                and _valid_kv(query, params)
             ):
                 return ("kv", db_name)
             return None
@@ -482,11 +484,18 @@ class _BatchRun:
         if outcome.success and data is not None and len(data) == len(steps):
             for step, value in zip(steps, data, strict=True):
                 result = Result.ok(value, resource=manager.name, operation=step.label)
-                self.finish(step.index, result.with_timing(share))
+                result.duration_ms = share
+                self.finish(step.index, result)
+            return
+        if outcome.error_type == "invalid_request" and data is None:
+            # An entry was refused while parsing, before anything was sent:
+            # run each alone, so only the bad one fails.
+            for step in steps:
+                await self._run_step(step)
             return
         if data is None or len(data) != len(steps):
-            # The pipeline as a whole failed (connection, parse): nothing is
-            # known per operation, so each reports the pipeline's error.
+            # The pipeline as a whole failed (connection): nothing is known
+            # per operation, so each reports the pipeline's error.
             for step in steps:
                 failure = Result.fail(
                     outcome.error or "pipeline failed",
@@ -533,7 +542,8 @@ class _BatchRun:
         share = (time.perf_counter() - started) * 1000 / len(steps)
         for step, result in zip(steps, results, strict=True):
             result.resource = manager.name
-            self.finish(step.index, result.with_timing(share))
+            result.duration_ms = round(share, 3)
+            self.finish(step.index, result)
         emit(
             OperationEvent(
                 resource=manager.name,
@@ -616,15 +626,6 @@ class _BatchRun:
 
 
 _KV_READS = frozenset({"get", "exists", "ttl", "mget", "hget", "hgetall", "lrange", "smembers"})
-
-
-def _valid_kv(query: str, params: Mapping[str, Any]) -> bool:
-    """An invalid command runs alone, so it cannot fail its pipeline's others."""
-    try:
-        parse_command(query, params, nested=True)
-    except IogateError:
-        return False
-    return True
 
 
 def _text(spec: Mapping[str, Any], name: str) -> str:

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from iogate.core.errors import InvalidRequestError
 from iogate.core.result import Result
 
@@ -90,8 +92,18 @@ def _fmt_fields(template: str, *, at: int) -> list[str]:
 def collect_references(value: Any, *, at: int, ids: Mapping[str, int]) -> list[Reference]:
     """Every reference inside ``value``, validated (raises StepReferenceError)."""
     found: list[Reference] = []
-    _walk(value, at, ids, found)
+    if _may_hold_references(value):
+        _walk(value, at, ids, found)
     return found
+
+
+def _may_hold_references(value: Any) -> bool:
+    """A cheap pre-check: most operations hold no reference at all."""
+    try:
+        encoded = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return True
+    return b'"$ref"' in encoded or b'"$fmt"' in encoded
 
 
 def _walk(value: Any, at: int, ids: Mapping[str, int], found: list[Reference]) -> None:
