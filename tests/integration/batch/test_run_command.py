@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import orjson
 from rich.console import Console
 
 from iogate.gateway.settings import parse_settings
-from iogate.run_command import run_batch_file
+from iogate.run_command import run_batch_file as _run_batch_file
+
+
+def run_batch_file(*args: Any, **kwargs: Any) -> int:
+    # In a thread of its own, as the CLI's asyncio.run would own the process:
+    # here it must not replace the event loop pytest-asyncio keeps for other tests.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_run_batch_file, *args, **kwargs).result()
+
 
 SETTINGS = """
 [databases.cache]
