@@ -157,6 +157,25 @@ def check(
 
 
 @app.command()
+def run(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="Batch file: a JSON list of operations or {operations, concurrency, atomic}."
+        ),
+    ],
+    config: ConfigOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write every Result as JSON here.")
+    ] = None,
+) -> None:
+    """Run a batch file with a progress bar and a summary table (exit 1 if any failed)."""
+    from iogate.run_command import run_batch_file
+
+    raise typer.Exit(run_batch_file(file, _load(config), output))
+
+
+@app.command()
 def version() -> None:
     """Print the iogate version."""
     from iogate import __version__

@@ -91,3 +91,16 @@ def test_principal_wildcards() -> None:
     writer = Principal("w", frozenset({"db:main:write"}))
     assert writer.allows("db:main:read")
     assert not writer.allows("db:other:read")
+
+
+def test_batch_needs_batch_scope_and_each_operations_scope(client: TestClient) -> None:
+    batch = {"operations": [{"type": "database", "db_name": "pg", "query": "SELECT 1"}]}
+    response = client.post(
+        "/batch/execute", json=batch, headers={"Authorization": f"Bearer {WRITER}"}
+    )
+    assert response.status_code == 403
+    assert "batch" in response.json()["detail"]
+    operation = client.post(
+        "/operations/get_user", json={}, headers={"Authorization": f"Bearer {READER}"}
+    )
+    assert operation.status_code == 403

@@ -322,3 +322,17 @@ async def test_closed_manager_cannot_reopen(postgres_url: str) -> None:
     await manager.close()  # idempotent
     result = await manager.execute_query("SELECT 1")
     assert result.error_type == "closed"
+
+
+async def test_parameter_encoding_error_leaves_no_locks_behind(
+    pg_manager: AsyncPostgreSQLManager, pg_table: str, pg_raw: asyncpg.Connection
+) -> None:
+    await pg_raw.execute(f"INSERT INTO {pg_table} (id, name) VALUES (1, 'a')")
+    result = await pg_manager.execute_query(
+        f"UPDATE {pg_table} SET name = $2 WHERE id = $1", [1, 3]
+    )
+    assert result.error_type == "query_error"
+    assert await poll(lambda: pg_manager.pool_stats()["in_use"] == 0)
+    # No connection is left mid-request holding the table's lock.
+    async with pg_raw.transaction():
+        await pg_raw.execute(f"LOCK TABLE {pg_table} IN ACCESS EXCLUSIVE MODE NOWAIT")

@@ -226,8 +226,11 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
             else:
                 rows, status = await self._run(conn, query, args, deadline)
             clean = True
-        except QueryError:
-            clean = True  # the server refused the statement; the session is intact
+        except QueryError as exc:
+            # The server refused the statement (it has a SQLSTATE): the session
+            # is intact. A client-side failure (parameter encoding) can leave
+            # the protocol mid-request holding locks: reset or discard.
+            clean = exc.sqlstate is not None
             raise
         finally:
             self.release(conn, clean=clean)
@@ -249,6 +252,11 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
             raise OperationTimeoutError(
                 f"statement cancelled: {exc.args[0] if exc.args else 'statement timeout'}"
             ) from exc
+        except asyncpg.DataError as exc:
+            # Raised by asyncpg itself while encoding a parameter (it carries a
+            # class SQLSTATE but the server never answered): no sqlstate here,
+            # so the connection is reset before reuse.
+            raise QueryError(f"cannot encode parameters: {exc}") from exc
         except asyncpg.ReadOnlySQLTransactionError as exc:
             raise ReadOnlyError(str(exc), sqlstate=exc.sqlstate) from exc
         except asyncpg.PostgresError as exc:
@@ -265,7 +273,7 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
             if "arguments" in str(exc) or "invalid input" in str(exc):
                 raise QueryError(str(exc)) from exc
             raise DatabaseConnectionError(f"driver error: {exc}") from exc
-        except (asyncpg.DataError, ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise QueryError(f"cannot encode parameters: {exc}") from exc
 
     async def _fetch(

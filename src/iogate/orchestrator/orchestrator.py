@@ -14,7 +14,7 @@ import asyncio
 import enum
 import importlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -248,6 +248,47 @@ class AsyncOperationOrchestrator:
             method, endpoint, data=data, params=params, headers=headers, deadline=deadline
         )
         return result
+
+    # -- batches and named operations ----------------------------------------------
+
+    async def execute_batch_operations(
+        self,
+        operations: Sequence[Any],
+        concurrency: int = 10,
+        atomic: bool = False,
+        deadline: Deadline | None = None,
+    ) -> list[Result]:
+        """One Result per operation, in order (see iogate.orchestrator.batch)."""
+        from iogate.orchestrator.batch import execute_batch
+
+        return await execute_batch(
+            self, operations, concurrency=concurrency, atomic=atomic, deadline=deadline
+        )
+
+    async def execute_transaction(
+        self, db_name: str, queries: Sequence[Any], *, deadline: Deadline | None = None
+    ) -> Result:
+        """All ``queries`` in one database transaction, all or nothing."""
+        from iogate.orchestrator.batch import run_transaction
+
+        return await run_transaction(self, db_name, queries, deadline=deadline)
+
+    def register_operation(self, name: str, **spec: Any) -> Any:
+        """Declare a named ("dedicated") operation (see iogate.orchestrator.operations)."""
+        from iogate.orchestrator.operations import register_operation
+
+        return register_operation(self, name, **spec)
+
+    async def execute_named_operation(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        deadline: Deadline | None = None,
+    ) -> Result:
+        from iogate.orchestrator.operations import execute_named_operation
+
+        return await execute_named_operation(self, name, params, deadline=deadline)
 
     # -- observability --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
 from iogate.gateway.responses import ORJSONResponse, problem
 from iogate.gateway.routes import operations as operation_routes
@@ -55,7 +56,9 @@ async def batch_execute(
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
     settings: Annotated[Settings, Depends(settings_of)],
     deadline: Annotated[Deadline, Depends(request_deadline)],
+    principal: Annotated[Principal, Depends(principal_of)],
 ) -> Response:
+    principal.require("batch")
     limit = settings.gateway.max_batch_operations
     if len(body.operations) > limit:
         return problem(
@@ -71,6 +74,8 @@ async def batch_execute(
     except BatchRefusedError as exc:
         return problem(422, "Batch refused", str(exc))
     for step in steps:
+        if step.error is None:
+            principal.require(scope_of(step.kind, step.spec))
         if step.error is None and step.kind in ("database", "transaction"):
             db = settings.databases.get(str(step.spec["db_name"]))
             if db is not None and not db.allow_raw_sql:
@@ -104,3 +109,13 @@ async def batch_execute(
 
 def db_name(spec: Any) -> str:
     return str(spec.get("db_name"))
+
+
+def scope_of(kind: str, spec: Any) -> str:
+    """The scope one batch operation needs. SQL in a batch needs write: a
+    batch cannot run some operations read-only and others not."""
+    if kind in ("database", "transaction"):
+        return f"db:{db_name(spec)}:write"
+    if kind == "api":
+        return f"api:{spec.get('api_name')}"
+    return f"ops:{spec.get('name')}"

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Depends
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
 from iogate.gateway.responses import ORJSONResponse, problem, result_response
 from iogate.gateway.settings import Settings
@@ -41,6 +42,7 @@ def operations_of(
 @router.get("/operations", summary="List the named operations and their parameters")
 async def list_operations(
     registry: Annotated[OperationRegistry, Depends(operations_of)],
+    principal: Annotated[Principal, Depends(principal_of)],
 ) -> Response:
     return ORJSONResponse({"operations": [op.describe() for op in registry.all()]})
 
@@ -51,8 +53,10 @@ async def run_operation(
     registry: Annotated[OperationRegistry, Depends(operations_of)],
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
     deadline: Annotated[Deadline, Depends(request_deadline)],
+    principal: Annotated[Principal, Depends(principal_of)],
     params: Annotated[dict[str, Any] | None, Body()] = None,
 ) -> Response:
+    principal.require(f"ops:{name}")
     op = registry.get(name)
     if op is None:
         return problem(404, "Unknown operation", f"no operation named {name!r}")
