@@ -53,6 +53,7 @@ def main() -> None:
             "Redis manager vs redis.asyncio",
             [py, "bench/redis_bench.py", *(["--ops", "5000"] if args.quick else [])],
         ),
+        run("Batches vs one by one", [py, "bench/batch_bench.py"]),
         run(
             "API manager vs aiohttp",
             [py, "bench/api_bench.py", *(["--requests", "2000"] if args.quick else [])],
