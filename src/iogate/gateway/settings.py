@@ -168,8 +168,6 @@ class ApiSettings(_Strict):
     retry: RetrySettings | None = None
     circuit_breaker: CircuitBreakerSettings | None = None
     rate_limit: str | None = None
-    verify_ssl: bool = True
-    ca_bundle: str | None = None
 
 
 class OperationCacheSettings(_Strict):
