@@ -31,9 +31,9 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -41,8 +41,9 @@ from asyncmy.connection import Connection as MySQLConnection
 from asyncmy.constants import CLIENT
 from asyncmy.errors import MySQLError
 
-from iogate.backends.base import AsyncDatabaseManager, Transaction
-from iogate.backends.pool import Pool, PooledConnection
+from iogate.backends.base import Transaction
+from iogate.backends.pool import PooledConnection
+from iogate.backends.pooled import PooledDatabaseManager
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.errors import (
@@ -51,7 +52,6 @@ from iogate.core.errors import (
     IogateError,
     OperationTimeoutError,
     ParameterError,
-    PoolExhaustedError,
     QueryError,
     ReadOnlyError,
 )
@@ -340,7 +340,7 @@ class _Outcome:
     last_insert_id: int
 
 
-class AsyncMySQLManager(AsyncDatabaseManager):
+class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
     """Pooled MySQL/MariaDB access returning ``Result``.
 
     ``AsyncMySQLManager(url, max_connections=10)`` with
@@ -360,27 +360,14 @@ class AsyncMySQLManager(AsyncDatabaseManager):
         options: DatabaseOptions | None = None,
         connect: Callable[[], Awaitable[MySQLConnection]] | None = None,
     ) -> None:
-        super().__init__(name=name)
-        options = options or DatabaseOptions()
-        if max_connections is not None:
-            options = replace(
-                options,
-                max_connections=max_connections,
-                min_connections=min(options.min_connections, max_connections),
-            )
-        self.options = options
         self._url = url
-        self._target = parse_mysql_url(url)
-        self._connect = connect or self._default_connect
-        self._pool: Pool[MySQLConnection] = Pool(
-            connect=self._connect,
+        self._target_url = parse_mysql_url(url)
+        super().__init__(
+            name=name,
+            options=(options or DatabaseOptions()).with_max_connections(max_connections),
+            connect=connect,
             close=_close_connection,
-            min_size=options.min_connections,
-            max_size=options.max_connections,
-            max_idle_time=options.max_idle_time,
-            max_lifetime=options.max_lifetime,
         )
-        self._background: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<AsyncMySQLManager {self.name!r} {redact_url(self._url)} {self._pool!r}>"
@@ -390,41 +377,17 @@ class AsyncMySQLManager(AsyncDatabaseManager):
         """The URL with its password masked."""
         return redact_url(self._url)
 
-    def pool_stats(self) -> dict[str, int]:
-        return self._pool.stats()
-
-    # -- lifecycle ----------------------------------------------------------
+    def _target(self) -> str:
+        return f"{self._target_url.host}:{self._target_url.port}"
 
     async def _default_connect(self) -> MySQLConnection:
         return await connect_mysql(
-            self._target,
+            self._target_url,
             timeout=self.options.acquire_timeout,
             statement_timeout=self.options.statement_timeout,
         )
 
-    async def _open(self) -> None:
-        await self._pool.open()
-
-    async def _close(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        await self._pool.close()
-
     # -- connections ----------------------------------------------------------
-
-    async def acquire(self, deadline: Deadline | None = None) -> PooledConnection[Any]:
-        """Check out a pooled connection (pair with :meth:`release`)."""
-        await self._ensure_open()
-        timeout = (deadline or Deadline.never()).cap(self.options.acquire_timeout)
-        try:
-            return await self._pool.acquire(timeout or 0.0)
-        except PoolExhaustedError:
-            raise
-        except TimeoutError:
-            raise DatabaseConnectionError(
-                f"cannot connect to {self._target.host}:{self._target.port}: "
-                f"no answer within {timeout:.3g}s"
-            ) from None
 
     def release(self, conn: PooledConnection[Any], *, clean: bool = True) -> None:
         """Return a connection; ``clean=False`` resets (or discards) it first.
@@ -448,11 +411,6 @@ class AsyncMySQLManager(AsyncDatabaseManager):
             self._pool.release(conn)
             return
         self._spawn(self._reset_and_release(conn))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _reset_and_release(self, conn: PooledConnection[Any]) -> None:
         raw: MySQLConnection = conn.raw
@@ -572,7 +530,7 @@ class AsyncMySQLManager(AsyncDatabaseManager):
 
     def _map_error(self, exc: MySQLError) -> IogateError:
         code = _code(exc)
-        message = redact_text(_message(exc), [self._target.password])
+        message = redact_text(_message(exc), [self._target_url.password])
         sqlstate = getattr(exc, "sqlstate", None)
         if code in _TIMEOUT_CODES:
             return OperationTimeoutError(f"statement timeout: {message}")

@@ -15,21 +15,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import orjson
 
-from iogate.backends.base import AsyncDatabaseManager, Transaction
-from iogate.backends.pool import Pool, PooledConnection
+from iogate.backends.base import Transaction
+from iogate.backends.pool import PooledConnection
+from iogate.backends.pooled import PooledDatabaseManager
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.errors import (
     DatabaseConnectionError,
     IogateError,
     OperationTimeoutError,
-    PoolExhaustedError,
     QueryError,
     ReadOnlyError,
 )
@@ -86,7 +85,7 @@ def _json_encode(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-class AsyncPostgreSQLManager(AsyncDatabaseManager):
+class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
     """Pooled PostgreSQL access returning ``Result`` (seed 000).
 
     ``AsyncPostgreSQLManager(dsn, max_connections=20)`` as in the seed; every
@@ -105,28 +104,13 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
         options: DatabaseOptions | None = None,
         connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
     ) -> None:
-        super().__init__(name=name)
-        options = options or DatabaseOptions()
-        if max_connections is not None:
-            options = replace(
-                options,
-                max_connections=max_connections,
-                min_connections=min(options.min_connections, max_connections),
-            )
-        self.options = options
         self._dsn = dsn
-        self._connect = connect or self._default_connect
-        self._pool: Pool[asyncpg.Connection] = Pool(
-            connect=self._connect,
+        super().__init__(
+            name=name,
+            options=(options or DatabaseOptions()).with_max_connections(max_connections),
+            connect=connect,
             close=_close_connection,
-            min_size=options.min_connections,
-            max_size=options.max_connections,
-            max_idle_time=options.max_idle_time,
-            max_lifetime=options.max_lifetime,
-            resource=self.name,
-            backend=self.backend,
         )
-        self._resets: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<AsyncPostgreSQLManager {self.name!r} {redact_url(self._dsn)} {self._pool!r}>"
@@ -136,13 +120,8 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
         """The DSN with its password masked."""
         return redact_url(self._dsn)
 
-    def pool_stats(self) -> dict[str, int]:
-        return self._pool.stats()
-
-    def _renamed(self, name: str) -> None:
-        self._pool.resource = name
-
-    # -- lifecycle ----------------------------------------------------------
+    def _target(self) -> str:
+        return redact_url(self._dsn)
 
     async def _default_connect(self) -> asyncpg.Connection:
         return await connect_postgres(
@@ -151,28 +130,7 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
             statement_timeout=self.options.statement_timeout,
         )
 
-    async def _open(self) -> None:
-        await self._pool.open()
-
-    async def _close(self) -> None:
-        if self._resets:
-            await asyncio.gather(*self._resets, return_exceptions=True)
-        await self._pool.close()
-
     # -- connections ----------------------------------------------------------
-
-    async def acquire(self, deadline: Deadline | None = None) -> PooledConnection[Any]:
-        """Check out a pooled connection (pair with :meth:`release`)."""
-        await self._ensure_open()
-        timeout = (deadline or Deadline.never()).cap(self.options.acquire_timeout)
-        try:
-            return await self._pool.acquire(timeout or 0.0)
-        except PoolExhaustedError:
-            raise
-        except TimeoutError:
-            raise DatabaseConnectionError(
-                f"cannot connect to {redact_url(self._dsn)}: no answer within {timeout:.3g}s"
-            ) from None
 
     def release(self, conn: PooledConnection[Any], *, clean: bool = True) -> None:
         """Return a connection; ``clean=False`` resets (or discards) it first.
@@ -187,9 +145,7 @@ class AsyncPostgreSQLManager(AsyncDatabaseManager):
         if raw.is_closed():
             self._pool.release(conn, discard=True)
             return
-        task = asyncio.get_running_loop().create_task(self._reset_and_release(conn))
-        self._resets.add(task)
-        task.add_done_callback(self._resets.discard)
+        self._spawn(self._reset_and_release(conn))
 
     async def _reset_and_release(self, conn: PooledConnection[Any]) -> None:
         raw: asyncpg.Connection = conn.raw

@@ -29,7 +29,7 @@ import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -204,13 +204,9 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         options: DatabaseOptions | None = None,
     ) -> None:
         super().__init__(name=name)
-        options = options or DatabaseOptions(max_connections=DEFAULT_SQLITE_CONNECTIONS)
-        if max_connections is not None:
-            options = replace(
-                options,
-                max_connections=max_connections,
-                min_connections=min(options.min_connections, max_connections),
-            )
+        options = (
+            options or DatabaseOptions(max_connections=DEFAULT_SQLITE_CONNECTIONS)
+        ).with_max_connections(max_connections)
         self.options = options
         self.path = path
         self._in_memory = path == ":memory:" or "mode=memory" in path

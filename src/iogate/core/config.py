@@ -6,7 +6,7 @@ These are the library's view of configuration; the gateway's TOML loader
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from iogate.core.errors import ConfigError
@@ -67,6 +67,16 @@ class DatabaseOptions:
             raise ConfigError(f"max_rows must be at least 1, got {self.max_rows}")
         if self.synchronous.upper() not in {"NORMAL", "FULL", "OFF"}:
             raise ConfigError(f"synchronous must be NORMAL, FULL or OFF, got {self.synchronous!r}")
+
+    def with_max_connections(self, max_connections: int | None) -> DatabaseOptions:
+        """These options with the seed's positional ``max_connections`` applied."""
+        if max_connections is None:
+            return self
+        return replace(
+            self,
+            max_connections=max_connections,
+            min_connections=min(self.min_connections, max_connections),
+        )
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> DatabaseOptions:
