@@ -155,25 +155,25 @@ async def resilient_database_operation(
     operation_func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
 ) -> T:
     """``await operation_func(*args, **kwargs)``, retried on transient database failures."""
-
-    async def call() -> T:
-        return await operation_func(*args, **kwargs)
-
-    return await _run(
-        call,
-        attempts=_SEED_ATTEMPTS,
-        retry=_transient(_DB_TRANSIENT_EXCEPTIONS, _DB_TRANSIENT_TYPES),
-        initial=DEFAULT_BACKOFF_INITIAL,
-        maximum=DEFAULT_BACKOFF_MAX,
-        sleep=asyncio.sleep,
-        random=_random.random,
-    )
+    retry = _transient(_DB_TRANSIENT_EXCEPTIONS, _DB_TRANSIENT_TYPES)
+    return await _seed_retry(retry, operation_func, *args, **kwargs)
 
 
 async def resilient_api_operation(
     operation_func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
 ) -> T:
     """``await operation_func(*args, **kwargs)``, retried on timeouts and rate limits."""
+    retry = _transient(_API_TRANSIENT_EXCEPTIONS, _API_TRANSIENT_TYPES)
+    return await _seed_retry(retry, operation_func, *args, **kwargs)
+
+
+async def _seed_retry(
+    retry: tenacity.retry_base,
+    operation_func: Callable[..., Awaitable[T]],
+    *args: Any,
+    **kwargs: Any,
+) -> T:
+    """The seed decorators' policy: a few attempts with jittered backoff."""
 
     async def call() -> T:
         return await operation_func(*args, **kwargs)
@@ -181,7 +181,7 @@ async def resilient_api_operation(
     return await _run(
         call,
         attempts=_SEED_ATTEMPTS,
-        retry=_transient(_API_TRANSIENT_EXCEPTIONS, _API_TRANSIENT_TYPES),
+        retry=retry,
         initial=DEFAULT_BACKOFF_INITIAL,
         maximum=DEFAULT_BACKOFF_MAX,
         sleep=asyncio.sleep,
