@@ -14,6 +14,7 @@ import pytest
 
 from iogate.orchestrator import AsyncOperationOrchestrator
 from iogate.orchestrator.batch import execute_batch, run_transaction
+from tests.conftest import poll
 
 
 async def test_transaction_whose_third_statement_fails_leaves_no_trace(
@@ -168,10 +169,7 @@ async def test_sigkill_during_atomic_batch_leaves_all_or_nothing(
                 )
                 return found > 0
 
-            for _ in range(500):
-                if await sleeping():
-                    break
-                await asyncio.sleep(0.01)
+            await poll(sleeping, timeout=5, interval=0.01)
             child.send_signal(signal.SIGKILL)
         await asyncio.wait_for(child.wait(), 20)
         count = await pg_raw.fetchval(f"SELECT count(*) FROM {pg_table}")

@@ -11,7 +11,6 @@ the canary tests skip, or fail with ``IOGATE_REQUIRE_SERVICES=1``.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,15 +20,9 @@ import pytest
 from aiohttp import web
 
 from iogate.backends.http import AsyncAPIManager
+from tests.conftest import unavailable
 
-REQUIRE_SERVICES = os.environ.get("IOGATE_REQUIRE_SERVICES") == "1"
 SECRET_TOKEN = "s3cr3t-token-value-for-tests"
-
-
-def unavailable(reason: str) -> None:
-    if REQUIRE_SERVICES:
-        pytest.fail(f"IOGATE_REQUIRE_SERVICES=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @dataclass
