@@ -7,6 +7,14 @@ response headers; anything else is a failed Result whose ``error_type`` is
 ``rate_limited``, ``timeout``, ``connection_error``, ``circuit_open`` or
 ``invalid_request``.
 
+TLS: certificates are verified by default against the system CA store;
+``ca_bundle`` (a PEM file) replaces that store, ``verify_ssl=False`` turns
+verification off. The ``ssl.SSLContext`` is built once, when the manager is
+created, so a missing bundle is a ``ConfigError`` at start-up, not a failure
+per request. A failed handshake (certificate not trusted, wrong host name,
+not TLS at all) is a ``connection_error`` naming the host and OpenSSL's
+reason, and is never retried: the next attempt would fail the same way.
+
 Around each request, in this order: the endpoint is joined to the base URL
 (``iogate.backends.urls`` refuses anything that could leave it), one deadline
 is set (the smaller of ``timeout`` and the caller's), then attempts run under
@@ -26,6 +34,7 @@ import asyncio
 import functools
 import random as _random
 import re
+import ssl
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -104,6 +113,8 @@ class _Call:
     # True while every attempt so far provably never reached the upstream
     # (connection refused, no connection within the timeout).
     not_sent: bool = False
+    # True after a failure that another attempt would repeat (a TLS handshake).
+    permanent: bool = False
 
 
 class AsyncAPIManager:
@@ -112,7 +123,8 @@ class AsyncAPIManager:
     ``retry``, ``circuit_breaker`` accept their config object, a dict from a
     config file, or ``False`` to turn them off; ``rate_limit`` is a string
     such as ``"100/second"`` (``rate_limit_storage`` an async ``limits``
-    storage URI to share it between processes).
+    storage URI to share it between processes). ``verify_ssl`` and
+    ``ca_bundle`` configure HTTPS certificate checks (see module doc).
     """
 
     backend: ClassVar[str] = "http"
@@ -131,6 +143,8 @@ class AsyncAPIManager:
         rate_limit_storage: str | None = None,
         retry_budget: RetryBudget | bool = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        verify_ssl: bool = True,
+        ca_bundle: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         random: Random = _random.random,
@@ -144,6 +158,9 @@ class AsyncAPIManager:
         self.max_connections = max_connections
         self.timeout = float(timeout)
         self.max_response_bytes = max_response_bytes
+        self.verify_ssl = verify_ssl
+        self.ca_bundle = ca_bundle
+        self._ssl = _client_ssl_context(verify_ssl=verify_ssl, ca_bundle=ca_bundle)
         self._headers = _checked_headers(headers or {}, configured=True)
         self._secrets = _secret_values(self._headers)
         self.retry_policy = RetryPolicy.coerce(retry)
@@ -190,6 +207,7 @@ class AsyncAPIManager:
                     limit=self.max_connections,
                     limit_per_host=self.max_connections,
                     ttl_dns_cache=DEFAULT_DNS_CACHE_TTL,
+                    ssl=self._ssl,
                 )
                 self._session = aiohttp.ClientSession(
                     connector=connector,
@@ -386,7 +404,7 @@ class AsyncAPIManager:
         return checks
 
     def _should_retry(self, call: _Call, result: Result) -> bool:
-        if result.success:
+        if result.success or call.permanent:
             return False
         transient = result.error_type in {"timeout", "connection_error"} or (
             result.status_code is not None
@@ -427,7 +445,7 @@ class AsyncAPIManager:
             return Result.fail(f"{call.method}: deadline passed", "timeout")
         try:
             result, not_sent = await self._send(
-                session, call.method, url, query, body, headers, remaining, secrets
+                session, call, url, query, body, headers, remaining, secrets
             )
         except BaseException:
             if breaker is not None and ticket is not None:
@@ -444,7 +462,7 @@ class AsyncAPIManager:
     async def _send(
         self,
         session: aiohttp.ClientSession,
-        method: str,
+        call: _Call,
         url: str,
         query: list[tuple[str, str]] | None,
         body: bytes | None,
@@ -453,6 +471,7 @@ class AsyncAPIManager:
         secrets: tuple[str, ...],
     ) -> tuple[Result, bool]:
         """One attempt on the wire; returns (Result, provably-not-sent)."""
+        method = call.method
         target: str | URL = url
         client_timeout = aiohttp.ClientTimeout(total=timeout)
         try:
@@ -484,8 +503,15 @@ class AsyncAPIManager:
             return Result.fail(
                 f"{method} {_display_path(url)}: more than {MAX_REDIRECTS} redirects", "http_error"
             ), False
+        except aiohttp.ClientSSLError as exc:
+            # No request left (the handshake failed) and none should follow.
+            call.permanent = True
+            return Result.fail(
+                f"{method} {_display_path(url)}: {_tls_reason(exc)} for {self.base.host}",
+                "connection_error",
+            ), True
         except aiohttp.ClientConnectorError:
-            # The TCP (or TLS) connection was never established: nothing sent.
+            # The TCP connection was never established: nothing sent.
             return Result.fail(
                 f"{method} {_display_path(url)}: cannot connect to {self.base.origin}",
                 "connection_error",
@@ -559,13 +585,20 @@ class AsyncAPIManager:
             raise CircuitOpenError(
                 f"{self.name}: circuit is open", retry_after=self.breaker.retry_after()
             )
+        # For https the handshake is part of the check: an untrusted
+        # certificate makes every request fail, so it makes /ready fail too.
+        tls = self._ssl if self.base.scheme == "https" else None
         try:
             async with asyncio.timeout(timeout):
-                _, writer = await asyncio.open_connection(self.base.host, self.base.port)
+                _, writer = await asyncio.open_connection(self.base.host, self.base.port, ssl=tls)
         except TimeoutError:
             raise OperationTimeoutError(
                 f"{self.name}: {self.base.origin} did not accept a connection within {timeout}s"
             ) from None
+        except ssl.SSLError as exc:
+            raise APIConnectionError(
+                f"{self.name}: {_tls_reason(exc)} for {self.base.host}"
+            ) from exc
         except OSError as exc:
             raise APIConnectionError(f"{self.name}: cannot connect to {self.base.origin}") from exc
         writer.close()
@@ -599,9 +632,17 @@ class ExternalAPISession:
     breaker, and is kept for code written against the seed.
     """
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 30.0,
+        *,
+        verify_ssl: bool = True,
+        ca_bundle: str | None = None,
+    ) -> None:
         self.base_url = str(BaseURL.parse(base_url))
         self.timeout = timeout
+        self._ssl = _client_ssl_context(verify_ssl=verify_ssl, ca_bundle=ca_bundle)
         self.state = ManagerState.UNOPENED
         self._session: aiohttp.ClientSession | None = None
 
@@ -620,7 +661,7 @@ class ExternalAPISession:
             base_url=self.base_url,
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             connector=aiohttp.TCPConnector(
-                limit=100, limit_per_host=20, ttl_dns_cache=DEFAULT_DNS_CACHE_TTL
+                limit=100, limit_per_host=20, ttl_dns_cache=DEFAULT_DNS_CACHE_TTL, ssl=self._ssl
             ),
             trust_env=False,
         )
@@ -650,6 +691,47 @@ class ExternalAPISession:
 
 
 # -- helpers ---------------------------------------------------------------------
+
+
+def _client_ssl_context(*, verify_ssl: bool, ca_bundle: str | None) -> ssl.SSLContext:
+    """The one TLS context of a session, built (and its files read) up front.
+
+    ``ca_bundle`` replaces the system CA store rather than adding to it: a
+    private API's CA is then the only one trusted for it.
+    """
+    if not verify_ssl:
+        if ca_bundle is not None:
+            raise ConfigError(
+                f"ca_bundle {ca_bundle!r} has no effect with verify_ssl=false; drop one of them"
+            )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif ca_bundle is None:
+        context = ssl.create_default_context()
+    else:
+        try:
+            context = ssl.create_default_context(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            # FileNotFoundError, PermissionError, or "no certificate in the file".
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            raise ConfigError(f"ca_bundle {ca_bundle!r} cannot be loaded: {reason}") from exc
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """OpenSSL's reason for a failed handshake, without aiohttp's wrapping."""
+    cause: BaseException = exc
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cause = exc.certificate_error
+    elif isinstance(exc, aiohttp.ClientSSLError) and exc.__cause__ is not None:
+        cause = exc.__cause__
+    verify_message = getattr(cause, "verify_message", None)
+    if verify_message:
+        return f"certificate verify failed ({verify_message})"
+    reason = getattr(cause, "reason", None)
+    return f"TLS handshake failed ({reason or type(cause).__name__})"
 
 
 def _checked_headers(headers: Mapping[str, str], *, configured: bool) -> dict[str, str]:

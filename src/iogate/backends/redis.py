@@ -22,6 +22,13 @@ opens a fresh one.
 ``auto_pipeline=False`` uses redis.asyncio (hiredis parser) with a blocking
 pool of ``max_connections`` instead: one command per connection round trip.
 
+TLS: a ``rediss://`` URL, configured with redis-py's own query parameters
+(``ssl_ca_certs=/path/ca.pem``, ``ssl_cert_reqs=none|optional|required``,
+``ssl_check_hostname``, ``ssl_certfile``/``ssl_keyfile`` for a client
+certificate), so one URL means the same in both modes and in redis-py. The
+certificate and host name are verified by default. The context is built
+when the manager is created: a missing CA file is a ``ConfigError`` then.
+
 Driver exceptions are mapped to iogate errors here and nowhere else; no
 message carries the URL's password.
 """
@@ -32,14 +39,19 @@ import asyncio
 import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NoReturn, cast
 
 import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.connection import (
+    RedisSSLContext,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 
 from iogate.backends.base import AsyncDatabaseManager, Transaction
 from iogate.backends.kv import Command, batch_result, check_read_only, parse_command
@@ -71,6 +83,13 @@ DEFAULT_REDIS_CONNECTIONS = 10
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_COMMAND_TIMEOUT = 5.0
 DEFAULT_MAX_IN_FLIGHT = 100_000
+_TLS_QUERY_PARAMS = (
+    "ssl_ca_certs",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+    "ssl_certfile",
+    "ssl_keyfile",
+)
 # After a failed connect, commands fail fast for a while instead of each
 # paying a connect attempt (a cache in front of a dead Redis stays fast).
 _BACKOFF_INITIAL = 0.05
@@ -347,6 +366,7 @@ class AsyncRedisManager(AsyncDatabaseManager):
         except ValueError as exc:
             raise ConfigError(f"invalid redis url {redact_url(url)!r}: {exc}") from None
         self._secrets = [s for s in (url_password(url), self._target.get("password")) if s]
+        self._tls = _tls_context(self._target, redact_url(url))
         # auto-pipelining state
         self._conn: _Multiplexed | None = None
         self._connect_lock = asyncio.Lock()
@@ -563,13 +583,11 @@ class AsyncRedisManager(AsyncDatabaseManager):
                 if target.get("connection_class") is UnixDomainSocketConnection:
                     _, conn = await loop.create_unix_connection(factory, target["path"])
                 else:
-                    tls = (
-                        ssl.create_default_context()
-                        if target.get("connection_class") is SSLConnection
-                        else None
-                    )
                     _, conn = await loop.create_connection(
-                        factory, target.get("host", "localhost"), target.get("port", 6379), ssl=tls
+                        factory,
+                        target.get("host", "localhost"),
+                        target.get("port", 6379),
+                        ssl=self._tls,
                     )
                 await self._handshake(conn)
         except TimeoutError:
@@ -578,6 +596,11 @@ class AsyncRedisManager(AsyncDatabaseManager):
                 f"{self.name}: no connection to redis at {self._where()} "
                 f"within {self.connect_timeout}s"
             ) from None
+        except ssl.SSLError as exc:
+            await _discard(conn)
+            raise DatabaseConnectionError(
+                f"{self.name}: TLS with redis at {self._where()} failed: {_tls_reason(exc)}"
+            ) from exc
         except OSError as exc:
             await _discard(conn)
             raise DatabaseConnectionError(
@@ -636,6 +659,11 @@ class AsyncRedisManager(AsyncDatabaseManager):
                 raise PoolExhaustedError(
                     f"{self.name}: no redis connection within {self.acquire_timeout}s"
                 ) from exc
+            if isinstance(exc.__context__, ssl.SSLError):  # redis-py raises without "from"
+                raise DatabaseConnectionError(
+                    f"{self.name}: TLS with redis at {self._where()} failed: "
+                    f"{_tls_reason(exc.__context__)}"
+                ) from exc
             raise DatabaseConnectionError(
                 f"{self.name}: redis at {self._where()}: {self._clean(str(exc))}"
             ) from exc
@@ -649,6 +677,43 @@ class AsyncRedisManager(AsyncDatabaseManager):
             raise DatabaseConnectionError(
                 f"{self.name}: redis at {self._where()}: {type(exc).__name__}"
             ) from exc
+
+
+def _tls_context(target: Mapping[str, Any], where: str) -> ssl.SSLContext | None:
+    """The client TLS context of a ``rediss://`` URL, its files read now.
+
+    redis-py's ``RedisSSLContext`` builds it, so both modes share one reading
+    of the ``ssl_*`` parameters. Its defaults: verify the certificate and the
+    host name against the system CA store plus ``ssl_ca_certs``.
+    """
+    given = [key for key in _TLS_QUERY_PARAMS if key in target]
+    if target.get("connection_class") is not SSLConnection:
+        if given:
+            raise ConfigError(f"redis url {where!r}: {', '.join(given)} need a rediss:// url (TLS)")
+        return None
+    try:
+        return RedisSSLContext(
+            keyfile=target.get("ssl_keyfile"),
+            certfile=target.get("ssl_certfile"),
+            cert_reqs=target.get("ssl_cert_reqs", "required"),
+            ca_certs=target.get("ssl_ca_certs"),
+            check_hostname=target.get("ssl_check_hostname", True),
+        ).get()
+    except redis_errors.RedisError as exc:  # an unknown ssl_cert_reqs
+        raise ConfigError(f"redis url {where!r}: {exc}") from None
+    except (OSError, ssl.SSLError) as exc:
+        files = [str(target[k]) for k in ("ssl_ca_certs", "ssl_certfile") if k in target]
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ConfigError(
+            f"redis url {where!r}: cannot load {' / '.join(files) or 'TLS files'}: {reason}"
+        ) from exc
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    verify_message = getattr(exc, "verify_message", None)
+    if verify_message:
+        return f"certificate verify failed ({verify_message})"
+    return f"TLS handshake failed ({exc.reason or type(exc).__name__})"
 
 
 async def _wait(future: asyncio.Future[Any], deadline: Deadline) -> Any:
