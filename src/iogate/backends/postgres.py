@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -45,6 +46,37 @@ PgConnection = asyncpg.Connection
 _STATEMENT_CACHE_SIZE = 256
 _RESET_TIMEOUT = 5.0
 _WRITE_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
+_INSERT_VALUES = re.compile(r"^\s*INSERT\s+INTO\s+[^;]*?\bVALUES\s*\(", re.IGNORECASE | re.DOTALL)
+T = TypeVar("T")
+
+
+def is_single_row_insert(query: str) -> bool:
+    """``INSERT INTO t (...) VALUES (...)``: exactly one row, nothing after it.
+
+    Only such a statement is known to affect exactly one row, which is what
+    lets a pipelined ``executemany`` (which returns no command status) still
+    report ``rows_affected`` per statement. ON CONFLICT, RETURNING, a second
+    VALUES tuple or a SELECT source all fail this test. A BEFORE trigger that
+    skips the row would not be seen; such tables should not be batched.
+    """
+    match = _INSERT_VALUES.match(query)
+    if match is None:
+        return False
+    depth, quote = 1, ""
+    rest = query[match.end() :]
+    for position, char in enumerate(rest):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return rest[position + 1 :].strip().rstrip(";").strip() == ""
+    return False
 
 
 async def connect_postgres(
@@ -200,10 +232,13 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         deadline: Deadline,
     ) -> tuple[list[Any], str]:
         """Run one statement, mapping asyncpg's errors to iogate's."""
-        raw: asyncpg.Connection = conn.raw
         timeout = deadline.remaining()
+        return await self._mapped(self._fetch(conn, conn.raw, query, args, timeout), timeout)
+
+    async def _mapped(self, work: Awaitable[T], timeout: float | None) -> T:
+        """Await asyncpg work, mapping its errors to iogate's."""
         try:
-            return await self._fetch(conn, raw, query, args, timeout)
+            return await work
         except asyncpg.QueryCanceledError as exc:
             raise OperationTimeoutError(
                 f"statement cancelled: {exc.args[0] if exc.args else 'statement timeout'}"
@@ -263,6 +298,66 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             cache[query] = statement
             rows = await statement.fetch(*args, timeout=timeout)
         return list(rows), statement.get_statusmsg() or ""
+
+    async def execute_many(
+        self,
+        query: str,
+        params_list: Sequence[Params],
+        *,
+        deadline: Deadline | None = None,
+    ) -> list[Result] | None:
+        """One statement per parameter set, in one transaction: all or nothing.
+
+        Returns a Result per parameter set, or None when a statement was
+        refused and the transaction rolled back (nothing was written; run them
+        one by one to find which). A plain single-row ``INSERT ... VALUES``
+        goes through asyncpg's pipelined ``executemany``: one round trip for
+        the lot, each Result reporting one row. Anything else runs statement
+        by statement on one connection so each Result keeps its own
+        ``rows_affected``. Lost connections and deadlines raise.
+        """
+        await self._ensure_open()
+        deadline = deadline or Deadline.never()
+        args_list = [normalize_params(params) for params in params_list]
+        for args in args_list:
+            check_count(query, args, "dollar")
+        conn = await self.acquire(deadline)
+        clean = False
+        try:
+            async with conn.raw.transaction(readonly=self.options.read_only):
+                results = await self._many(conn, query, args_list, deadline)
+            clean = True
+        except QueryError as exc:
+            clean = exc.sqlstate is not None
+            return None
+        except asyncpg.PostgresError:  # raised by COMMIT itself (deferred checks)
+            clean = True
+            return None
+        finally:
+            self.release(conn, clean=clean)
+        return results
+
+    async def _many(
+        self,
+        conn: PooledConnection[Any],
+        query: str,
+        args_list: list[tuple[Any, ...]],
+        deadline: Deadline,
+    ) -> list[Result]:
+        if is_single_row_insert(query):
+            timeout = deadline.remaining()
+            await self._mapped(conn.raw.executemany(query, args_list, timeout=timeout), timeout)
+            return [
+                Result.ok([], resource=self.name, operation="query", rows_affected=1)
+                for _ in args_list
+            ]
+        results = []
+        for args in args_list:
+            rows, status = await self._run(conn, query, args, deadline)
+            result = _to_result(rows, status, self.options.max_rows)
+            result.resource = self.name
+            results.append(result)
+        return results
 
     @asynccontextmanager
     async def _transaction_impl(

@@ -143,3 +143,32 @@ async def test_a_failing_row_in_a_group_fails_alone(
     assert [i for i, r in enumerate(results) if not r.success] == [7]
     assert results[7].error_type == "query_error"
     assert await pg_raw.fetchval(f"SELECT count(*) FROM {users_table}") == 19
+
+
+async def test_repeated_update_keeps_its_own_rows_affected(
+    orchestrator: AsyncOperationOrchestrator, pg_table: str, pg_raw: asyncpg.Connection
+) -> None:
+    await pg_raw.executemany(
+        f"INSERT INTO {pg_table} (name, n) VALUES ($1, $2)", [("a", 1), ("a", 2), ("b", 3)]
+    )
+    update = f"UPDATE {pg_table} SET n = n + 10 WHERE name = $1"
+    ops = [
+        {"type": "database", "db_name": "main_db", "query": update, "params": [name]}
+        for name in ("a", "b", "zzz")
+    ]
+    results = await execute_batch(orchestrator, ops)
+    assert [r.rows_affected for r in results] == [2, 1, 0]
+    assert await pg_raw.fetchval(f"SELECT sum(n) FROM {pg_table}") == 36
+
+
+async def test_execute_many_is_all_or_nothing(
+    orchestrator: AsyncOperationOrchestrator, users_table: str, pg_raw: asyncpg.Connection
+) -> None:
+    manager = orchestrator.databases["main_db"]
+    insert = f"INSERT INTO {users_table} (email) VALUES ($1)"
+    assert await manager.execute_many(insert, [["x@x.io"], ["y@x.io"], ["x@x.io"]]) is None
+    assert await pg_raw.fetchval(f"SELECT count(*) FROM {users_table}") == 0
+    done = await manager.execute_many(insert, [["x@x.io"], ["y@x.io"]])
+    assert done is not None
+    assert [r.rows_affected for r in done] == [1, 1]
+    assert await pg_raw.fetchval(f"SELECT count(*) FROM {users_table}") == 2
