@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from iogate.core.errors import IogateError
+from iogate.gateway.audit import AuditMiddleware
 from iogate.gateway.auth import Authenticator, Principal, principal_of
 from iogate.gateway.deps import orchestrator_of
 from iogate.gateway.logging import (
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     app.state.settings = settings
     app.state.authenticator = Authenticator.from_settings(settings)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
+    app.add_middleware(AuditMiddleware)
     # Added last = outermost: every response carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)

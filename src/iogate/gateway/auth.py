@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
+from iogate.gateway.audit import audit_of
 from iogate.gateway.settings import ApiKeySettings, Settings
 
 __all__ = ["ANONYMOUS", "Authenticator", "Principal", "principal_of"]
@@ -93,11 +94,13 @@ class Authenticator:
 
 
 def principal_of(request: Request) -> Principal:
-    """FastAPI dependency: the caller, authenticated once per request."""
+    """FastAPI dependency: the caller, authenticated once per request (its
+    name, never the key, goes into the audit record)."""
     cached: Principal | None = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
     authenticator: Authenticator = request.app.state.authenticator
     principal = authenticator.authenticate(request.headers.get("authorization"))
     request.state.principal = principal
+    audit_of(request).key = principal.name
     return principal

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline
 from iogate.gateway.responses import result_response
@@ -36,11 +37,14 @@ class ApiExecuteRequest(BaseModel):
 
 @router.post("/api/execute", summary="Call an external API")
 async def api_execute(
+    request: Request,
     body: ApiExecuteRequest,
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
     deadline: Annotated[Deadline, Depends(request_deadline)],
     principal: Annotated[Principal, Depends(principal_of)],
 ) -> Response:
+    audit = audit_of(request)
+    audit.touch(f"api:{body.api_name}", "api")
     principal.require(f"api:{body.api_name}")
     result = await orchestrator.execute_api_operation(
         body.api_name,
@@ -51,4 +55,5 @@ async def api_execute(
         headers=body.headers,
         deadline=deadline,
     )
+    audit.error_type = result.error_type
     return result_response(result, kind="api")

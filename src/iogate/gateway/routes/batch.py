@@ -12,20 +12,23 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.gateway.audit import AuditRecord, audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
 from iogate.gateway.responses import ORJSONResponse, problem
 from iogate.gateway.routes import operations as operation_routes
+from iogate.gateway.routes.database import access_kind
 from iogate.gateway.settings import Settings
 from iogate.orchestrator import AsyncOperationOrchestrator
 from iogate.orchestrator.batch import (
     DEFAULT_CONCURRENCY,
     BatchRefusedError,
+    Step,
     check_atomic,
     execute_batch,
     plan_batch,
@@ -52,12 +55,15 @@ class BatchExecuteRequest(BaseModel):
 
 @router.post("/batch/execute", summary="Run a mixed batch of operations")
 async def batch_execute(
+    request: Request,
     body: BatchExecuteRequest,
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
     settings: Annotated[Settings, Depends(settings_of)],
     deadline: Annotated[Deadline, Depends(request_deadline)],
     principal: Annotated[Principal, Depends(principal_of)],
 ) -> Response:
+    audit = audit_of(request)
+    audit.touch(None, "batch")
     principal.require("batch")
     limit = settings.gateway.max_batch_operations
     if len(body.operations) > limit:
@@ -73,6 +79,7 @@ async def batch_execute(
             check_atomic(orchestrator, steps)
     except BatchRefusedError as exc:
         return problem(422, "Batch refused", str(exc))
+    note_steps(audit, steps, settings)
     for step in steps:
         if step.error is None:
             principal.require(scope_of(step.kind, step.spec))
@@ -95,6 +102,8 @@ async def batch_execute(
         max_rows=settings.gateway.max_rows,
     )
     failed = Counter(r.error_type or "unknown" for r in results if not r.success)
+    if failed:
+        audit.outcome = "partial"
     return ORJSONResponse(
         {
             "results": [r.to_dict() for r in results],
@@ -105,6 +114,21 @@ async def batch_execute(
             },
         }
     )
+
+
+def note_steps(audit: AuditRecord, steps: list[Step], settings: Settings) -> None:
+    """Every resource the batch names goes into the audit record before the
+    scope checks, so a refused batch says what it asked for."""
+    for step in steps:
+        if step.error is not None:
+            continue
+        if step.kind in ("database", "transaction"):
+            db = settings.databases.get(db_name(step.spec))
+            audit.touch(f"db:{db_name(step.spec)}", access_kind(db, read_only=False))
+        elif step.kind == "api":
+            audit.touch(f"api:{step.spec.get('api_name')}", "api")
+        else:
+            audit.touch(f"ops:{step.spec.get('name')}", "operation")
 
 
 def db_name(spec: Any) -> str:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
 from iogate.gateway.responses import problem, result_response
-from iogate.gateway.settings import Settings
+from iogate.gateway.settings import DatabaseSettings, Settings
 from iogate.orchestrator import AsyncOperationOrchestrator
 
-__all__ = ["DatabaseExecuteRequest", "router"]
+__all__ = ["DatabaseExecuteRequest", "access_kind", "router"]
 
 router = APIRouter(tags=["operations"])
 
@@ -36,14 +37,19 @@ class DatabaseExecuteRequest(BaseModel):
 
 @router.post("/database/execute", summary="Run one database operation")
 async def database_execute(
+    request: Request,
     body: DatabaseExecuteRequest,
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
     settings: Annotated[Settings, Depends(settings_of)],
     deadline: Annotated[Deadline, Depends(request_deadline)],
     principal: Annotated[Principal, Depends(principal_of)],
 ) -> Response:
-    principal.require(f"db:{body.db_name}:read")
     db = settings.databases.get(body.db_name)
+    # Without write scope the database itself refuses writes.
+    read_only = not principal.can_write(body.db_name)
+    audit = audit_of(request)
+    audit.touch(f"db:{body.db_name}", access_kind(db, read_only=read_only))
+    principal.require(f"db:{body.db_name}:read")
     if db is not None and not db.allow_raw_sql:
         return problem(
             403,
@@ -56,7 +62,17 @@ async def database_execute(
         body.params,
         deadline=deadline,
         max_rows=settings.gateway.max_rows,
-        # Without write scope the database itself refuses writes.
-        read_only=not principal.can_write(body.db_name),
+        read_only=read_only,
     )
+    audit.error_type = result.error_type
     return result_response(result, kind="database")
+
+
+def access_kind(db: DatabaseSettings | None, *, read_only: bool) -> str:
+    """The audit kind of one database access: ``sql:read``/``sql:write``,
+    ``redis``, ``memory``; ``database`` when the name is unknown."""
+    if db is None:
+        return "database"
+    if db.type in ("redis", "memory"):
+        return db.type
+    return "sql:read" if read_only or db.read_only else "sql:write"

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Request
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
 from iogate.gateway.responses import ORJSONResponse, problem, result_response
@@ -49,6 +50,7 @@ async def list_operations(
 
 @router.post("/operations/{name}", summary="Run a named operation")
 async def run_operation(
+    request: Request,
     name: str,
     registry: Annotated[OperationRegistry, Depends(operations_of)],
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
@@ -56,9 +58,14 @@ async def run_operation(
     principal: Annotated[Principal, Depends(principal_of)],
     params: Annotated[dict[str, Any] | None, Body()] = None,
 ) -> Response:
+    audit = audit_of(request)
+    audit.touch(f"ops:{name}", "operation")
     principal.require(f"ops:{name}")
     op = registry.get(name)
     if op is None:
         return problem(404, "Unknown operation", f"no operation named {name!r}")
+    if op.database is not None or op.api is not None:
+        audit.touch(f"db:{op.database}" if op.database else f"api:{op.api}", op.kind)
     result = await execute_named_operation(orchestrator, name, params or {}, deadline=deadline)
+    audit.error_type = result.error_type
     return result_response(result, kind="api" if op.kind == "api" else "database")
