@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iogate.backends.base import AsyncDatabaseManager
 from iogate.core.config import DatabaseOptions
@@ -25,6 +25,9 @@ from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, IogateError, ResourceNotFoundError
 from iogate.core.params import Params
 from iogate.core.result import Result
+
+if TYPE_CHECKING:
+    from iogate.backends.http import AsyncAPIManager
 
 __all__ = [
     "AsyncOperationOrchestrator",
@@ -103,7 +106,7 @@ class AsyncOperationOrchestrator:
     def __init__(self) -> None:
         global _current
         self.databases: dict[str, AsyncDatabaseManager] = {}
-        self.apis: dict[str, Any] = {}
+        self.apis: dict[str, AsyncAPIManager] = {}
         self._closed = False
         _current = self
 
@@ -176,7 +179,7 @@ class AsyncOperationOrchestrator:
         if name in self.databases or name in self.apis:
             raise ConfigError(f"a resource named {name!r} is already registered")
 
-    async def add_api_manager(self, name: str, base_url: str, **options: Any) -> Any:
+    async def add_api_manager(self, name: str, base_url: str, **options: Any) -> AsyncAPIManager:
         """Create, open and register an ``AsyncAPIManager`` for ``base_url``."""
         self._check_name(name)
         from iogate.backends.http import AsyncAPIManager
@@ -186,14 +189,14 @@ class AsyncOperationOrchestrator:
         self.apis[name] = manager
         return manager
 
-    def add_api(self, name: str, manager: Any) -> Any:
+    def add_api(self, name: str, manager: AsyncAPIManager) -> AsyncAPIManager:
         """Register an existing API manager under ``name``."""
         self._check_name(name)
         manager.name = name
         self.apis[name] = manager
         return manager
 
-    def get_api_manager(self, name: str) -> Any:
+    def get_api_manager(self, name: str) -> AsyncAPIManager:
         try:
             return self.apis[name]
         except KeyError:
