@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
+from urllib.parse import unquote
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -221,7 +222,8 @@ def secrets_of(settings: Any) -> list[str]:
         if db.url:
             password = url_password(db.url)
             if password:
-                secrets.append(password)
+                # As written in the URL and as a driver sees it (percent-decoded).
+                secrets.extend({password, unquote(password)})
     return secrets
 
 
