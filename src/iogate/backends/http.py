@@ -555,7 +555,8 @@ class AsyncAPIManager:
             raw, truncated = await _read_capped(response, cap)
         content_type = response.headers.get("Content-Type", "")
         data = _decode_body(raw, content_type, secrets, truncated)
-        headers = dict(response.headers)
+        # Response headers too: an upstream may echo our credentials there.
+        headers = {k: redact_text(v, secrets) for k, v in response.headers.items()}
         if ok:
             result = Result.ok(data, status_code=status, truncated=truncated)
             result.headers = headers
