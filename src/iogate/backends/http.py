@@ -641,7 +641,9 @@ class ExternalAPISession:
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
     ) -> None:
-        self.base_url = str(BaseURL.parse(base_url))
+        # aiohttp resolves relative paths against a base URL ending in "/"
+        # (and refuses one with a path that does not).
+        self.base_url = f"{BaseURL.parse(base_url)}/"
         self.timeout = timeout
         self._ssl = _client_ssl_context(verify_ssl=verify_ssl, ca_bundle=ca_bundle)
         self.state = ManagerState.UNOPENED
