@@ -168,6 +168,9 @@ class ApiSettings(_Strict):
     retry: RetrySettings | None = None
     circuit_breaker: CircuitBreakerSettings | None = None
     rate_limit: str | None = None
+    # HTTPS certificate checks; ca_bundle (a PEM file) replaces the system CAs.
+    verify_ssl: bool = True
+    ca_bundle: str | None = None
 
 
 class OperationCacheSettings(_Strict):
