@@ -88,6 +88,8 @@ def _start_throwaway_postgres() -> tuple[str, Path] | None:
             str(datadir),
             "-o",
             f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1",
+            "-l",
+            str(datadir / "server.log"),
             "-w",
             "start",
         ],

@@ -67,6 +67,8 @@ def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
                 if api.circuit_breaker
                 else None,
                 rate_limit=api.rate_limit,
+                verify_ssl=api.verify_ssl,
+                ca_bundle=api.ca_bundle,
             )
             orchestrator.add_api(name, api_manager)
     return orchestrator
