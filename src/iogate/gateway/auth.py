@@ -18,6 +18,8 @@ import hmac
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from iogate.gateway.audit import audit_of
 from iogate.gateway.settings import ApiKeySettings, Settings
@@ -93,14 +95,30 @@ class Authenticator:
         return found
 
 
-def principal_of(request: Request) -> Principal:
-    """FastAPI dependency: the caller, authenticated once per request (its
-    name, never the key, goes into the audit record)."""
-    cached: Principal | None = getattr(request.state, "principal", None)
-    if cached is not None:
-        return cached
-    authenticator: Authenticator = request.app.state.authenticator
-    principal = authenticator.authenticate(request.headers.get("authorization"))
-    request.state.principal = principal
-    audit_of(request).key = principal.name
-    return principal
+class _BearerKey(SecurityBase):
+    """The ``principal_of`` dependency, which is also the OpenAPI ``bearer``
+    scheme: every route that depends on it is documented as needing a key
+    (the docs' "Authorize" button, and clients generated from the schema,
+    know to send one)."""
+
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(
+            description="A key from [[gateway.api_keys]] (not needed when none is configured)"
+        )
+        self.scheme_name = "bearer"
+
+    async def __call__(self, request: Request) -> Principal:
+        # async: hashing a header is no work for a thread pool hop.
+        cached: Principal | None = getattr(request.state, "principal", None)
+        if cached is not None:
+            return cached
+        authenticator: Authenticator = request.app.state.authenticator
+        principal = authenticator.authenticate(request.headers.get("authorization"))
+        request.state.principal = principal
+        audit_of(request).key = principal.name
+        return principal
+
+
+principal_of = _BearerKey()
+"""FastAPI dependency: the caller, authenticated once per request (its name,
+never the key, goes into the audit record)."""

@@ -1,16 +1,34 @@
-"""The one place library outcomes become HTTP: status mapping and problem+json."""
+"""The one place library outcomes become HTTP: status mapping and problem+json.
+
+The models at the end describe those bodies for the OpenAPI document only
+(``responses=`` on each route); handlers build the bytes directly.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.result import Result
 
-__all__ = ["ORJSONResponse", "problem", "result_response", "status_for"]
+__all__ = [
+    "AUTH_RESPONSES",
+    "OPERATION_RESPONSES",
+    "BatchResult",
+    "ORJSONResponse",
+    "OperationList",
+    "OperationResult",
+    "Problem",
+    "declared",
+    "problem",
+    "result_response",
+    "status_for",
+]
 
 # error_type -> HTTP status (DESIGN §5). connection_error depends on the side:
 # a database we cannot reach is our outage (503), an upstream API's is 502.
@@ -75,3 +93,120 @@ def problem(
         media_type="application/problem+json",
         headers=headers,
     )
+
+
+# -- OpenAPI: what the routes really answer ------------------------------------------
+
+
+class OperationResult(BaseModel):
+    """A ``Result`` as served: the outcome of one operation, failed or not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    success: bool
+    data: Any = Field(description="Rows, a value, or the upstream's body")
+    error: str | None = Field(description="What went wrong (never a secret)")
+    error_type: str | None = Field(description="Stable code: query_error, timeout, ...")
+    resource: str | None
+    operation: str | None
+    duration_ms: float
+    attempts: int
+    rows_affected: int | None
+    status_code: int | None = Field(description="The upstream's HTTP status (API calls)")
+    truncated: bool = Field(description="More rows than [gateway] max_rows")
+    headers: dict[str, str] | None = Field(
+        default=None, description="The upstream's response headers (API calls)"
+    )
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[dict[str, str]] | None = Field(
+        default=None, description="Each invalid field: loc and msg (422 only)"
+    )
+
+
+class BatchSummary(BaseModel):
+    total: int
+    succeeded: int
+    failed: dict[str, int] = Field(description="Failed operations by error_type")
+
+
+class BatchResult(BaseModel):
+    """One Result per operation, in request order."""
+
+    results: list[OperationResult]
+    summary: BatchSummary
+
+
+class OperationParameter(BaseModel):
+    name: str
+    required: bool
+
+
+class OperationDescription(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    kind: str
+    resource: str
+    params: list[OperationParameter]
+    description: str | None
+    cached: bool
+
+
+class OperationList(BaseModel):
+    operations: list[OperationDescription]
+
+
+# Inline: FastAPI files only application/json models under components.
+_PROBLEM_CONTENT = {"application/problem+json": {"schema": Problem.model_json_schema()}}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+# Every status ``status_for`` can give a failed Result.
+RESULT_STATUSES = frozenset({500, *_STATUS.values()})
+
+
+def declared(
+    ok: type[BaseModel] | None = None,
+    *,
+    result: Iterable[int] = (),
+    problem: Iterable[int] = (),
+) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: its 200 body, the statuses answered with a
+    failed Result (JSON), with a problem document, or (the same status from two
+    places) with either."""
+    result, problem = set(result), set(problem)
+    out: dict[int | str, dict[str, Any]] = {}
+    if ok is not None:
+        out[200] = {"model": ok}
+    for status in sorted(result | problem):
+        entry: dict[str, Any] = {}
+        if status in result:
+            entry["model"] = OperationResult
+            if status in (429, 503):
+                entry["headers"] = _RETRY_AFTER
+        if status in problem:
+            entry["content"] = dict(_PROBLEM_CONTENT)
+        out[status] = entry
+    return out
+
+
+# Refusals any authenticated route may answer before it runs.
+AUTH_RESPONSES = declared(problem=(401, 500))
+# The single-operation routes: a Result whatever the outcome, or a refusal
+# (400: a body that is not even text, from FastAPI's body parsing).
+OPERATION_RESPONSES = declared(
+    OperationResult, result=RESULT_STATUSES, problem=(400, 401, 403, 413, 422, 500)
+)

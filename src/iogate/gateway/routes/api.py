@@ -12,7 +12,7 @@ from iogate.core.deadline import Deadline
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline
-from iogate.gateway.responses import result_response
+from iogate.gateway.responses import OPERATION_RESPONSES, result_response
 from iogate.orchestrator import AsyncOperationOrchestrator
 
 __all__ = ["ApiExecuteRequest", "router"]
@@ -23,7 +23,19 @@ router = APIRouter(tags=["operations"])
 class ApiExecuteRequest(BaseModel):
     """One call to a configured API; the endpoint can never leave its base URL."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "api_name": "external_api",
+                    "method": "GET",
+                    "endpoint": "/users/42",
+                    "params": {"include": "profile"},
+                }
+            ]
+        },
+    )
 
     api_name: str = Field(min_length=1, description="Name of a configured API")
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
@@ -35,7 +47,7 @@ class ApiExecuteRequest(BaseModel):
     )
 
 
-@router.post("/api/execute", summary="Call an external API")
+@router.post("/api/execute", summary="Call an external API", responses=OPERATION_RESPONSES)
 async def api_execute(
     request: Request,
     body: ApiExecuteRequest,

@@ -20,7 +20,7 @@ from iogate.core.deadline import Deadline
 from iogate.gateway.audit import AuditRecord, audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
-from iogate.gateway.responses import ORJSONResponse, problem
+from iogate.gateway.responses import BatchResult, ORJSONResponse, declared, problem
 from iogate.gateway.routes import operations as operation_routes
 from iogate.gateway.routes.database import access_kind
 from iogate.gateway.settings import Settings
@@ -46,14 +46,30 @@ MAX_CONCURRENCY = 100
 class BatchExecuteRequest(BaseModel):
     """Operations in the seed's dict format (see docs/batches-and-operations.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "operations": [
+                        {"type": "database", "db_name": "main", "query": "SELECT 1 AS one"},
+                        {"type": "operation", "name": "get_user", "params": {"id": 42}},
+                    ]
+                }
+            ]
+        },
+    )
 
     operations: list[Any] = Field(description="database / api / transaction / operation objects")
     concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
     atomic: bool = Field(default=False, description="All SQL on one database, one transaction")
 
 
-@router.post("/batch/execute", summary="Run a mixed batch of operations")
+@router.post(
+    "/batch/execute",
+    summary="Run a mixed batch of operations",
+    responses=declared(BatchResult, problem=(400, 401, 403, 413, 422, 500)),
+)
 async def batch_execute(
     request: Request,
     body: BatchExecuteRequest,

@@ -12,7 +12,7 @@ from iogate.core.deadline import Deadline
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
-from iogate.gateway.responses import problem, result_response
+from iogate.gateway.responses import OPERATION_RESPONSES, problem, result_response
 from iogate.gateway.settings import DatabaseSettings, Settings
 from iogate.orchestrator import AsyncOperationOrchestrator
 
@@ -24,7 +24,15 @@ router = APIRouter(tags=["operations"])
 class DatabaseExecuteRequest(BaseModel):
     """A statement (or, for Redis/memory, a key plus an operation) to run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"db_name": "main", "query": "SELECT ? AS id", "params": [42]},
+                {"db_name": "cache", "query": "user:42", "params": {"operation": "get"}},
+            ]
+        },
+    )
 
     db_name: str = Field(min_length=1, description="Name of a configured database")
     query: str = Field(
@@ -35,7 +43,9 @@ class DatabaseExecuteRequest(BaseModel):
     )
 
 
-@router.post("/database/execute", summary="Run one database operation")
+@router.post(
+    "/database/execute", summary="Run one database operation", responses=OPERATION_RESPONSES
+)
 async def database_execute(
     request: Request,
     body: DatabaseExecuteRequest,

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Path, Request
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
-from iogate.gateway.responses import ORJSONResponse, problem, result_response
+from iogate.gateway.responses import (
+    RESULT_STATUSES,
+    OperationList,
+    OperationResult,
+    ORJSONResponse,
+    declared,
+    problem,
+    result_response,
+)
 from iogate.gateway.settings import Settings
 from iogate.orchestrator import AsyncOperationOrchestrator
 from iogate.orchestrator.operations import (
@@ -40,7 +48,11 @@ def operations_of(
     return registry_of(orchestrator)
 
 
-@router.get("/operations", summary="List the named operations and their parameters")
+@router.get(
+    "/operations",
+    summary="List the named operations and their parameters",
+    responses=declared(OperationList, problem=(401, 500)),
+)
 async def list_operations(
     registry: Annotated[OperationRegistry, Depends(operations_of)],
     principal: Annotated[Principal, Depends(principal_of)],
@@ -48,15 +60,21 @@ async def list_operations(
     return ORJSONResponse({"operations": [op.describe() for op in registry.all()]})
 
 
-@router.post("/operations/{name}", summary="Run a named operation")
+@router.post(
+    "/operations/{name}",
+    summary="Run a named operation",
+    responses=declared(
+        OperationResult, result=RESULT_STATUSES, problem=(400, 401, 403, 404, 413, 422, 500)
+    ),
+)
 async def run_operation(
     request: Request,
-    name: str,
+    name: Annotated[str, Path(examples=["get_user"])],
     registry: Annotated[OperationRegistry, Depends(operations_of)],
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
     deadline: Annotated[Deadline, Depends(request_deadline)],
     principal: Annotated[Principal, Depends(principal_of)],
-    params: Annotated[dict[str, Any] | None, Body()] = None,
+    params: Annotated[dict[str, Any] | None, Body(examples=[{"id": 42}])] = None,
 ) -> Response:
     audit = audit_of(request)
     audit.touch(f"ops:{name}", "operation")
