@@ -20,14 +20,18 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, ClassVar
 
+from iogate.core import events
 from iogate.core.deadline import Deadline
 from iogate.core.errors import ClosedError, IogateError, OperationTimeoutError
-from iogate.core.events import OperationEvent, emit
+from iogate.core.events import OperationEvent
 from iogate.core.params import Params
 from iogate.core.result import Result
 from iogate.core.stats import OperationStats
 
 __all__ = ["AsyncDatabaseManager", "ManagerState", "Transaction"]
+
+perf_counter = time.perf_counter
+_NO_DEADLINE = Deadline.never()
 
 
 class ManagerState(enum.Enum):
@@ -153,22 +157,26 @@ class AsyncDatabaseManager(abc.ABC):
         itself refuses writes. ``max_rows`` caps the rows returned
         (``truncated`` says the cap was hit).
         """
-        started = time.perf_counter()
+        started = perf_counter()
         try:
-            await self._ensure_open()
-            if deadline is not None and deadline.expired():
+            if self.state is not ManagerState.OPEN:
+                await self.initialize_pool()
+            if deadline is None:
+                deadline = _NO_DEADLINE
+            elif deadline.expired():
                 raise OperationTimeoutError("deadline passed before the query started")
             result = await self._execute(
                 query,
                 params,
-                deadline=deadline or Deadline.never(),
+                deadline=deadline,
                 read_only=read_only,
                 max_rows=max_rows,
             )
         except IogateError as exc:
             result = Result.from_exception(exc)
-        result.resource = self.name
-        result.operation = result.operation or "query"
+        result.resource = self._name
+        if not result.operation:
+            result.operation = "query"
         return self._finish(result, started)
 
     def transaction(
@@ -213,21 +221,29 @@ class AsyncDatabaseManager(abc.ABC):
             await self.initialize_pool()
 
     def _finish(self, result: Result, started: float, attempts: int = 1) -> Result:
-        duration = time.perf_counter() - started
-        result.duration_ms = round(duration * 1000, 3)
+        """Time, count and announce one finished operation.
+
+        This runs once per operation, so it reads the clock once and builds
+        an event only when a hook is installed to receive it.
+        """
+        duration = perf_counter() - started
+        # Whole microseconds, as round(ms, 3) would give, at a fifth of its cost.
+        result.duration_ms = duration_ms = round(duration * 1_000_000) / 1000
         result.attempts = attempts
-        self._stats.record(result.duration_ms, result.error_type)
-        emit(
-            OperationEvent(
-                resource=self.name,
-                kind="database",
-                backend=self.backend,
-                operation=result.operation or "query",
-                duration_s=duration,
-                error_type=result.error_type,
-                attempts=attempts,
+        error_type = result.error_type
+        self._stats.record(duration_ms, error_type)
+        if events.hooks:
+            events.emit(
+                OperationEvent(
+                    self._name,
+                    "database",
+                    self.backend,
+                    result.operation or "query",
+                    duration,
+                    error_type,
+                    attempts,
+                )
             )
-        )
         return result
 
     @abc.abstractmethod

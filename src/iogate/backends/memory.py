@@ -60,8 +60,7 @@ class MemoryStore:
 
     def apply(self, command: Command) -> Any:
         """Run one command; raises QueryError as Redis would answer an error."""
-        handler: Callable[[Command], Any] = getattr(self, f"_op_{command.op}")
-        return handler(command)
+        return _HANDLERS[command.op](self, command)
 
     def apply_many(self, command: Command) -> list[Any]:
         outcomes: list[Any] = []
@@ -118,8 +117,10 @@ class MemoryStore:
     # -- strings -------------------------------------------------------------------
 
     def _op_get(self, command: Command) -> str | None:
-        value: str | None = self._typed(command.key, str)
-        return value
+        value = self._lookup(command.key)  # _typed, inlined: the most common command
+        if value is None or isinstance(value, str):
+            return value
+        raise QueryError(_WRONGTYPE)
 
     def _op_set(self, command: Command) -> bool:
         exists = self._lookup(command.key) is not None
@@ -275,6 +276,14 @@ class MemoryStore:
     def _op_smembers(self, command: Command) -> list[str]:
         value: set[str] | None = self._typed(command.key, set)
         return [] if value is None else sorted(value)
+
+
+# op -> handler, resolved once rather than by a getattr per command.
+_HANDLERS: dict[str, Callable[[MemoryStore, Command], Any]] = {
+    name.removeprefix("_op_"): handler
+    for name, handler in vars(MemoryStore).items()
+    if name.startswith("_op_")
+}
 
 
 class AsyncMemoryManager(AsyncDatabaseManager):

@@ -21,7 +21,12 @@ class Deadline:
 
     @classmethod
     def never(cls) -> Deadline:
-        return cls(None)
+        """The deadline that never passes.
+
+        It holds no state (no expiry, the clock is never read), so one
+        instance serves every caller: no allocation on the hot path.
+        """
+        return _NEVER
 
     def remaining(self) -> float | None:
         if self.expires_at is None:
@@ -29,8 +34,7 @@ class Deadline:
         return max(0.0, self.expires_at - self._clock())
 
     def expired(self) -> bool:
-        remaining = self.remaining()
-        return remaining is not None and remaining <= 0.0
+        return self.expires_at is not None and self.expires_at - self._clock() <= 0.0
 
     def cap(self, timeout: float | None) -> float | None:
         """The smaller of ``timeout`` and what is left of the deadline."""
@@ -44,3 +48,6 @@ class Deadline:
     def __repr__(self) -> str:
         remaining = self.remaining()
         return "Deadline(none)" if remaining is None else f"Deadline(remaining={remaining:.3f}s)"
+
+
+_NEVER = Deadline(None)

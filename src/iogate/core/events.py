@@ -3,21 +3,27 @@
 Backends never import the metrics module; the metrics module (or any user
 code) registers a hook here. A failing hook is logged and never breaks the
 operation that emitted the event.
+
+Emitting sits on every operation's path, so it is built to cost nothing when
+nobody listens: ``hooks`` is a tuple rebound by ``add_hook``/``remove_hook``,
+and an emitter checks ``events.hooks`` (one attribute load) before it even
+builds the event. The events are ``NamedTuple``s: as immutable as a frozen
+dataclass, built in less than half the time (a frozen dataclass sets each
+field through ``object.__setattr__``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["OperationEvent", "PoolEvent", "add_hook", "emit", "remove_hook"]
 
 logger = logging.getLogger("iogate.events")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OperationEvent:
+class OperationEvent(NamedTuple):
     """One finished operation on a resource."""
 
     resource: str
@@ -29,8 +35,7 @@ class OperationEvent:
     attempts: int = 1
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PoolEvent:
+class PoolEvent(NamedTuple):
     """Time a caller waited for a pooled connection."""
 
     resource: str
@@ -42,21 +47,24 @@ class PoolEvent:
 Event = OperationEvent | PoolEvent
 Hook = Callable[[Event], None]
 
-_hooks: list[Hook] = []
+hooks: tuple[Hook, ...] = ()
+"""The installed hooks; read it as ``events.hooks`` (it is rebound, not mutated)."""
 
 
 def add_hook(hook: Hook) -> None:
-    if hook not in _hooks:
-        _hooks.append(hook)
+    global hooks
+    if hook not in hooks:
+        hooks = (*hooks, hook)
 
 
 def remove_hook(hook: Hook) -> None:
-    if hook in _hooks:
-        _hooks.remove(hook)
+    global hooks
+    hooks = tuple(h for h in hooks if h != hook)
 
 
 def emit(event: Event) -> None:
-    for hook in _hooks:
+    # Iterates a snapshot: a hook may add or remove hooks while it runs.
+    for hook in hooks:
         try:
             hook(event)
         except Exception:  # a broken observer must not break the operation

@@ -44,14 +44,20 @@ class Result:
         status_code: int | None = None,
         truncated: bool = False,
     ) -> Result:
+        # Positional, in field order: every successful operation builds one,
+        # and keyword arguments cost twice as much to pass.
         return cls(
-            success=True,
-            data=data,
-            resource=resource,
-            operation=operation,
-            rows_affected=rows_affected,
-            status_code=status_code,
-            truncated=truncated,
+            True,
+            data,
+            None,
+            None,
+            resource,
+            operation,
+            0.0,
+            1,
+            rows_affected,
+            status_code,
+            truncated,
         )
 
     @classmethod

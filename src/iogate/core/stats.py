@@ -21,7 +21,13 @@ __all__ = ["LatencySketch", "OperationStats"]
 _RELATIVE_ACCURACY = 0.01
 _GAMMA = (1 + _RELATIVE_ACCURACY) / (1 - _RELATIVE_ACCURACY)
 _LOG_GAMMA = math.log(_GAMMA)
+# Recording runs once per operation: multiply by a precomputed factor rather
+# than divide, and bind the math functions once.
+_INV_LOG_GAMMA = 1.0 / _LOG_GAMMA
 _MIN_MS = 1e-3  # below 1 microsecond everything shares one bucket
+_MIN_INDEX = math.ceil(math.log(_MIN_MS) * _INV_LOG_GAMMA)
+_log = math.log
+_ceil = math.ceil
 
 
 class LatencySketch:
@@ -37,13 +43,15 @@ class LatencySketch:
         self.max = 0.0
 
     def add(self, value_ms: float) -> None:
-        value = max(value_ms, _MIN_MS)
-        index = math.ceil(math.log(value) / _LOG_GAMMA)
-        self._buckets[index] = self._buckets.get(index, 0) + 1
+        index = _ceil(_log(value_ms) * _INV_LOG_GAMMA) if value_ms > _MIN_MS else _MIN_INDEX
+        buckets = self._buckets
+        buckets[index] = buckets.get(index, 0) + 1
         self.count += 1
         self.total += value_ms
-        self.min = min(self.min, value_ms)
-        self.max = max(self.max, value_ms)
+        if value_ms < self.min:
+            self.min = value_ms
+        if value_ms > self.max:
+            self.max = value_ms
 
     def quantile(self, q: float) -> float | None:
         if self.count == 0:
@@ -90,18 +98,24 @@ class _Throughput:
 class OperationStats:
     """Counts, errors by type, latency quantiles and recent throughput."""
 
+    __slots__ = ("_add_latency", "_throughput", "_tick", "count", "errors", "latency")
+
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.count = 0
         self.errors: Counter[str] = Counter()
         self.latency = LatencySketch()
-        self._throughput = _Throughput(clock)
+        throughput = _Throughput(clock)
+        self._tick = throughput.add
+        self._add_latency = self.latency.add
+        self._throughput = throughput
 
     def record(self, duration_ms: float, error_type: str | None) -> None:
+        """Called once per operation; the bound methods are resolved in __init__."""
         self.count += 1
         if error_type is not None:
             self.errors[error_type] += 1
-        self.latency.add(duration_ms)
-        self._throughput.add()
+        self._add_latency(duration_ms)
+        self._tick()
 
     def snapshot(self) -> dict[str, Any]:
         failures = sum(self.errors.values())
