@@ -192,6 +192,7 @@ def _log_operation(event: Event) -> None:
 
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]+")
+_BEARER_HINT = re.compile(r"(?i)bearer|basic|token")
 
 
 class Redactor:
@@ -203,8 +204,13 @@ class Redactor:
     def __call__(self, text: str) -> str:
         # Known values first: a configured secret may itself look like a URL.
         text = redact_text(text, self.secrets)
-        text = _URL.sub(lambda m: redact_url(m.group(0)), text)
-        return _BEARER.sub(lambda m: f"{m.group(1)} ***", text)
+        # The regexes only where they can match: most log fields are short
+        # words (a method, a route, an outcome) and every line pays for this.
+        if "://" in text:
+            text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+        if _BEARER_HINT.search(text):
+            text = _BEARER.sub(lambda m: f"{m.group(1)} ***", text)
+        return text
 
 
 def secrets_of(settings: Any) -> list[str]:
