@@ -9,7 +9,8 @@ Each variant runs once per round, variants alternating (A B A B ...), so
 drift of the machine hits all of them alike; the table shows the median of
 the rounds with the spread (min-max). Loopback only.
 
-Run: ``.venv/bin/python -m bench.db_bench [--quick] [--rounds N]``.
+Run: ``.venv/bin/python -m bench.db_bench [--quick] [--rounds N] [--only sqlite]``.
+The "CPU us/op" column is process CPU time (all threads) per operation.
 """
 
 from __future__ import annotations
@@ -42,10 +43,15 @@ class Measure:
     throughput: list[float] = field(default_factory=list)
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
 
 
-async def drive(call: Call, concurrency: int, total: int) -> tuple[float, float, float]:
-    """Ops/s, p50 and p99 latency (ms) of ``total`` calls from ``concurrency`` tasks."""
+async def drive(call: Call, concurrency: int, total: int) -> tuple[float, float, float, float]:
+    """Ops/s, p50 and p99 latency (ms), CPU us/op of ``total`` calls from ``concurrency`` tasks.
+
+    CPU time is the whole process's (every thread, via ``time.process_time``):
+    unlike ops/s it barely moves when other work shares the machine.
+    """
     per_task = max(1, total // concurrency)
     latencies: list[float] = []
 
@@ -55,13 +61,16 @@ async def drive(call: Call, concurrency: int, total: int) -> tuple[float, float,
             await call(offset * per_task + i)
             latencies.append(time.perf_counter() - started)
 
+    cpu_started = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    return per_task * concurrency / elapsed, p50, p99
+    done = per_task * concurrency
+    return done / elapsed, p50, p99, cpu / done * 1e6
 
 
 async def interleave(
@@ -72,11 +81,12 @@ async def interleave(
         await drive(call, concurrency, max(50, total // 10))
     for _ in range(rounds):
         for name, call in variants.items():
-            ops, p50, p99 = await drive(call, concurrency, total)
+            ops, p50, p99, cpu_us = await drive(call, concurrency, total)
             m = measures[name]
             m.throughput.append(ops)
             m.p50_ms.append(p50)
             m.p99_ms.append(p99)
+            m.cpu_us.append(cpu_us)
     return list(measures.values())
 
 
@@ -89,7 +99,7 @@ def table_rows(title: str, concurrency: int, measures: list[Measure]) -> list[st
             f"| {title} | {concurrency} | {m.name} | {med:,.0f} "
             f"({min(m.throughput):,.0f}-{max(m.throughput):,.0f}) | "
             f"{statistics.median(m.p50_ms):.2f} | {statistics.median(m.p99_ms):.2f} | "
-            f"{med / base:.0%} |"
+            f"{statistics.median(m.cpu_us):.0f} | {med / base:.0%} |"
         )
     return rows
 
@@ -206,15 +216,19 @@ async def sqlite(total: int, rounds: int, concurrencies: tuple[int, ...]) -> lis
 
 
 HEADER = [
-    "| work | concurrency | variant | ops/s median (min-max) | p50 ms | p99 ms | vs last row |",
-    "|---|---|---|---|---|---|---|",
+    "| work | concurrency | variant | ops/s median (min-max) | p50 ms | p99 ms "
+    "| CPU us/op | vs last row |",
+    "|---|---|---|---|---|---|---|---|",
 ]
 
 
-async def main_async(quick: bool, rounds: int) -> list[str]:
+async def main_async(quick: bool, rounds: int, only: str | None) -> list[str]:
     total = 2_000 if quick else 10_000
-    rows = await postgres(total, rounds, (1, 50) if quick else (1, 10, 50))
-    rows += await sqlite(total, rounds, (1, 50))
+    rows: list[str] = []
+    if only in (None, "postgres"):
+        rows += await postgres(total, rounds, (1, 50) if quick else (1, 10, 50))
+    if only in (None, "sqlite"):
+        rows += await sqlite(total, rounds, (1, 50))
     return HEADER + rows
 
 
@@ -223,12 +237,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
+    parser.add_argument("--only", choices=["postgres", "sqlite"], help="run one backend's part")
     args = parser.parse_args()
     if args.loop == "uvloop":
         import uvloop
 
         uvloop.install()
-    for line in asyncio.run(main_async(args.quick, args.rounds)):
+    for line in asyncio.run(main_async(args.quick, args.rounds, args.only)):
         print(line)
 
 
