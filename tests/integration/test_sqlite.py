@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from iogate import AsyncOperationOrchestrator, AsyncSQLiteManager, DatabaseType
+from iogate import AsyncOperationOrchestrator, AsyncSQLiteManager, DatabaseType, Deadline
+from tests.conftest import poll
 
 
 async def test_seed_example(tmp_path: Path) -> None:
@@ -163,3 +167,207 @@ async def test_unopenable_path_is_a_connection_error(tmp_path: Path) -> None:
     result = await manager.execute_query("SELECT 1")
     assert result.error_type == "connection_error"
     await manager.close()
+
+
+# -- worker threads, batched hops, sessions ------------------------------------
+
+
+def _sqlite_threads(manager: AsyncSQLiteManager) -> list[threading.Thread]:
+    prefix = f"iogate-sqlite-{manager.name}-"
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def _collect(holder: list[AsyncSQLiteManager]) -> None:
+    holder.clear()
+    gc.collect()
+
+
+async def test_cancelled_writes_run_fully_or_not_at_all(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    await sqlite_manager.execute_query("CREATE TABLE pairs (k INTEGER, side TEXT)")
+    insert_pair = "INSERT INTO pairs SELECT ?, side FROM (SELECT 'a' AS side UNION ALL SELECT 'b')"
+    tasks = [
+        asyncio.create_task(sqlite_manager.execute_query(insert_pair, [i])) for i in range(300)
+    ]
+    await asyncio.sleep(0)  # every task has queued its write
+    for i, task in enumerate(tasks):
+        if i % 3 == 0:
+            task.cancel()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    ok = {i for i, r in enumerate(outcomes) if not isinstance(r, BaseException) and r.success}
+    assert ok == {i for i in range(300) if i % 3}
+    per_key = await sqlite_manager.execute_query(
+        "SELECT k, count(*) AS n FROM pairs GROUP BY k ORDER BY k"
+    )
+    assert {row["n"] for row in per_key.data} == {2}  # never half a statement
+    assert ok <= {row["k"] for row in per_key.data}
+    # The writer is not left inside a transaction: a new one starts and commits.
+    async with sqlite_manager.transaction() as tx:
+        await tx.execute_query("INSERT INTO pairs VALUES (-1, 'tx')")
+    assert tx.status == "committed"
+
+
+async def test_writes_wait_out_a_transaction_and_never_join_it(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    await sqlite_manager.execute_query("CREATE TABLE uniq (id INTEGER PRIMARY KEY)")
+    with pytest.raises(RuntimeError):
+        async with sqlite_manager.transaction() as tx:
+            await tx.execute_query("INSERT INTO uniq VALUES (100)")
+            writes = [
+                asyncio.create_task(
+                    sqlite_manager.execute_query("INSERT INTO uniq VALUES (?)", [i % 5])
+                )
+                for i in range(10)
+            ]
+            assert await poll(lambda: sqlite_manager.pool_stats()["write_queue"] == 10)
+            inside = await tx.execute_query("SELECT count(*) AS n FROM uniq")
+            assert inside.data == [{"n": 1}]
+            raise RuntimeError("roll back the transaction")
+    # Released together, the ten writes form one group: five commit, and each
+    # duplicate fails alone.
+    results = await asyncio.gather(*writes)
+    assert sum(r.success for r in results) == 5
+    assert all("UNIQUE" in (r.error or "") for r in results if not r.success)
+    rows = await sqlite_manager.execute_query("SELECT id FROM uniq ORDER BY id")
+    assert rows.data == [{"id": i} for i in range(5)]
+
+
+async def test_write_during_read_only_transaction_is_not_refused(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    await sqlite_manager.execute_query("CREATE TABLE ro (v INTEGER)")
+    async with sqlite_manager.transaction(read_only=True) as tx:
+        write = asyncio.create_task(sqlite_manager.execute_query("INSERT INTO ro VALUES (1)"))
+        assert await poll(lambda: sqlite_manager.pool_stats()["write_queue"] == 1)
+        refused = await tx.execute_query("INSERT INTO ro VALUES (2)")
+        assert refused.error_type == "read_only"
+    result = await write
+    assert result.success, result.error
+    rows = await sqlite_manager.execute_query("SELECT v FROM ro")
+    assert rows.data == [{"v": 1}]
+
+
+async def test_write_past_its_deadline_while_queued_never_runs(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    await sqlite_manager.execute_query("CREATE TABLE late (v INTEGER)")
+    async with sqlite_manager.transaction() as tx:
+        late = await sqlite_manager.execute_query(
+            "INSERT INTO late VALUES (1)", deadline=Deadline(0.05)
+        )
+        assert late.error_type == "timeout"
+        await tx.execute_query("INSERT INTO late VALUES (2)")
+    await sqlite_manager.execute_query("INSERT INTO late VALUES (3)")
+    rows = await sqlite_manager.execute_query("SELECT v FROM late ORDER BY v")
+    assert rows.data == [{"v": 2}, {"v": 3}]
+
+
+async def test_read_past_its_deadline_times_out_and_readers_keep_serving(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    slow = (
+        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 2000000) "
+        "SELECT count(*) AS n FROM c"
+    )
+    late = await sqlite_manager.execute_query(slow, deadline=Deadline(0.01))
+    assert late.error_type == "timeout"
+    assert "deadline" in (late.error or "")
+    results = await asyncio.gather(
+        *(sqlite_manager.execute_query("SELECT ? AS v", [i]) for i in range(100))
+    )
+    assert [r.data for r in results] == [[{"v": i}] for i in range(100)]
+
+
+async def test_reads_pass_over_a_reader_stuck_on_a_long_statement(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    # White-box: a job that blocks reader 0 stands in for a long query, so
+    # the test does not depend on how fast this machine runs one.
+    first_reader = sqlite_manager._readers[0]
+    release = threading.Event()
+    stuck = first_reader.submit(lambda conn: release.wait(10), ())
+    try:
+        assert await poll(
+            lambda: (
+                first_reader.job_started and time.perf_counter() - first_reader.job_started > 0.01
+            )
+        )
+        result = await sqlite_manager.execute_query("SELECT 7 AS v", deadline=Deadline(2.0))
+        assert result.data == [{"v": 7}]
+        assert not stuck.done()
+    finally:
+        release.set()
+    assert await stuck is True
+
+
+async def test_unbindable_integer_fails_only_its_caller(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    await sqlite_manager.execute_query("CREATE TABLE big (v INTEGER)")
+    results = await asyncio.gather(
+        *(
+            sqlite_manager.execute_query("INSERT INTO big VALUES (?)", [2**70 if i == 3 else i])
+            for i in range(8)
+        )
+    )
+    assert [r.error_type for r in results] == [None, None, None, "invalid_request"] + [None] * 4
+    assert "too large" in (results[3].error or "")
+    read = await sqlite_manager.execute_query("SELECT ? AS v", [2**70])
+    assert read.error_type == "invalid_request"
+    count = await sqlite_manager.execute_query("SELECT count(*) AS n FROM big")
+    assert count.data == [{"n": 7}]
+
+
+async def test_close_with_work_queued_finishes_or_refuses_it(tmp_path: Path) -> None:
+    manager = AsyncSQLiteManager(str(tmp_path / "close.db"), name="closing")
+    await manager.initialize_pool()
+    await manager.execute_query("CREATE TABLE c (v INTEGER)")
+    work = [
+        asyncio.create_task(manager.execute_query("INSERT INTO c VALUES (?)", [i]))
+        for i in range(50)
+    ] + [asyncio.create_task(manager.execute_query("SELECT ? AS v", [i])) for i in range(50)]
+    await asyncio.sleep(0)
+    await manager.close()
+    results = await asyncio.gather(*work)
+    assert {r.error_type for r in results} <= {None, "closed"}
+    assert _sqlite_threads(manager) == []
+
+
+async def test_unclosed_manager_warns_and_its_threads_end(tmp_path: Path) -> None:
+    manager = AsyncSQLiteManager(str(tmp_path / "leak.db"), name="leaky")
+    await manager.initialize_pool()
+    threads = _sqlite_threads(manager)
+    assert len(threads) == 5
+    holder = [manager]
+    del manager
+    with pytest.warns(ResourceWarning, match="never closed"):
+        _collect(holder)
+    assert await poll(lambda: not any(t.is_alive() for t in threads))
+
+
+async def test_write_cancelled_while_queued_in_the_writer_thread_never_runs(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    await sqlite_manager.execute_query("CREATE TABLE gone (v INTEGER)")
+    # White-box: hold the writer thread so the writes queue there.
+    writer = sqlite_manager._writer
+    assert writer is not None
+    release = threading.Event()
+    blocker = writer.submit(lambda conn: release.wait(10), ())
+    try:
+        tasks = [
+            asyncio.create_task(sqlite_manager.execute_query("INSERT INTO gone VALUES (?)", [i]))
+            for i in range(4)
+        ]
+        assert await poll(lambda: sqlite_manager.pool_stats()["write_queue"] == 4)
+        tasks[1].cancel()
+        tasks[2].cancel()
+    finally:
+        release.set()
+    assert await blocker is True
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [isinstance(r, asyncio.CancelledError) for r in results] == [False, True, True, False]
+    rows = await sqlite_manager.execute_query("SELECT v FROM gone ORDER BY v")
+    assert rows.data == [{"v": 0}, {"v": 3}]
