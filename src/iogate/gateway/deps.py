@@ -1,14 +1,40 @@
-"""What route modules need from the running app, as FastAPI dependencies."""
+"""What route modules need from the running app: dependencies and ``DirectRoute``.
+
+``orchestrator_of``, ``settings_of`` and ``request_deadline`` are plain
+functions of the request: call them directly, or declare them with
+``Depends``. Declared on an ordinary ``APIRoute``, FastAPI runs each sync
+dependency in its thread pool (a thread hop per dependency per request);
+routers whose ``route_class`` is ``DirectRoute`` call them inline instead.
+
+``DirectRoute`` is the route class of the single-operation endpoints, where
+the gateway's own work per request is what limits its throughput. FastAPI
+still reads the endpoint's signature for the OpenAPI document (the body
+model, the bearer scheme of ``principal_of``), but a request skips FastAPI's
+generic handler: its telemetry hooks, the dependency solver, content-type
+parsing, ``json.loads`` followed by a second validation pass, and return-value
+serialisation. Profiling ``POST /database/execute`` under wrk showed that
+machinery, and the thread hops, costing several times the query itself
+(docs/benchmarks.md, "Gateway").
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
 from iogate.gateway.settings import Settings
 from iogate.orchestrator import AsyncOperationOrchestrator
 
-__all__ = ["orchestrator_of", "request_deadline", "settings_of"]
+__all__ = ["DirectRoute", "orchestrator_of", "request_deadline", "settings_of"]
 
 
 def orchestrator_of(request: Request) -> AsyncOperationOrchestrator:
@@ -28,3 +54,175 @@ def request_deadline(request: Request) -> Deadline:
         deadline = Deadline(settings_of(request).gateway.request_timeout)
         request.state.deadline = deadline
     return deadline
+
+
+# -- DirectRoute -------------------------------------------------------------------
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Dependency:
+    name: str
+    call: Callable[[Request], Any]
+    is_async: bool
+
+
+class DirectRoute(APIRoute):
+    """An ``APIRoute`` whose requests bypass FastAPI's generic request handler.
+
+    It applies to an ``async def`` endpoint returning a ``Response`` whose
+    parameters are at most: the ``Request``, one JSON body that is a pydantic
+    model, and dependencies that take nothing but the request (sync or async,
+    no ``yield``, no sub-dependencies). Each dependency is called in the
+    order declared -- before the body is validated, as FastAPI does, so a
+    missing key is a 401 even when the body is invalid too -- and the body is
+    validated once, straight from bytes (``model_validate_json``). An invalid
+    body raises ``RequestValidationError`` with FastAPI's ``("body", ...)``
+    locations, so the app's handler answers as it does for any route.
+
+    A route of any other shape falls back to FastAPI's handler: never wrong,
+    only slower. Not supported, so never use it with: dependencies added by
+    ``include_router(dependencies=...)`` or ``FastAPI(dependencies=...)``,
+    and dependency overrides.
+    """
+
+    def get_route_handler(self) -> Handler:
+        handler = self._direct_handler()
+        return handler if handler is not None else super().get_route_handler()
+
+    def _direct_handler(self) -> Handler | None:
+        dependant = self.dependant
+        endpoint = dependant.call
+        if (
+            endpoint is None
+            or not inspect.iscoroutinefunction(endpoint)
+            or self.response_field is not None
+            or self.dependencies
+            or _has_special_params(dependant)
+            or dependant.concurrency is not None
+            or len(dependant.body_params) > 1
+            or (dependant.body_params and self._embed_body_fields)
+        ):
+            return None
+        model: type[BaseModel] | None = None
+        body_name = ""
+        if dependant.body_params:
+            field = dependant.body_params[0]
+            annotation = field.field_info.annotation
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return None
+            model, body_name = annotation, field.name
+        steps: list[_Dependency] = []
+        for sub in dependant.dependencies:
+            step = _request_only(sub)
+            if step is None:
+                return None
+            steps.append(step)
+        return _make_handler(endpoint, dependant.request_param_name, steps, model, body_name)
+
+
+def _has_special_params(dependant: Any) -> bool:
+    return any(
+        (
+            dependant.path_params,
+            dependant.query_params,
+            dependant.header_params,
+            dependant.cookie_params,
+            dependant.response_param_name,
+            dependant.background_tasks_param_name,
+            dependant.security_scopes_param_name,
+            dependant.websocket_param_name,
+            dependant.http_connection_param_name,
+        )
+    )
+
+
+def _request_only(sub: Any) -> _Dependency | None:
+    """The dependency as a plain call on the request, or None when it is more."""
+    call = sub.call
+    if (
+        call is None
+        or sub.name is None
+        or sub.request_param_name is None
+        or sub.dependencies
+        or sub.body_params
+        or _has_special_params(sub)
+        or sub.concurrency is not None
+    ):
+        return None
+    function = call if inspect.isroutine(call) else getattr(call, "__call__", None)  # noqa: B004
+    if function is None or inspect.isgeneratorfunction(function):
+        return None
+    if inspect.isasyncgenfunction(function):
+        return None
+    return _Dependency(sub.name, call, inspect.iscoroutinefunction(function))
+
+
+def _make_handler(
+    endpoint: Callable[..., Awaitable[Response]],
+    request_name: str | None,
+    steps: list[_Dependency],
+    model: type[BaseModel] | None,
+    body_name: str,
+) -> Handler:
+    async def handler(request: Request) -> Response:
+        values: dict[str, Any] = {}
+        if request_name is not None:
+            values[request_name] = request
+        for step in steps:
+            value = step.call(request)
+            values[step.name] = await value if step.is_async else value
+        if model is not None:
+            values[body_name] = await json_body(request, model)
+        response = await endpoint(**values)
+        if not isinstance(response, Response):
+            raise TypeError(
+                f"{endpoint.__qualname__} returned {type(response).__name__}: a DirectRoute "
+                "endpoint must return a Response"
+            )
+        return response
+
+    return handler
+
+
+async def json_body(request: Request, model: type[BaseModel]) -> BaseModel:
+    """The request's JSON body as ``model``; RequestValidationError (422) otherwise.
+
+    Like FastAPI with ``strict_content_type``: a body that is not declared as
+    JSON (``application/json`` or ``application/*+json``) is refused, and an
+    empty one is a missing body. Error locations match FastAPI's; a type may
+    be worded as pydantic's JSON mode words it (``model_type`` for an array
+    where an object belongs, where FastAPI says ``model_attributes_type``).
+    """
+    raw = await request.body()
+    if not raw:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
+    if not _is_json(request.headers.get("content-type")):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ("body",),
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": None,
+                }
+            ]
+        )
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in errors]
+        ) from None
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media_type = content_type.partition(";")[0].strip().lower()
+    main, _, sub = media_type.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))

@@ -11,14 +11,15 @@ from starlette.responses import Response
 from iogate.core.deadline import Deadline
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
-from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
+from iogate.gateway.deps import DirectRoute, orchestrator_of, request_deadline, settings_of
 from iogate.gateway.responses import OPERATION_RESPONSES, problem, result_response
 from iogate.gateway.settings import DatabaseSettings, Settings
 from iogate.orchestrator import AsyncOperationOrchestrator
 
 __all__ = ["DatabaseExecuteRequest", "access_kind", "router"]
 
-router = APIRouter(tags=["operations"])
+# DirectRoute: dependencies called inline, the body validated once from bytes.
+router = APIRouter(tags=["operations"], route_class=DirectRoute)
 
 
 class DatabaseExecuteRequest(BaseModel):
