@@ -20,6 +20,7 @@ app = typer.Typer(
     help="Asyncio toolkit and HTTP gateway for database and external-API operations.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals would include Settings and its secrets
 )
 err = Console(stderr=True)
 

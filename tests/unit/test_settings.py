@@ -94,3 +94,18 @@ def test_embedded_default_and_missing_file(tmp_path: Path) -> None:
     assert "[databases.main]" in DEFAULT_CONFIG
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "absent.toml", env={})
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u:sekrit@[bad/db", "databases.x: url is not a valid URL"),
+        ("postgresql://u:sekrit@host:99999/db", "databases.x: url is not a valid URL"),
+        ("mysql://u:sekrit@host/db", "url scheme must be one of postgresql://, postgres://"),
+    ],
+)
+def test_database_urls_are_checked_without_echoing_them(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(f'[databases.x]\ntype = "postgresql"\nurl = "{url}"\n')
+    assert message in str(caught.value)
+    assert "sekrit" not in str(caught.value)

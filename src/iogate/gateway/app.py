@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from iogate.core.errors import IogateError
 from iogate.gateway.audit import AuditMiddleware
@@ -31,7 +31,7 @@ from iogate.gateway.logging import (
     uninstall_operation_log,
 )
 from iogate.gateway.middleware import BodyLimitMiddleware
-from iogate.gateway.responses import ORJSONResponse, problem
+from iogate.gateway.responses import AUTH_RESPONSES, ORJSONResponse, problem
 from iogate.gateway.routes import ROUTERS
 from iogate.gateway.settings import Settings, load_settings
 from iogate.metrics import MetricsCollector, StatsRegistry
@@ -137,14 +137,24 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     async def health() -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - started_at, 3)}
 
-    @app.get("/ready", tags=["observability"], summary="Readiness: pings every resource")
+    @app.get(
+        "/ready",
+        tags=["observability"],
+        summary="Readiness: pings every resource",
+        responses={503: {"description": "A resource is down or its circuit is open"}},
+    )
     async def ready(request: Request) -> Response:
         checks = await orchestrator_of(request).health_check(timeout=READY_TIMEOUT)
         down = sorted(name for name, check in checks.items() if check["status"] != "up")
         body = {"status": "not_ready" if down else "ready", "down": down, "resources": checks}
         return ORJSONResponse(body, status_code=503 if down else 200)
 
-    @app.get("/stats", tags=["observability"], summary="Per-resource statistics")
+    @app.get(
+        "/stats",
+        tags=["observability"],
+        summary="Per-resource statistics",
+        responses=AUTH_RESPONSES,
+    )
     async def stats(
         request: Request, principal: Annotated[Principal, Depends(principal_of)]
     ) -> Response:
@@ -155,7 +165,13 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         }
         return ORJSONResponse(body)
 
-    @app.get("/metrics", tags=["observability"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["observability"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"application/openmetrics-text": {}}}, **AUTH_RESPONSES},
+    )
     async def metrics(
         request: Request, principal: Annotated[Principal, Depends(principal_of)]
     ) -> Response:

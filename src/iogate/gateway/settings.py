@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -82,6 +83,27 @@ class GatewaySettings(_Strict):
             return False
 
 
+_URL_SCHEMES = {
+    "postgresql": ("postgresql", "postgres"),
+    "mysql": ("mysql", "mariadb", "mysql+asyncmy"),
+    "redis": ("redis", "rediss", "unix"),
+}
+
+
+def _check_url(url: str, schemes: tuple[str, ...]) -> None:
+    """A URL that will parse when the manager opens; the message never echoes it."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ValueError(f"url is not a valid URL ({exc})") from None
+    if parts.scheme not in schemes:
+        raise ValueError(
+            f"url scheme must be one of {', '.join(s + '://' for s in schemes)}, "
+            f"got {parts.scheme + '://' if parts.scheme else 'none'}"
+        )
+
+
 class DatabaseSettings(_Strict):
     type: Literal["postgresql", "sqlite", "mysql", "redis", "memory"]
     url: str | None = None
@@ -105,6 +127,8 @@ class DatabaseSettings(_Strict):
                 raise ValueError("a sqlite database needs path")
         elif self.type in {"postgresql", "mysql", "redis"} and self.url is None:
             raise ValueError(f"a {self.type} database needs url")
+        if self.url is not None and self.type in _URL_SCHEMES:
+            _check_url(self.url, _URL_SCHEMES[self.type])
         return self
 
     def connection_string(self) -> str:
