@@ -140,9 +140,12 @@ def _args(command: Command) -> tuple[Any, ...]:
 _VERBS = {"delete": "DEL", "exists": "EXISTS", "mget": "MGET"}
 
 
+_REPLY_ERRORS = (hiredis.ReplyError, redis_errors.ResponseError)  # a tuple checks faster
+
+
 def _shape(command: Command, reply: Any) -> Any:
     """Raw RESP2 reply -> the data shape :mod:`iogate.backends.kv` promises."""
-    if isinstance(reply, hiredis.ReplyError | redis_errors.ResponseError):
+    if isinstance(reply, _REPLY_ERRORS):
         raise QueryError(str(reply))
     op = command.op
     if op == "set":
@@ -440,27 +443,28 @@ class AsyncRedisManager(AsyncDatabaseManager):
         command = parse_command(query, params)
         if read_only:
             check_read_only(command)
+        op = command.op
         try:
-            if command.op in ("pipeline", "transaction"):
+            if op == "pipeline" or op == "transaction":
                 return batch_result(command, await self._run_batch(command, deadline))
-            conn = self._conn
-            if (
-                self.auto_pipeline
-                and conn is not None
-                and conn.usable
-                and deadline.expires_at is None
-            ):
-                # The hot path, inlined: no extra coroutine per command.
+            conn = self._conn  # only ever set in auto-pipelining mode
+            if conn is not None and conn.failure is None:
+                # The hot path, inlined: no extra coroutine per command
+                # unless a deadline needs a timer.
                 if len(conn.waiting) >= self.max_in_flight:
                     raise PoolExhaustedError(
                         f"{self.name}: {self.max_in_flight} commands already in flight"
                     )
-                reply = await conn.send(hiredis.pack_command(_args(command)))
+                future = conn.send(hiredis.pack_command(_args(command)))
+                if deadline.expires_at is None:
+                    reply = await future
+                else:
+                    reply = await _wait(future, deadline)
             else:
                 reply = await self._run(_args(command), deadline)
-            return Result.ok(_shape(command, reply), operation=command.op)
+            return Result.ok(_shape(command, reply), operation=op)
         except IogateError as exc:
-            return Result.from_exception(exc, operation=command.op)
+            return Result.from_exception(exc, operation=op)
 
     async def execute_command(self, *args: Any, deadline: Deadline | None = None) -> Any:
         """Send a raw command and return its raw reply (raises iogate errors)."""
@@ -717,14 +721,25 @@ def _tls_reason(exc: ssl.SSLError) -> str:
 
 
 async def _wait(future: asyncio.Future[Any], deadline: Deadline) -> Any:
+    """Await a reply, failing it with a timeout when the deadline passes.
+
+    One timer on the loop rather than ``asyncio.timeout``, which costs an
+    object, an async context manager and a task cancel/uncancel per command.
+    A timed-out slot stays in the FIFO until its reply comes (see above).
+    """
     remaining = deadline.remaining()
     if remaining is None:
         return await future
+    timer = future.get_loop().call_later(remaining, _expire, future)
     try:
-        async with asyncio.timeout(remaining):
-            return await future
-    except TimeoutError:
-        raise OperationTimeoutError("deadline passed waiting for redis") from None
+        return await future
+    finally:
+        timer.cancel()
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(OperationTimeoutError("deadline passed waiting for redis"))
 
 
 def _exec_replies(raw: list[Any]) -> list[Any]:
