@@ -50,12 +50,26 @@ async def with_query(request: Request, body: Body, limit: int = 5) -> Response:
     return JSONResponse({"name": body.name, "limit": limit})
 
 
+class Teapot(Exception):
+    pass
+
+
+async def failing(request: Request, body: Body) -> Response:
+    raise Teapot(body.name)
+
+
 def app_with(route_class: type[APIRoute]) -> FastAPI:
     router = APIRouter(route_class=route_class)
     router.add_api_route("/run", endpoint, methods=["POST"])
     router.add_api_route("/query", with_query, methods=["POST"])
+    router.add_api_route("/fail", failing, methods=["POST"])
     app = FastAPI()
     app.include_router(router)
+
+    @app.exception_handler(Teapot)
+    async def teapot(request: Request, exc: Teapot) -> Response:
+        return JSONResponse({"teapot": str(exc)}, status_code=418)
+
     return app
 
 
@@ -128,6 +142,17 @@ def test_a_route_with_query_parameters_falls_back_to_fastapi(direct: TestClient)
     refused = direct.post("/query?limit=lots", json={"name": "q"})
     assert refused.status_code == 422
     assert refused.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+def test_exceptions_reach_the_apps_handlers(direct: TestClient) -> None:
+    response = direct.post("/fail", json={"name": "earl grey"})
+    assert (response.status_code, response.json()) == (418, {"teapot": "earl grey"})
+
+
+def test_other_methods_are_refused_as_usual(direct: TestClient) -> None:
+    response = direct.get("/run")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
 
 
 def test_openapi_still_describes_body_and_dependencies(direct: TestClient) -> None:

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from iogate.core.deadline import Deadline
 from iogate.gateway.settings import Settings
@@ -81,15 +82,30 @@ class DirectRoute(APIRoute):
     body raises ``RequestValidationError`` with FastAPI's ``("body", ...)``
     locations, so the app's handler answers as it does for any route.
 
+    ``handle`` then runs that handler itself, without FastAPI's per-request
+    wrapper (two ``AsyncExitStack``s for ``yield`` dependencies, which a direct
+    route has none of, and a second exception-handling layer: an exception
+    reaches the app's ``ExceptionMiddleware`` and the same handlers instead).
+
     A route of any other shape falls back to FastAPI's handler: never wrong,
-    only slower. Not supported, so never use it with: dependencies added by
-    ``include_router(dependencies=...)`` or ``FastAPI(dependencies=...)``,
-    and dependency overrides.
+    only slower. Not supported, so never use it with: dependencies or
+    ``max_body_size`` added by ``include_router(...)`` or
+    ``FastAPI(dependencies=...)``, and dependency overrides.
     """
 
+    _direct: Handler | None = None
+
     def get_route_handler(self) -> Handler:
-        handler = self._direct_handler()
-        return handler if handler is not None else super().get_route_handler()
+        self._direct = self._direct_handler()
+        return self._direct if self._direct is not None else super().get_route_handler()
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        direct = self._direct
+        if direct is None or scope["method"] not in (self.methods or ()):
+            await super().handle(scope, receive, send)
+            return
+        response = await direct(Request(scope, receive, send))
+        await response(scope, receive, send)
 
     def _direct_handler(self) -> Handler | None:
         dependant = self.dependant
