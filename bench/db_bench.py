@@ -9,7 +9,8 @@ Each variant runs once per round, variants alternating (A B A B ...), so
 drift of the machine hits all of them alike; the table shows the median of
 the rounds with the spread (min-max). Loopback only.
 
-Run: ``.venv/bin/python -m bench.db_bench [--quick] [--rounds N] [--only sqlite]``.
+Run: ``.venv/bin/python -m bench.db_bench [--quick] [--rounds N] [--only sqlite]
+[--sqlite-baseline OLD_SQLITE_PY]``.
 The "CPU us/op" column is process CPU time (all threads) per operation.
 """
 
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -146,7 +149,25 @@ async def postgres(total: int, rounds: int, concurrencies: tuple[int, ...]) -> l
     return rows
 
 
-async def sqlite(total: int, rounds: int, concurrencies: tuple[int, ...]) -> list[str]:
+def load_sqlite_baseline(path: str) -> type[AsyncSQLiteManager]:
+    """AsyncSQLiteManager from another version of ``sqlite.py``, for an A/B in one process.
+
+    Make one with ``git show REV:src/iogate/backends/sqlite.py > /tmp/old_sqlite.py``;
+    it shares the rest of iogate (core, base class) with the current code.
+    """
+    spec = importlib.util.spec_from_file_location("iogate_sqlite_baseline", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--sqlite-baseline: cannot load {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    baseline: type[AsyncSQLiteManager] = module.AsyncSQLiteManager
+    return baseline
+
+
+async def sqlite(
+    total: int, rounds: int, concurrencies: tuple[int, ...], baseline: str | None = None
+) -> list[str]:
     folder = tempfile.mkdtemp(prefix="iogate-bench-")
     path = os.path.join(folder, "bench.db")
     with sqlite3.connect(path) as conn:
@@ -158,6 +179,9 @@ async def sqlite(total: int, rounds: int, concurrencies: tuple[int, ...]) -> lis
         conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
     manager = AsyncSQLiteManager(path, max_connections=5)
     await manager.initialize_pool()
+    other = load_sqlite_baseline(baseline)(path, max_connections=5) if baseline else None
+    if other is not None:
+        await other.initialize_pool()
     adb = await aiosqlite.connect(path, isolation_level=None)
     await adb.execute("PRAGMA synchronous=NORMAL")
     plain = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -183,33 +207,37 @@ async def sqlite(total: int, rounds: int, concurrencies: tuple[int, ...]) -> lis
         async def plain_write(i: int) -> object:
             return plain.execute("INSERT INTO events (v) VALUES (?)", ("x",))
 
+        reads: dict[str, Call] = {"iogate": lib_read}
+        writes: dict[str, Call] = {"iogate": lib_write}
+        if other is not None:
+
+            async def base_read(i: int) -> object:
+                return await other.execute_query(
+                    "SELECT * FROM users WHERE id = ?", [i % 10_000 + 1]
+                )
+
+            async def base_write(i: int) -> object:
+                return await other.execute_query("INSERT INTO events (v) VALUES (?)", ["x"])
+
+            reads["iogate baseline"] = base_read
+            writes["iogate baseline"] = base_write
+        reads.update({"sqlite3 (blocking)": plain_read, "aiosqlite": aio_read})
+        writes.update({"sqlite3 (blocking)": plain_write, "aiosqlite": aio_write})
         for concurrency in concurrencies:
             rows += table_rows(
                 "SQLite point read",
                 concurrency,
-                await interleave(
-                    {"iogate": lib_read, "sqlite3 (blocking)": plain_read, "aiosqlite": aio_read},
-                    concurrency,
-                    total,
-                    rounds,
-                ),
+                await interleave(reads, concurrency, total, rounds),
             )
             rows += table_rows(
                 "SQLite durable write",
                 concurrency,
-                await interleave(
-                    {
-                        "iogate": lib_write,
-                        "sqlite3 (blocking)": plain_write,
-                        "aiosqlite": aio_write,
-                    },
-                    concurrency,
-                    total,
-                    rounds,
-                ),
+                await interleave(writes, concurrency, total, rounds),
             )
     finally:
         await manager.close()
+        if other is not None:
+            await other.close()
         await adb.close()
         plain.close()
     return rows
@@ -222,13 +250,15 @@ HEADER = [
 ]
 
 
-async def main_async(quick: bool, rounds: int, only: str | None) -> list[str]:
+async def main_async(
+    quick: bool, rounds: int, only: str | None, sqlite_baseline: str | None
+) -> list[str]:
     total = 2_000 if quick else 10_000
     rows: list[str] = []
     if only in (None, "postgres"):
         rows += await postgres(total, rounds, (1, 50) if quick else (1, 10, 50))
     if only in (None, "sqlite"):
-        rows += await sqlite(total, rounds, (1, 50))
+        rows += await sqlite(total, rounds, (1, 50), sqlite_baseline)
     return HEADER + rows
 
 
@@ -238,12 +268,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
     parser.add_argument("--only", choices=["postgres", "sqlite"], help="run one backend's part")
+    parser.add_argument(
+        "--sqlite-baseline",
+        metavar="PATH",
+        help="another version of sqlite.py to interleave as 'iogate baseline'",
+    )
     args = parser.parse_args()
     if args.loop == "uvloop":
         import uvloop
 
         uvloop.install()
-    for line in asyncio.run(main_async(args.quick, args.rounds, args.only)):
+    for line in asyncio.run(main_async(args.quick, args.rounds, args.only, args.sqlite_baseline)):
         print(line)
 
 
