@@ -371,3 +371,52 @@ async def test_write_cancelled_while_queued_in_the_writer_thread_never_runs(
     assert [isinstance(r, asyncio.CancelledError) for r in results] == [False, True, True, False]
     rows = await sqlite_manager.execute_query("SELECT v FROM gone ORDER BY v")
     assert rows.data == [{"v": 0}, {"v": 3}]
+
+
+async def test_batched_reads_see_every_write_their_caller_saw_committed(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    await sqlite_manager.execute_query("CREATE TABLE own (k INTEGER PRIMARY KEY, v INTEGER)")
+
+    async def write_then_read(k: int) -> list[object]:
+        for v in range(5):
+            written = await sqlite_manager.execute_query(
+                "INSERT OR REPLACE INTO own (k, v) VALUES (?, ?)", [k, v]
+            )
+            assert written.success, written.error
+            read = await sqlite_manager.execute_query("SELECT v FROM own WHERE k = ?", [k])
+            if read.data != [{"v": v}]:
+                return [k, v, read.data]
+        return []
+
+    stale = await asyncio.gather(*(write_then_read(k) for k in range(60)))
+    assert [s for s in stale if s] == []
+
+
+async def test_failing_read_in_a_batch_fails_alone(sqlite_manager: AsyncSQLiteManager) -> None:
+    queries = ["SELECT ? AS v"] * 30
+    queries[7] = "SELECT v FROM no_such_table WHERE v = ?"
+    results = await asyncio.gather(
+        *(sqlite_manager.execute_query(q, [i]) for i, q in enumerate(queries))
+    )
+    assert [r.success for r in results] == [i != 7 for i in range(30)]
+    assert "no such table" in (results[7].error or "")
+    assert [r.data for i, r in enumerate(results) if i != 7] == [
+        [{"v": i}] for i in range(30) if i != 7
+    ]
+
+
+async def test_readers_hold_no_snapshot_between_batches(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    await sqlite_manager.execute_query("CREATE TABLE snap (v INTEGER)")
+    await sqlite_manager.execute_query("INSERT INTO snap VALUES (1)")
+    reads = await asyncio.gather(
+        *(sqlite_manager.execute_query("SELECT count(*) AS n FROM snap") for _ in range(200))
+    )
+    assert all(r.data == [{"n": 1}] for r in reads)
+    await sqlite_manager.execute_query("INSERT INTO snap VALUES (2)")
+    # A reader still inside a read transaction would make this wait for the
+    # busy timeout and report busy = 1.
+    checkpoint = await sqlite_manager.execute_query("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert checkpoint.data[0]["busy"] == 0
