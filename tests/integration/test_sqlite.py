@@ -316,6 +316,8 @@ async def test_unbindable_integer_fails_only_its_caller(
     assert "too large" in (results[3].error or "")
     read = await sqlite_manager.execute_query("SELECT ? AS v", [2**70])
     assert read.error_type == "invalid_request"
+    surrogate = await sqlite_manager.execute_query("SELECT ? AS v", ["\ud800"])
+    assert surrogate.error_type == "invalid_request"
     count = await sqlite_manager.execute_query("SELECT count(*) AS n FROM big")
     assert count.data == [{"n": 7}]
 

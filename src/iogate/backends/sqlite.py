@@ -1,11 +1,8 @@
 """SQLite: parallel readers, one group-committing writer, a thread per connection.
 
 Layout: ``readers`` connections opened with ``PRAGMA query_only = ON`` serve
-reads in parallel (WAL lets them run beside the writer), each read queued on
-the least-loaded reader; one writer connection takes every write. Writes
-queued together are committed together in one transaction (group commit),
-so concurrent writers never meet "database is locked"; a statement that
-fails fails only its own caller.
+reads (WAL lets them run beside the writer); one writer connection takes
+every write.
 
 Threads: each sqlite3 connection lives in its own worker thread, the only
 thread that ever touches it. The event loop hands a worker jobs through a
@@ -17,10 +14,20 @@ per call). A job whose caller has given up (cancelled, deadline passed)
 before it starts is skipped; once started it runs to the end, so a statement
 runs fully or not at all.
 
+Batches: consecutive writes in a batch commit as one transaction (group
+commit), so concurrent writers never meet "database is locked", and a
+statement that fails fails only its own caller; a write's result is handed
+back only after its COMMIT. Consecutive reads share one read transaction:
+one snapshot, taken after each of them was queued. Reads pile onto the
+first reader not stuck on a long statement (see ``_pick_reader``).
+
 Reads are routed by their first keyword (SELECT, VALUES, EXPLAIN, WITH). A
 misrouted write is refused by the reader's ``query_only`` and retried on the
 writer, so the routing can only cost time, never correctness; and
 ``read_only=True`` runs on a reader, so SQLite itself refuses any write.
+Transactions and statements that must run alone (PRAGMA, VACUUM, ...) hold
+the writer as a session; writes arriving meanwhile wait on the loop side, so
+they never run inside the session's transaction.
 """
 
 from __future__ import annotations
