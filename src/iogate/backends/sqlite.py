@@ -864,8 +864,9 @@ class _SQLiteTransaction(Transaction):
 
     async def _execute(self, query: str, params: Params) -> Result:
         args = normalize_params(params)
-        check_count(query, args, "qmark")
-        verb = _first_verb(query)
+        verb, placeholders = _analyse(query)
+        if placeholders is not None and placeholders != len(args):
+            check_count(query, args, "qmark")  # raises, naming both counts
         if verb in _TX_CONTROL:
             raise InvalidRequestError(f"{verb} inside transaction(): the block manages it")
         try:
