@@ -1,8 +1,10 @@
-"""``make bench``: run every benchmark script and write docs/benchmarks.md.
+"""``make bench``: run every benchmark script and write docs/benchmarks-latest.md.
 
-Each script prints a Markdown table comparing iogate with the raw driver in
-the same run. ``--quick`` shrinks the workloads (under 2 minutes in all).
-Scripts run one after another, never in parallel, on loopback only.
+Each script prints a Markdown table comparing iogate with the raw driver (or,
+for the gateway, a bare Starlette app and Datasette) in the same run.
+``--quick`` shrinks the workloads (under 2 minutes in all). Scripts run one
+after another, never in parallel, on loopback only; the load average before
+each is recorded, since the figures mean little on a busy machine.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,12 +36,16 @@ def machine() -> str:
 
 
 def run(title: str, command: list[str]) -> str:
-    print(f"== {title}: {' '.join(command)}", file=sys.stderr)
+    shown = " ".join(Path(part).name if part == sys.executable else part for part in command)
+    load = os.getloadavg()[0]
+    print(f"== {title}: {shown} (load average {load:.1f})", file=sys.stderr)
+    started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    elapsed = time.perf_counter() - started
     body = done.stdout.strip() or "(no output)"
     if done.returncode != 0:
         body += f"\n\nexit {done.returncode}:\n```\n{done.stderr.strip()[-2000:]}\n```"
-    return f"## {title}\n\n`{' '.join(command)}`\n\n{body}\n"
+    return f"## {title}\n\n`{shown}` ({elapsed:.0f} s, load average {load:.1f} before)\n\n{body}\n"
 
 
 def main() -> None:
@@ -53,11 +60,16 @@ def main() -> None:
             "Redis manager vs redis.asyncio",
             [py, "bench/redis_bench.py", *(["--ops", "5000"] if args.quick else [])],
         ),
-        run("Batches vs one by one", [py, "bench/batch_bench.py"]),
+        run("Batches vs one by one, mixed batches", [py, "bench/batch_bench.py", *quick]),
         run(
             "API manager vs aiohttp",
             [py, "bench/api_bench.py", *(["--requests", "2000"] if args.quick else [])],
         ),
+        run(
+            "Gateway under wrk: iogate vs bare Starlette vs Datasette",
+            [py, "bench/gateway_bench.py", *(["--duration", "2"] if args.quick else [])],
+        ),
+        run("Memory per manager", [py, "bench/memory_bench.py", *quick]),
     ]
     header = (
         f"# Benchmark run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"
