@@ -35,7 +35,13 @@ from iogate.core.deadline import Deadline
 from iogate.gateway.settings import Settings
 from iogate.orchestrator import AsyncOperationOrchestrator
 
-__all__ = ["DirectRoute", "orchestrator_of", "request_deadline", "settings_of"]
+__all__ = [
+    "DEADLINE_SCOPE_KEY",
+    "DirectRoute",
+    "orchestrator_of",
+    "request_deadline",
+    "settings_of",
+]
 
 
 def orchestrator_of(request: Request) -> AsyncOperationOrchestrator:
@@ -48,12 +54,15 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
+DEADLINE_SCOPE_KEY = "iogate.deadline"
+
+
 def request_deadline(request: Request) -> Deadline:
-    """One deadline per request (``[gateway] request_timeout``)."""
-    deadline: Deadline | None = getattr(request.state, "deadline", None)
+    """One deadline per request (``[gateway] request_timeout``), kept in the scope."""
+    deadline: Deadline | None = request.scope.get(DEADLINE_SCOPE_KEY)
     if deadline is None:
         deadline = Deadline(settings_of(request).gateway.request_timeout)
-        request.state.deadline = deadline
+        request.scope[DEADLINE_SCOPE_KEY] = deadline
     return deadline
 
 
