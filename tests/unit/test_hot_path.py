@@ -21,7 +21,7 @@ from iogate.core import events
 from iogate.core.deadline import Deadline
 from iogate.core.events import Event, OperationEvent, add_hook, emit, remove_hook
 from iogate.core.result import Result
-from iogate.core.stats import LatencySketch
+from iogate.core.stats import LatencySketch, OperationStats
 
 
 @pytest.fixture
@@ -197,3 +197,22 @@ async def test_get_returns_a_value_stored_from_a_str_subclass() -> None:
     assert wrong.success
     assert (wrong_get.success, wrong_get.error_type) == (False, "query_error")
     assert "WRONGTYPE" in (wrong_get.error or "")
+
+
+def test_throughput_counts_the_last_sixty_whole_seconds() -> None:
+    now = [1000.0]
+    stats = OperationStats(clock=lambda: now[0])
+    for moment, operations in ((1000.0, 5), (1001.5, 3), (1059.9, 2)):
+        now[0] = moment
+        for _ in range(operations):
+            stats.record(1.0, None)
+    assert stats.snapshot()["throughput_per_s"] == round(10 / 60, 3)
+    now[0] = 1060.2  # second 1000 has left the window
+    assert stats.snapshot()["throughput_per_s"] == round(5 / 60, 3)
+    now[0] = 1061.0
+    assert stats.snapshot()["throughput_per_s"] == round(2 / 60, 3)
+    stats.record(1.0, None)  # a new second after a gap
+    assert stats.snapshot()["throughput_per_s"] == round(3 / 60, 3)
+    now[0] = 1200.0
+    assert stats.snapshot()["throughput_per_s"] == 0
+    assert stats.count == 11

@@ -48,6 +48,7 @@ from yarl import URL
 
 from iogate.backends.base import ManagerState
 from iogate.backends.urls import BaseURL, join_endpoint
+from iogate.core import events
 from iogate.core.deadline import Deadline
 from iogate.core.errors import (
     APIConnectionError,
@@ -59,7 +60,7 @@ from iogate.core.errors import (
     OperationTimeoutError,
     RateLimitedError,
 )
-from iogate.core.events import OperationEvent, emit
+from iogate.core.events import OperationEvent
 from iogate.core.redact import redact_text
 from iogate.core.result import Result
 from iogate.core.stats import OperationStats
@@ -89,6 +90,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 DEFAULT_ERROR_BODY_BYTES = 4096
 DEFAULT_DNS_CACHE_TTL = 300
 MAX_REDIRECTS = 5
+_URL_CACHE_SIZE = 256
 
 _METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 # RFC 9110 §9.2.2: repeating these has the same effect as sending them once.
@@ -189,6 +191,14 @@ class AsyncAPIManager:
         self._session: aiohttp.ClientSession | None = None
         self._open_lock = asyncio.Lock()
         self._stats = OperationStats()
+        # Endpoints already checked and joined: the same few recur on a hot path.
+        self._urls: dict[str, str] = {}
+        # Most attempts run under the manager's own fresh deadline, so one
+        # timeout object serves them; it is shorter than ``timeout`` by at
+        # most a millisecond, so it never outlives the deadline.
+        self._full_timeout = aiohttp.ClientTimeout(
+            total=self.timeout - min(0.001, self.timeout / 100)
+        )
 
     def __repr__(self) -> str:
         return f"<AsyncAPIManager {self.name!r} {self.base} state={self.state.value}>"
@@ -321,20 +331,15 @@ class AsyncAPIManager:
         result.resource = self.name
         result.operation = verb
         duration = time.perf_counter() - started
-        result.duration_ms = round(duration * 1000, 3)
-        result.attempts = max(call.attempts, 1)
-        self._stats.record(result.duration_ms, result.error_type)
-        emit(
-            OperationEvent(
-                resource=self.name,
-                kind="api",
-                backend=self.backend,
-                operation=verb,
-                duration_s=duration,
-                error_type=result.error_type,
-                attempts=result.attempts,
+        # Whole microseconds, as round(ms, 3) would give, at a fifth of its cost.
+        result.duration_ms = duration_ms = round(duration * 1_000_000) / 1000
+        result.attempts = attempts = call.attempts or 1
+        error_type = result.error_type
+        self._stats.record(duration_ms, error_type)
+        if events.hooks:  # no event is built when nobody listens
+            events.emit(
+                OperationEvent(self.name, "api", self.backend, verb, duration, error_type, attempts)
             )
-        )
         return result
 
     async def _request(
@@ -350,7 +355,11 @@ class AsyncAPIManager:
             raise InvalidRequestError(
                 f"method must be one of {', '.join(sorted(_METHODS))}, got {call.method[:16]!r}"
             )
-        url = join_endpoint(self.base, endpoint)
+        url = self._urls.get(endpoint) if type(endpoint) is str else None
+        if url is None:
+            url = join_endpoint(self.base, endpoint)  # checks it; raises if unsafe
+            if len(self._urls) < _URL_CACHE_SIZE:
+                self._urls[endpoint] = url
         extra_headers = _checked_headers(headers, configured=False) if headers else None
         query = _query_params(params)
         body, content_type = _encode_body(data)
@@ -473,7 +482,11 @@ class AsyncAPIManager:
         """One attempt on the wire; returns (Result, provably-not-sent)."""
         method = call.method
         target: str | URL = url
-        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        full = self._full_timeout
+        if timeout is not None and full.total is not None and 0.0 <= timeout - full.total <= 0.002:
+            client_timeout = full  # never longer than ``timeout``, at most 2 ms shorter
+        else:
+            client_timeout = aiohttp.ClientTimeout(total=timeout)
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 async with session.request(
@@ -556,7 +569,10 @@ class AsyncAPIManager:
         content_type = response.headers.get("Content-Type", "")
         data = _decode_body(raw, content_type, secrets, truncated)
         # Response headers too: an upstream may echo our credentials there.
-        headers = {k: redact_text(v, secrets) for k, v in response.headers.items()}
+        if secrets:
+            headers = {k: redact_text(v, secrets) for k, v in response.headers.items()}
+        else:
+            headers = dict(response.headers.items())
         if ok:
             result = Result.ok(data, status_code=status, truncated=truncated)
             result.headers = headers
