@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, Response
 
 from iogate.gateway.app import create_app
-from iogate.gateway.deps import DirectRoute
+from iogate.gateway.deps import DirectDispatch, DirectRoute
 from iogate.gateway.settings import parse_settings
 
 
@@ -213,3 +214,91 @@ def test_database_execute_is_documented_with_body_and_bearer_scheme(gateway: Tes
     content = operation["requestBody"]["content"]["application/json"]
     assert content["schema"]["$ref"].endswith("/DatabaseExecuteRequest")
     assert {"bearer": []} in operation["security"]
+
+
+# -- DirectDispatch -----------------------------------------------------------------
+
+
+async def guarded(request: Request, body: Body) -> Response:
+    raise HTTPException(403, f"not for {body.name}")
+
+
+async def broken(request: Request, body: Body) -> Response:
+    raise RuntimeError("boom")
+
+
+def dispatching_app() -> FastAPI:
+    app = app_with(DirectRoute)
+    router = APIRouter(route_class=DirectRoute)
+    router.add_api_route("/guarded", guarded, methods=["POST"])
+    router.add_api_route("/broken", broken, methods=["POST"])
+    app.include_router(router, prefix="/v1")
+
+    @app.exception_handler(403)
+    async def forbidden(request: Request, exc: HTTPException) -> Response:
+        return JSONResponse({"forbidden": exc.detail}, status_code=403)
+
+    app.add_middleware(DirectDispatch)
+    return app
+
+
+def dispatcher_of(app: FastAPI) -> DirectDispatch:
+    layer: Any = app.middleware_stack
+    while not isinstance(layer, DirectDispatch):
+        layer = layer.app
+    return layer
+
+
+def test_dispatch_learns_static_direct_routes_then_serves_them_itself() -> None:
+    app = dispatching_app()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for n in range(3):
+            response = client.post("/run", json={"name": "a", "n": n})
+            assert response.json()["n"] == n
+            assert response.json()["thread"] == int(response.headers["x-loop-thread"])
+        client.post("/query?limit=1", json={"name": "q"})  # falls back: never learned
+        client.post("/v1/guarded", json={"name": "x"})  # learned under its prefix
+        assert set(dispatcher_of(app)._routes) == {("POST", "/run"), ("POST", "/v1/guarded")}
+
+
+def test_dispatched_requests_fail_as_routed_ones_do() -> None:
+    app = dispatching_app()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for _ in range(2):  # the first is routed by FastAPI, the second dispatched
+            teapot = client.post("/fail", json={"name": "oolong"})
+            assert (teapot.status_code, teapot.json()) == (418, {"teapot": "oolong"})
+            forbidden = client.post("/v1/guarded", json={"name": "eve"})
+            assert (forbidden.status_code, forbidden.json()) == (403, {"forbidden": "not for eve"})
+            invalid = client.post("/run", json={"n": 1})
+            assert invalid.status_code == 422
+            assert invalid.json()["detail"][0]["loc"] == ["body", "name"]
+            assert client.post("/v1/broken", json={"name": "x"}).status_code == 500
+            assert client.get("/run").status_code == 405
+        assert ("POST", "/v1/broken") in dispatcher_of(app)._routes
+
+
+def test_gateway_middleware_still_wraps_dispatched_requests(tmp_path: Path) -> None:
+    config = f"""
+[gateway]
+max_body_bytes = 2048
+
+[databases.main]
+type = "sqlite"
+path = "{tmp_path / "dispatch.db"}"
+"""
+    app = create_app(parse_settings(config, env={}))
+    # Innermost, as app.py would add it: inside the body limit, audit and request id.
+    app.user_middleware.append(Middleware(DirectDispatch))
+    with TestClient(app) as client:
+        body = {"db_name": "main", "query": "SELECT ? AS v", "params": [1]}
+        for _ in range(2):
+            ok = client.post("/database/execute", json=body)
+            assert ok.json()["data"] == [{"v": 1}]
+            assert ok.headers["x-request-id"]
+        assert ("POST", "/database/execute") in dispatcher_of(app)._routes
+        big = client.post(
+            "/database/execute",
+            content=b"x" * 5000,
+            headers={"content-type": "application/json"},
+        )
+        assert big.status_code == 413

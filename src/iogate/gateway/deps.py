@@ -28,8 +28,9 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from iogate.core.deadline import Deadline
 from iogate.gateway.settings import Settings
@@ -37,6 +38,7 @@ from iogate.orchestrator import AsyncOperationOrchestrator
 
 __all__ = [
     "DEADLINE_SCOPE_KEY",
+    "DirectDispatch",
     "DirectRoute",
     "orchestrator_of",
     "request_deadline",
@@ -69,6 +71,7 @@ def request_deadline(request: Request) -> Deadline:
 # -- DirectRoute -------------------------------------------------------------------
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+_LEARN_SCOPE_KEY = "iogate.direct_dispatch.learn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,9 @@ class DirectRoute(APIRoute):
         if direct is None or scope["method"] not in (self.methods or ()):
             await super().handle(scope, receive, send)
             return
+        learn = scope.pop(_LEARN_SCOPE_KEY, None)
+        if learn is not None and not self.param_convertors:
+            learn(self)  # a path without parameters always routes here: DirectDispatch
         response = await direct(Request(scope, receive, send))
         await response(scope, receive, send)
 
@@ -251,3 +257,72 @@ def _is_json(content_type: str | None) -> bool:
     media_type = content_type.partition(";")[0].strip().lower()
     main, _, sub = media_type.partition("/")
     return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+# -- DirectDispatch ----------------------------------------------------------------
+
+
+class DirectDispatch:
+    """Pure ASGI middleware: serve DirectRoute requests before FastAPI's router.
+
+    Add it first (innermost of the user middleware), so the body limit, the
+    request id and the audit record still wrap what it serves. FastAPI's own
+    layers below it -- the exception middleware, the ``AsyncExitStack`` of
+    ``yield`` dependencies, the router's walk over every route -- cost more per
+    request than the route itself under load (docs/benchmarks.md, "Gateway").
+
+    The first request for a ``(method, path)`` goes through FastAPI as usual;
+    when it reaches a ``DirectRoute`` whose path has no parameters, that route
+    is remembered for the pair, and later requests for it are handed straight
+    to the route's handler (so prefixes, mounts and route order are FastAPI's
+    to decide, once). An exception is answered by the app's handler for it, as
+    ``ExceptionMiddleware`` would; one with no handler propagates to the
+    server-error layer. Paths with parameters and other routes always take the
+    usual way.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._routes: dict[tuple[str, str], DirectRoute] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        key = (scope["method"], scope["path"])
+        route = self._routes.get(key)
+        if route is None or route._direct is None:
+
+            def learn(found: DirectRoute) -> None:
+                self._routes[key] = found
+
+            scope[_LEARN_SCOPE_KEY] = learn
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route  # as the router would: the audit log names its path
+        scope["endpoint"] = route.endpoint
+        request = Request(scope, receive, send)
+        try:
+            response = await route._direct(request)
+        except Exception as exc:
+            handler = _exception_handler(scope["app"], exc)
+            if handler is None:
+                raise
+            answer = handler(request, exc)
+            response = await answer if inspect.isawaitable(answer) else answer
+        await response(scope, receive, send)
+
+
+def _exception_handler(app: Any, exc: Exception) -> Callable[..., Any] | None:
+    """The app's handler for ``exc`` as ``ExceptionMiddleware`` picks it: by the
+    status code of an ``HTTPException``, else by the closest class; the
+    catch-all ``Exception`` handler is the server-error layer's, not ours."""
+    handlers: dict[Any, Callable[..., Any]] = getattr(app, "exception_handlers", {})
+    if isinstance(exc, HTTPException) and exc.status_code in handlers:
+        return handlers[exc.status_code]
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
