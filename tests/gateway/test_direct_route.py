@@ -287,8 +287,9 @@ type = "sqlite"
 path = "{tmp_path / "dispatch.db"}"
 """
     app = create_app(parse_settings(config, env={}))
-    # Innermost, as app.py would add it: inside the body limit, audit and request id.
-    app.user_middleware.append(Middleware(DirectDispatch))
+    if not any(m.cls is DirectDispatch for m in app.user_middleware):
+        # Innermost, as app.py adds it: inside the body limit, audit and request id.
+        app.user_middleware.append(Middleware(DirectDispatch))
     with TestClient(app) as client:
         body = {"db_name": "main", "query": "SELECT ? AS v", "params": [1]}
         for _ in range(2):
