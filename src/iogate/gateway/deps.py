@@ -1,4 +1,4 @@
-"""What route modules need from the running app: dependencies and ``DirectRoute``.
+"""What route modules need from the running app: dependencies, ``DirectRoute``.
 
 ``orchestrator_of``, ``settings_of`` and ``request_deadline`` are plain
 functions of the request: call them directly, or declare them with
@@ -14,7 +14,8 @@ generic handler: its telemetry hooks, the dependency solver, content-type
 parsing, ``json.loads`` followed by a second validation pass, and return-value
 serialisation. Profiling ``POST /database/execute`` under wrk showed that
 machinery, and the thread hops, costing several times the query itself
-(docs/benchmarks.md, "Gateway").
+(docs/benchmarks.md, "Gateway"). ``DirectDispatch``, a middleware, goes one
+step further and hands requests for those routes over before FastAPI's router.
 """
 
 from __future__ import annotations
