@@ -1,20 +1,27 @@
 """Single GET/SET throughput: AsyncRedisManager against raw redis.asyncio.
 
-Run: ``.venv/bin/python bench/redis_bench.py [--url URL] [--ops N] [--loop uvloop]``.
+Run: ``.venv/bin/python bench/redis_bench.py [--url URL] [--ops N] [--rounds R] [--loop uvloop]``.
+
 Every variant runs in the same process and the same run, at concurrency 1
-and 50, so the figures compare like with like. Loopback only.
+and 50, in interleaved rounds (A B C, C B A, ...) so drift in machine load
+hits all alike; the median round is reported, with the client's CPU time per
+operation (``time.process_time``, which a busy machine disturbs far less
+than wall-clock rates). The "deadline" variant gives every call its own
+``Deadline``, as the gateway does. Loopback only, bounded operation counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
 from iogate.backends.redis import AsyncRedisManager
+from iogate.core.deadline import Deadline
 
 DEFAULT_URL = "redis://127.0.0.1:6379/15"
 CONCURRENCIES = (1, 50)
@@ -24,19 +31,29 @@ VALUE = "x" * 64
 Call = Callable[[], Awaitable[object]]
 
 
-async def _throughput(call: Call, concurrency: int, total: int) -> float:
+class Variant:
+    def __init__(self, label: str, get: Call, put: Call) -> None:
+        self.label = label
+        self.calls = {"GET": get, "SET": put}
+
+
+async def _throughput(call: Call, concurrency: int, total: int) -> tuple[float, float]:
+    """(operations per second, client CPU microseconds per operation)."""
     per_task = max(1, total // concurrency)
 
     async def worker() -> None:
         for _ in range(per_task):
             await call()
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return per_task * concurrency / (time.perf_counter() - started)
+    done = per_task * concurrency
+    cpu_us = (time.process_time() - cpu_started) * 1e6 / done
+    return done / (time.perf_counter() - started), cpu_us
 
 
-async def _variants(url: str) -> list[tuple[str, Call, Call, Callable[[], Awaitable[None]]]]:
+async def run(url: str = DEFAULT_URL, ops: int = 20_000, rounds: int = 5) -> list[str]:
+    """Markdown table rows; each figure is the median of ``rounds`` interleaved rounds."""
     raw = aioredis.Redis.from_url(url, max_connections=64)
     auto = AsyncRedisManager(url, name="auto")
     pooled = AsyncRedisManager(url, 50, name="pooled", auto_pipeline=False)
@@ -44,61 +61,78 @@ async def _variants(url: str) -> list[tuple[str, Call, Call, Callable[[], Awaita
     await pooled.initialize_pool()
     get = {"operation": "get", "key": KEY}
     put = {"operation": "set", "key": KEY, "value": VALUE}
-
-    async def close_raw() -> None:
-        await raw.aclose()
-
-    return [
-        ("redis.asyncio (raw)", lambda: raw.get(KEY), lambda: raw.set(KEY, VALUE), close_raw),
-        (
+    variants = [
+        Variant("redis.asyncio (raw)", lambda: raw.get(KEY), lambda: raw.set(KEY, VALUE)),
+        Variant(
             "AsyncRedisManager auto_pipeline=True",
             lambda: auto.execute_query(KEY, get),
             lambda: auto.execute_query(KEY, put),
-            auto.close,
         ),
-        (
+        Variant(
+            "AsyncRedisManager auto_pipeline=True, deadline",
+            lambda: auto.execute_query(KEY, get, deadline=Deadline(30)),
+            lambda: auto.execute_query(KEY, put, deadline=Deadline(30)),
+        ),
+        Variant(
             "AsyncRedisManager auto_pipeline=False",
             lambda: pooled.execute_query(KEY, get),
             lambda: pooled.execute_query(KEY, put),
-            pooled.close,
         ),
     ]
-
-
-async def run(url: str = DEFAULT_URL, ops: int = 20_000, rounds: int = 3) -> list[str]:
-    """Markdown table rows; each figure is the best of ``rounds`` runs."""
-    variants = await _variants(url)
     rows = [
-        "| client | concurrency | GET ops/s | SET ops/s |",
-        "|---|---:|---:|---:|",
+        "| client | concurrency | GET ops/s | SET ops/s | GET CPU µs/op | SET CPU µs/op |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     try:
-        for label, get, put, _ in variants:
-            await _throughput(get, 10, 2_000)  # warm up connections
-            for concurrency in CONCURRENCIES:
-                total = ops if concurrency > 1 else ops // 4
-                best_get = max([await _throughput(get, concurrency, total) for _ in range(rounds)])
-                best_set = max([await _throughput(put, concurrency, total) for _ in range(rounds)])
-                rows.append(f"| {label} | {concurrency} | {best_get:,.0f} | {best_set:,.0f} |")
+        for variant in variants:
+            await _throughput(variant.calls["GET"], 10, 2_000)  # warm up connections
+        for concurrency in CONCURRENCIES:
+            total = ops if concurrency > 1 else ops // 4
+            figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+            for round_number in range(rounds):
+                order = variants if round_number % 2 == 0 else variants[::-1]
+                for variant in order:
+                    for verb, call in variant.calls.items():
+                        figures.setdefault((variant.label, verb), []).append(
+                            await _throughput(call, concurrency, total)
+                        )
+            for variant in variants:
+                rate = {
+                    v: statistics.median(r for r, _ in figures[variant.label, v])
+                    for v in ("GET", "SET")
+                }
+                cpu = {
+                    v: statistics.median(c for _, c in figures[variant.label, v])
+                    for v in ("GET", "SET")
+                }
+                rows.append(
+                    f"| {variant.label} | {concurrency} | {rate['GET']:,.0f} | {rate['SET']:,.0f} "
+                    f"| {cpu['GET']:.1f} | {cpu['SET']:.1f} |"
+                )
     finally:
-        for *_, close in variants:
-            await close()
+        await raw.aclose()
+        await auto.close()
+        await pooled.close()
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--ops", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     if args.loop == "uvloop":
         import uvloop
 
-        uvloop.install()
-    rows = asyncio.run(run(args.url, args.ops, args.rounds))
-    print(f"event loop: {args.loop}")
+        rows = uvloop.run(run(args.url, args.ops, args.rounds))
+    else:
+        rows = asyncio.run(run(args.url, args.ops, args.rounds))
+    print(
+        f"loop={args.loop}, {args.ops} operations per round at concurrency 50 "
+        f"({args.ops // 4} at 1), median of {args.rounds} interleaved rounds\n"
+    )
     print("\n".join(rows))
 
 
