@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-quick clean
+.PHONY: run test lint bench bench-quick bench-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,14 @@ test: lint
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) || true
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# wrk (Debian package) drives the gateway benchmark; skipped with a note if it cannot be installed.
+bench-tools:
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || true
+
+bench: $(STAMP) bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) bench-tools
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:

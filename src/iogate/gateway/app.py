@@ -24,7 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from iogate.core.errors import IogateError
 from iogate.gateway.audit import AuditMiddleware
 from iogate.gateway.auth import Authenticator, Principal, principal_of
-from iogate.gateway.deps import orchestrator_of
+from iogate.gateway.deps import DirectDispatch, orchestrator_of
 from iogate.gateway.logging import (
     RequestIdMiddleware,
     install_operation_log,
@@ -124,6 +124,9 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     )
     app.state.settings = settings
     app.state.authenticator = Authenticator.from_settings(settings)
+    # Added first = innermost: requests for DirectRoute routes skip FastAPI's
+    # router, still inside the body limit, the audit record and the request id.
+    app.add_middleware(DirectDispatch)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
     app.add_middleware(AuditMiddleware)
     # Added last = outermost: every response carries X-Request-ID.
