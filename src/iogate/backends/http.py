@@ -59,6 +59,7 @@ from iogate.core.errors import (
     IogateError,
     OperationTimeoutError,
     RateLimitedError,
+    tls_reason,
 )
 from iogate.core.events import OperationEvent
 from iogate.core.redact import redact_text
@@ -746,11 +747,7 @@ def _tls_reason(exc: BaseException) -> str:
         cause = exc.certificate_error
     elif isinstance(exc, aiohttp.ClientSSLError) and exc.__cause__ is not None:
         cause = exc.__cause__
-    verify_message = getattr(cause, "verify_message", None)
-    if verify_message:
-        return f"certificate verify failed ({verify_message})"
-    reason = getattr(cause, "reason", None)
-    return f"TLS handshake failed ({reason or type(cause).__name__})"
+    return tls_reason(cause)
 
 
 def _checked_headers(headers: Mapping[str, str], *, configured: bool) -> dict[str, str]:

@@ -66,6 +66,7 @@ from iogate.core.errors import (
     OperationTimeoutError,
     PoolExhaustedError,
     QueryError,
+    tls_reason,
 )
 from iogate.core.params import Params
 from iogate.core.redact import redact_text, redact_url, url_password
@@ -603,7 +604,7 @@ class AsyncRedisManager(AsyncDatabaseManager):
         except ssl.SSLError as exc:
             await _discard(conn)
             raise DatabaseConnectionError(
-                f"{self.name}: TLS with redis at {self._where()} failed: {_tls_reason(exc)}"
+                f"{self.name}: TLS with redis at {self._where()} failed: {tls_reason(exc)}"
             ) from exc
         except OSError as exc:
             await _discard(conn)
@@ -666,7 +667,7 @@ class AsyncRedisManager(AsyncDatabaseManager):
             if isinstance(exc.__context__, ssl.SSLError):  # redis-py raises without "from"
                 raise DatabaseConnectionError(
                     f"{self.name}: TLS with redis at {self._where()} failed: "
-                    f"{_tls_reason(exc.__context__)}"
+                    f"{tls_reason(exc.__context__)}"
                 ) from exc
             raise DatabaseConnectionError(
                 f"{self.name}: redis at {self._where()}: {self._clean(str(exc))}"
@@ -711,13 +712,6 @@ def _tls_context(target: Mapping[str, Any], where: str) -> ssl.SSLContext | None
         raise ConfigError(
             f"redis url {where!r}: cannot load {' / '.join(files) or 'TLS files'}: {reason}"
         ) from exc
-
-
-def _tls_reason(exc: ssl.SSLError) -> str:
-    verify_message = getattr(exc, "verify_message", None)
-    if verify_message:
-        return f"certificate verify failed ({verify_message})"
-    return f"TLS handshake failed ({exc.reason or type(exc).__name__})"
 
 
 async def _wait(future: asyncio.Future[Any], deadline: Deadline) -> Any:

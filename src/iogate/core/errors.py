@@ -138,3 +138,11 @@ class RateLimitedError(APIError):
 
 class UpstreamAuthError(HTTPStatusError):
     error_type = "http_error"
+
+
+def tls_reason(exc: BaseException) -> str:
+    """OpenSSL's reason for a failed TLS handshake, for an error message."""
+    verify_message = getattr(exc, "verify_message", None)
+    if verify_message:
+        return f"certificate verify failed ({verify_message})"
+    return f"TLS handshake failed ({getattr(exc, 'reason', None) or type(exc).__name__})"
