@@ -26,8 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from iogate.core import events
 from iogate.core.errors import ClosedError, PoolExhaustedError
-from iogate.core.events import PoolEvent, emit
+from iogate.core.events import PoolEvent
 
 __all__ = ["Pool", "PooledConnection"]
 
@@ -114,12 +115,8 @@ class Pool(Generic[C]):
             self._report(time.perf_counter() - started, acquired=acquired)
 
     def _report(self, wait_s: float, *, acquired: bool) -> None:
-        if self.resource:
-            emit(
-                PoolEvent(
-                    resource=self.resource, backend=self.backend, wait_s=wait_s, acquired=acquired
-                )
-            )
+        if self.resource and events.hooks:  # no event is built when nobody listens
+            events.emit(PoolEvent(self.resource, self.backend, wait_s, acquired))
 
     def release(self, conn: PooledConnection[C], *, discard: bool = False) -> None:
         """Give ``conn`` back (synchronous, so it cannot be interrupted)."""
