@@ -26,6 +26,7 @@ from iogate.core.errors import ClosedError, IogateError, OperationTimeoutError
 from iogate.core.events import OperationEvent
 from iogate.core.params import Params
 from iogate.core.result import Result
+from iogate.core.sqlguard import Access
 from iogate.core.stats import OperationStats
 
 __all__ = ["AsyncDatabaseManager", "ManagerState", "Transaction"]
@@ -46,11 +47,14 @@ class Transaction(abc.ABC):
     A statement that fails inside the block returns a failed Result as usual;
     the transaction is then rolled back at the end of the block instead of
     committed (``status`` says which), so it is always all or nothing.
+    With a ``guard`` every statement is checked as untrusted SQL
+    (:mod:`iogate.core.sqlguard`) before it runs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, guard: Access | None = None) -> None:
         self.status = "active"  # active | committed | rolled_back
         self.failed = False
+        self.guard = guard
 
     async def execute_query(self, query: str, params: Params = None) -> Result:
         started = time.perf_counter()
@@ -150,12 +154,16 @@ class AsyncDatabaseManager(abc.ABC):
         deadline: Deadline | None = None,
         read_only: bool = False,
         max_rows: int | None = None,
+        guard: Access | None = None,
     ) -> Result:
         """Run one statement and return its Result; never raises for a failure.
 
         ``read_only=True`` runs it in a read-only transaction, so the database
         itself refuses writes. ``max_rows`` caps the rows returned
-        (``truncated`` says the cap was hit).
+        (``truncated`` says the cap was hit). ``guard`` treats ``query`` as
+        untrusted SQL (:mod:`iogate.core.sqlguard`): one data statement that
+        ``guard`` allows, in a transaction iogate opens and ends; anything
+        else fails with ``forbidden_statement`` before it runs.
         """
         started = perf_counter()
         try:
@@ -171,6 +179,7 @@ class AsyncDatabaseManager(abc.ABC):
                 deadline=deadline,
                 read_only=read_only,
                 max_rows=max_rows,
+                guard=guard,
             )
         except IogateError as exc:
             result = Result.from_exception(exc)
@@ -180,17 +189,26 @@ class AsyncDatabaseManager(abc.ABC):
         return self._finish(result, started)
 
     def transaction(
-        self, *, read_only: bool = False, deadline: Deadline | None = None
+        self,
+        *,
+        read_only: bool = False,
+        deadline: Deadline | None = None,
+        guard: Access | None = None,
     ) -> AbstractAsyncContextManager[Transaction]:
-        """``async with manager.transaction() as tx: await tx.execute_query(...)``."""
-        return self._managed_transaction(read_only, deadline or Deadline.never())
+        """``async with manager.transaction() as tx: await tx.execute_query(...)``.
+
+        With ``guard``, every statement in it is checked as untrusted SQL;
+        ``Access.READ`` also makes the transaction read-only.
+        """
+        return self._managed_transaction(read_only, deadline or Deadline.never(), guard)
 
     @asynccontextmanager
     async def _managed_transaction(
-        self, read_only: bool, deadline: Deadline
+        self, read_only: bool, deadline: Deadline, guard: Access | None
     ) -> AsyncIterator[Transaction]:
         await self._ensure_open()
-        async with self._transaction(read_only=read_only, deadline=deadline) as tx:
+        read_only = read_only or guard is Access.READ
+        async with self._transaction(read_only=read_only, deadline=deadline, guard=guard) as tx:
             yield tx
 
     async def ping(self, timeout: float = 2.0) -> None:
@@ -261,11 +279,12 @@ class AsyncDatabaseManager(abc.ABC):
         deadline: Deadline,
         read_only: bool,
         max_rows: int | None,
+        guard: Access | None = None,
     ) -> Result: ...
 
     @abc.abstractmethod
     def _transaction(
-        self, *, read_only: bool, deadline: Deadline
+        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
     ) -> AbstractAsyncContextManager[Transaction]: ...
 
     @abc.abstractmethod

@@ -27,6 +27,7 @@ from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, InvalidRequestError, IogateError, QueryError
 from iogate.core.params import Params
 from iogate.core.result import Result
+from iogate.core.sqlguard import Access
 
 __all__ = ["DEFAULT_MAX_KEYS", "AsyncMemoryManager", "MemoryStore"]
 
@@ -334,9 +335,10 @@ class AsyncMemoryManager(AsyncDatabaseManager):
         deadline: Deadline,
         read_only: bool,
         max_rows: int | None,
+        guard: Access | None = None,
     ) -> Result:
         command = parse_command(query, params)
-        if read_only:
+        if read_only or guard is Access.READ:
             check_read_only(command)
         if command.op in ("pipeline", "transaction"):
             return batch_result(command, self.store.apply_many(command))
@@ -346,7 +348,7 @@ class AsyncMemoryManager(AsyncDatabaseManager):
             return Result.from_exception(exc, operation=command.op)
 
     def _transaction(
-        self, *, read_only: bool, deadline: Deadline
+        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
     ) -> AbstractAsyncContextManager[Transaction]:
         return _unsupported_transaction()
 

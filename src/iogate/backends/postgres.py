@@ -3,10 +3,22 @@
 asyncpg is imported only here and its exceptions are mapped to iogate errors
 at this edge. Statements run as prepared statements cached per connection
 (one round trip per query, the command status available for
-``rows_affected``); a multi-statement string without parameters falls back
-to the simple protocol. The server enforces ``statement_timeout``; a request
-deadline is passed down as asyncpg's client-side timeout, which also cancels
-the statement on the server.
+``rows_affected``); for trusted code only, a multi-statement string without
+parameters falls back to the simple protocol. The server enforces
+``statement_timeout``; a request deadline is passed down as asyncpg's
+client-side timeout, which also cancels the statement on the server.
+
+Guarded (untrusted) SQL and ``read_only`` work never use the simple
+protocol, so one operation is one statement (a prepared statement cannot
+hold two). Guarded SQL is classified by PostgreSQL's own parser
+(:mod:`iogate.backends.guard_postgres`) and runs in a transaction opened
+here: ``BEGIN READ ONLY`` ... ``ROLLBACK`` for readers, ``BEGIN`` ...
+``COMMIT`` for writers, so whatever session state the statement touched
+transactionally is undone or committed by the server itself.
+
+A connection lost mid-operation is ``connection_error`` when nothing can
+have been written, ``unknown_outcome`` when a write (or its COMMIT) was sent
+and its answer lost.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import asyncpg
 import orjson
 
 from iogate.backends.base import Transaction
+from iogate.backends.guard_postgres import classify_postgres
 from iogate.backends.pool import PooledConnection
 from iogate.backends.pooled import PooledDatabaseManager
 from iogate.core.config import DatabaseOptions
@@ -32,11 +45,13 @@ from iogate.core.errors import (
     OperationTimeoutError,
     QueryError,
     ReadOnlyError,
+    UnknownOutcomeError,
 )
 from iogate.core.jsonable import row_to_dict
 from iogate.core.params import Params, check_count, normalize_params
 from iogate.core.redact import redact_text, redact_url, url_password
 from iogate.core.result import Result
+from iogate.core.sqlguard import Access, require
 
 __all__ = ["AsyncPostgreSQLManager", "PgConnection", "connect_postgres"]
 
@@ -46,6 +61,10 @@ PgConnection = asyncpg.Connection
 _STATEMENT_CACHE_SIZE = 256
 _RESET_TIMEOUT = 5.0
 _WRITE_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
+# SQLSTATEs of a connection the server ended or lost (class 08, and
+# 57P01-57P03: terminated by an administrator, a crash, or shutting down).
+_CONNECTION_LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
+_BEGIN = {True: "BEGIN READ ONLY", False: "BEGIN"}
 _INSERT_VALUES = re.compile(r"^\s*INSERT\s+INTO\s+[^;]*?\bVALUES\s*\(", re.IGNORECASE | re.DOTALL)
 T = TypeVar("T")
 
@@ -202,17 +221,27 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         deadline: Deadline,
         read_only: bool,
         max_rows: int | None,
+        guard: Access | None = None,
     ) -> Result:
         args = normalize_params(params)
         check_count(query, args, "dollar")
+        if guard is not None:
+            require(classify_postgres(query), guard)
+        read = read_only or guard is Access.READ or self.options.read_only
         conn = await self.acquire(deadline)
         clean = False
         try:
-            if read_only or self.options.read_only:
-                async with conn.raw.transaction(readonly=True):
-                    rows, status = await self._run(conn, query, args, deadline)
+            if read or guard is not None:
+                rows, status = await self._in_transaction(conn, query, args, deadline, read)
             else:
-                rows, status = await self._run(conn, query, args, deadline)
+                try:
+                    rows, status = await self._run(conn, query, args, deadline, script=True)
+                except DatabaseConnectionError as exc:
+                    if _may_write(query):
+                        raise UnknownOutcomeError(
+                            f"{exc}; the statement may have been applied"
+                        ) from exc
+                    raise
             clean = True
         except QueryError as exc:
             # The server refused the statement (it has a SQLSTATE): the session
@@ -224,46 +253,67 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             self.release(conn, clean=clean)
         return _to_result(rows, status, max_rows or self.options.max_rows)
 
+    async def _in_transaction(
+        self,
+        conn: PooledConnection[Any],
+        query: str,
+        args: tuple[Any, ...],
+        deadline: Deadline,
+        read: bool,
+    ) -> tuple[list[Any], str]:
+        """One statement in a transaction opened and ended here.
+
+        Read: ``BEGIN READ ONLY`` ... ``ROLLBACK``. Write: ``BEGIN`` ...
+        ``COMMIT``; a connection lost once COMMIT was sent is
+        ``unknown_outcome``. A statement the server refused is rolled back
+        here, so the connection goes back to the pool as it came.
+        """
+        raw: asyncpg.Connection = conn.raw
+        timeout = deadline.remaining()
+        await self._mapped(raw.execute(_BEGIN[read], timeout=timeout), timeout)
+        try:
+            outcome = await self._run(conn, query, args, deadline, script=False)
+        except QueryError as exc:
+            if exc.sqlstate is not None:
+                timeout = deadline.remaining()
+                await self._mapped(raw.execute("ROLLBACK", timeout=timeout), timeout)
+            raise
+        timeout = deadline.remaining()
+        if read:
+            await self._mapped(raw.execute("ROLLBACK", timeout=timeout), timeout)
+            return outcome
+        try:
+            await self._mapped(raw.execute("COMMIT", timeout=timeout), timeout)
+        except (DatabaseConnectionError, OperationTimeoutError) as exc:
+            raise UnknownOutcomeError(
+                f"{exc} while committing: the write may have been applied"
+            ) from exc
+        return outcome
+
     async def _run(
         self,
         conn: PooledConnection[Any],
         query: str,
         args: tuple[Any, ...],
         deadline: Deadline,
+        *,
+        script: bool = False,
     ) -> tuple[list[Any], str]:
-        """Run one statement, mapping asyncpg's errors to iogate's."""
+        """Run one statement, mapping asyncpg's errors to iogate's.
+
+        ``script`` lets trusted code run a multi-statement string without
+        parameters through the simple protocol.
+        """
         timeout = deadline.remaining()
-        return await self._mapped(self._fetch(conn, conn.raw, query, args, timeout), timeout)
+        work = self._fetch(conn, conn.raw, query, args, timeout, script)
+        return await self._mapped(work, timeout)
 
     async def _mapped(self, work: Awaitable[T], timeout: float | None) -> T:
         """Await asyncpg work, mapping its errors to iogate's."""
         try:
             return await work
-        except asyncpg.QueryCanceledError as exc:
-            raise OperationTimeoutError(
-                f"statement cancelled: {exc.args[0] if exc.args else 'statement timeout'}"
-            ) from exc
-        except asyncpg.DataError as exc:
-            # Raised by asyncpg itself while encoding a parameter (it carries a
-            # class SQLSTATE but the server never answered): no sqlstate here,
-            # so the connection is reset before reuse.
-            raise QueryError(f"cannot encode parameters: {exc}") from exc
-        except asyncpg.ReadOnlySQLTransactionError as exc:
-            raise ReadOnlyError(str(exc), sqlstate=exc.sqlstate) from exc
-        except asyncpg.PostgresError as exc:
-            raise QueryError(str(exc), sqlstate=exc.sqlstate) from exc
-        except TimeoutError:
-            raise OperationTimeoutError(
-                f"query did not finish within the deadline ({timeout:.3g}s)"
-                if timeout is not None
-                else "query timed out"
-            ) from None
-        except (OSError, asyncpg.ConnectionDoesNotExistError) as exc:
-            raise DatabaseConnectionError(f"connection lost: {type(exc).__name__}") from exc
-        except asyncpg.InterfaceError as exc:
-            if "arguments" in str(exc) or "invalid input" in str(exc):
-                raise QueryError(str(exc)) from exc
-            raise DatabaseConnectionError(f"driver error: {exc}") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise _translate(exc, timeout) from exc
         except (ValueError, TypeError) as exc:
             raise QueryError(f"cannot encode parameters: {exc}") from exc
 
@@ -274,6 +324,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         query: str,
         args: tuple[Any, ...],
         timeout: float | None,
+        script: bool,
     ) -> tuple[list[Any], str]:
         cache = conn.cache
         statement = cache.get(query)
@@ -281,7 +332,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             try:
                 statement = await raw.prepare(query, timeout=timeout)
             except asyncpg.PostgresSyntaxError as exc:
-                if args or "multiple commands" not in str(exc):
+                if not script or args or "multiple commands" not in str(exc):
                     raise
                 # A script of several statements and no parameters.
                 status = await raw.execute(query, timeout=timeout)
@@ -305,6 +356,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         params_list: Sequence[Params],
         *,
         deadline: Deadline | None = None,
+        guard: Access | None = None,
     ) -> list[Result] | None:
         """One statement per parameter set, in one transaction: all or nothing.
 
@@ -314,24 +366,43 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         goes through asyncpg's pipelined ``executemany``: one round trip for
         the lot, each Result reporting one row. Anything else runs statement
         by statement on one connection so each Result keeps its own
-        ``rows_affected``. Lost connections and deadlines raise.
+        ``rows_affected``. A statement ``guard`` refuses fails every Result
+        without touching the database. Lost connections and deadlines raise.
         """
         await self._ensure_open()
+        if guard is not None:
+            try:
+                require(classify_postgres(query), guard)
+            except IogateError as exc:
+                return [
+                    Result.from_exception(exc, resource=self.name, operation="query")
+                    for _ in params_list
+                ]
         deadline = deadline or Deadline.never()
         args_list = [normalize_params(params) for params in params_list]
         for args in args_list:
             check_count(query, args, "dollar")
+        read = guard is Access.READ or self.options.read_only
         conn = await self.acquire(deadline)
         clean = False
         try:
-            async with conn.raw.transaction(readonly=self.options.read_only):
+            await self._begin(conn.raw, read, deadline)
+            try:
                 results = await self._many(conn, query, args_list, deadline)
+            except QueryError as exc:
+                if exc.sqlstate is None:
+                    raise
+                await self._rollback(conn.raw, deadline)
+                clean = True
+                return None
+            try:
+                await self._commit(conn.raw, deadline)
+            except QueryError:  # raised by COMMIT itself (deferred checks)
+                clean = True
+                return None
             clean = True
         except QueryError as exc:
             clean = exc.sqlstate is not None
-            return None
-        except asyncpg.PostgresError:  # raised by COMMIT itself (deferred checks)
-            clean = True
             return None
         finally:
             self.release(conn, clean=clean)
@@ -359,66 +430,80 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             results.append(result)
         return results
 
+    # -- transactions -----------------------------------------------------------
+
+    async def _begin(self, raw: asyncpg.Connection, read: bool, deadline: Deadline) -> None:
+        timeout = deadline.remaining()
+        await self._mapped(raw.execute(_BEGIN[read], timeout=timeout), timeout)
+
+    async def _rollback(self, raw: asyncpg.Connection, deadline: Deadline) -> None:
+        timeout = deadline.remaining()
+        await self._mapped(raw.execute("ROLLBACK", timeout=timeout), timeout)
+
+    async def _commit(self, raw: asyncpg.Connection, deadline: Deadline) -> None:
+        """COMMIT; once it is sent, a lost answer is ``unknown_outcome``."""
+        timeout = deadline.remaining()
+        try:
+            await self._mapped(raw.execute("COMMIT", timeout=timeout), timeout)
+        except (DatabaseConnectionError, OperationTimeoutError) as exc:
+            raise UnknownOutcomeError(
+                f"{exc} while committing: the transaction may have been applied"
+            ) from exc
+
     @asynccontextmanager
     async def _transaction_impl(
-        self, read_only: bool, deadline: Deadline
+        self, read_only: bool, deadline: Deadline, guard: Access | None
     ) -> AsyncIterator[Transaction]:
         conn = await self.acquire(deadline)
         raw: asyncpg.Connection = conn.raw
-        tx = _PgTransaction(self, conn, deadline)
+        tx = _PgTransaction(self, conn, deadline, guard)
+        read = read_only or self.options.read_only
         clean = False
         try:
+            await self._begin(raw, read, deadline)
             try:
-                # asyncpg's managed transaction rolls back on any exception.
-                async with raw.transaction(readonly=read_only or self.options.read_only):
-                    yield tx
-                    if tx.failed:
-                        raise _RollBack
-            except _RollBack:
-                pass
-            except asyncpg.PostgresError as exc:
-                raise QueryError(str(exc), sqlstate=exc.sqlstate) from exc
-            except (OSError, asyncpg.InterfaceError) as exc:
-                raise DatabaseConnectionError(f"connection lost: {type(exc).__name__}") from exc
-            tx.status = "rolled_back" if tx.failed else "committed"
-            clean = True
+                yield tx
+            except BaseException:
+                tx.failed = True
+                raise
+            finally:
+                if tx.failed or read:
+                    # A read-only transaction has nothing to commit.
+                    await self._rollback(raw, deadline)
+                    tx.status = "rolled_back" if tx.failed else "committed"
+                else:
+                    await self._commit(raw, deadline)
+                    tx.status = "committed"
+                clean = True
         finally:
             if not clean:
                 tx.status = "rolled_back"
             self.release(conn, clean=clean)
 
     def _transaction(
-        self, *, read_only: bool, deadline: Deadline
+        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
     ) -> AbstractAsyncContextManager[Transaction]:
-        return self._transaction_impl(read_only, deadline)
-
-    async def _guard(self, awaitable: Awaitable[Any]) -> Any:
-        try:
-            return await awaitable
-        except asyncpg.PostgresError as exc:
-            raise QueryError(str(exc), sqlstate=exc.sqlstate) from exc
-        except (OSError, asyncpg.InterfaceError) as exc:
-            raise DatabaseConnectionError(f"connection lost: {type(exc).__name__}") from exc
+        return self._transaction_impl(read_only, deadline, guard)
 
     async def _ping(self) -> None:
         conn = await self.acquire()
         clean = False
         try:
-            await self._guard(conn.raw.fetchval("SELECT 1"))
+            await self._mapped(conn.raw.fetchval("SELECT 1"), None)
             clean = True
         finally:
             self.release(conn, clean=clean)
 
 
-class _RollBack(Exception):
-    """Raised inside the managed transaction to roll it back quietly."""
-
-
 class _PgTransaction(Transaction):
     def __init__(
-        self, manager: AsyncPostgreSQLManager, conn: PooledConnection[Any], deadline: Deadline
+        self,
+        manager: AsyncPostgreSQLManager,
+        conn: PooledConnection[Any],
+        deadline: Deadline,
+        guard: Access | None,
     ) -> None:
-        super().__init__()
+        super().__init__(guard)
         self._manager = manager
         self._conn = conn
         self._deadline = deadline
@@ -427,12 +512,55 @@ class _PgTransaction(Transaction):
         args = normalize_params(params)
         check_count(query, args, "dollar")
         try:
+            if self.guard is not None:
+                require(classify_postgres(query), self.guard)
             rows, status = await self._manager._run(self._conn, query, args, self._deadline)
         except IogateError as exc:
             return Result.from_exception(exc, resource=self._manager.name, operation="query")
         result = _to_result(rows, status, self._manager.options.max_rows)
         result.resource = self._manager.name
         return result
+
+
+def _translate(exc: BaseException, timeout: float | None) -> IogateError:
+    """asyncpg's exception (or the socket's) as iogate's, most specific first."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state.startswith("08") or state in _CONNECTION_LOST_STATES:
+            # Also asyncpg's own ConnectionDoesNotExistError (08003).
+            return DatabaseConnectionError(f"connection lost: {exc}")
+        if isinstance(exc, asyncpg.QueryCanceledError):
+            return OperationTimeoutError(
+                f"statement cancelled: {exc.args[0] if exc.args else 'statement timeout'}"
+            )
+        if isinstance(exc, asyncpg.DataError):
+            # Raised by asyncpg itself while encoding a parameter (it carries a
+            # class SQLSTATE but the server never answered): no sqlstate here,
+            # so the connection is reset before reuse.
+            return QueryError(f"cannot encode parameters: {exc}")
+        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+            return ReadOnlyError(str(exc), sqlstate=exc.sqlstate)
+        return QueryError(str(exc), sqlstate=exc.sqlstate)
+    if isinstance(exc, TimeoutError):
+        return OperationTimeoutError(
+            f"query did not finish within the deadline ({timeout:.3g}s)"
+            if timeout is not None
+            else "query timed out"
+        )
+    if isinstance(exc, asyncpg.InterfaceError) and (
+        "arguments" in str(exc) or "invalid input" in str(exc)
+    ):
+        return QueryError(str(exc))
+    return DatabaseConnectionError(f"connection lost: {type(exc).__name__}: {exc}")
+
+
+def _may_write(query: str) -> bool:
+    """Could ``query`` have written? (Asked only after a connection was lost.)"""
+    try:
+        verdict = classify_postgres(query)
+    except QueryError:
+        return True
+    return verdict.writes or verdict.refusal is not None
 
 
 def _to_result(rows: list[Any], status: str, max_rows: int | None) -> Result:

@@ -71,6 +71,7 @@ from iogate.core.errors import (
 from iogate.core.params import Params
 from iogate.core.redact import redact_text, redact_url, url_password
 from iogate.core.result import Result
+from iogate.core.sqlguard import Access
 
 __all__ = [
     "DEFAULT_COMMAND_TIMEOUT",
@@ -440,9 +441,10 @@ class AsyncRedisManager(AsyncDatabaseManager):
         deadline: Deadline,
         read_only: bool,
         max_rows: int | None,
+        guard: Access | None = None,
     ) -> Result:
         command = parse_command(query, params)
-        if read_only:
+        if read_only or guard is Access.READ:
             check_read_only(command)
         op = command.op
         try:
@@ -524,7 +526,7 @@ class AsyncRedisManager(AsyncDatabaseManager):
         return self._client
 
     def _transaction(
-        self, *, read_only: bool, deadline: Deadline
+        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
     ) -> AbstractAsyncContextManager[Transaction]:
         return _unsupported_transaction()
 

@@ -4,12 +4,14 @@ IogateError
  ├── ConfigError                    bad configuration (names the key path)
  ├── ParameterError                 query parameters that cannot be bound
  ├── InvalidRequestError            a request iogate refuses before doing I/O
+ │    └── ForbiddenStatementError   a statement the caller's access may not run (guarded SQL)
  ├── ResourceNotFoundError          unknown database / api / operation name
  ├── ClosedError                    use of a manager after close()
  ├── DatabaseError
  │    ├── DatabaseConnectionError   (also a builtin ConnectionError)
  │    ├── QueryError                the database refused the statement
  │    ├── ReadOnlyError             a write refused by a read-only transaction
+ │    ├── UnknownOutcomeError       connection lost after a write was sent: it may have applied
  │    └── PoolExhaustedError        no connection within acquire_timeout (also TimeoutError)
  ├── OperationTimeoutError          a deadline or timeout passed (also builtin TimeoutError)
  ├── CircuitOpenError              the resource's breaker fails fast
@@ -36,6 +38,7 @@ __all__ = [
     "ConfigError",
     "DatabaseConnectionError",
     "DatabaseError",
+    "ForbiddenStatementError",
     "HTTPStatusError",
     "InvalidRequestError",
     "IogateError",
@@ -46,6 +49,7 @@ __all__ = [
     "RateLimitedError",
     "ReadOnlyError",
     "ResourceNotFoundError",
+    "UnknownOutcomeError",
     "UpstreamAuthError",
 ]
 
@@ -66,6 +70,16 @@ class InvalidRequestError(IogateError):
 
 class ParameterError(InvalidRequestError, ValueError):
     """Parameters that cannot be mapped to positional placeholders."""
+
+
+class ForbiddenStatementError(InvalidRequestError):
+    """A guarded statement the caller may not run (docs/security.md)."""
+
+    error_type = "forbidden_statement"
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ResourceNotFoundError(IogateError, LookupError):
@@ -94,6 +108,13 @@ class QueryError(DatabaseError):
 
 class ReadOnlyError(QueryError):
     error_type = "read_only"
+
+
+class UnknownOutcomeError(DatabaseError, builtins.ConnectionError):
+    """The connection was lost after a write (or its COMMIT) was sent:
+    it may or may not have been applied. Never retried automatically."""
+
+    error_type = "unknown_outcome"
 
 
 class OperationTimeoutError(IogateError, builtins.TimeoutError):

@@ -52,6 +52,9 @@ def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
             name, db.type, db.connection_string(), **db.manager_options()
         )
         orchestrator.add_manager(name, manager)
+        if db.read_url is not None:
+            reader = create_database_manager(name, db.type, db.read_url, **db.manager_options())
+            orchestrator.add_read_manager(name, reader)
     if settings.apis:
         from iogate.backends.http import AsyncAPIManager
 
@@ -83,6 +86,7 @@ async def _open_all(orchestrator: AsyncOperationOrchestrator) -> None:
 
     await asyncio.gather(
         *(open_one(n, m.initialize_pool) for n, m in orchestrator.databases.items()),
+        *(open_one(n, m.initialize_pool) for n, m in orchestrator.read_managers.items()),
         *(open_one(n, m.initialize_session) for n, m in orchestrator.apis.items()),
     )
 

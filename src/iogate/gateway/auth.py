@@ -6,9 +6,13 @@ key, 403 for a missing scope. Keys are compared as SHA-256 digests with
 ``hmac.compare_digest`` against every configured key, so neither the result
 nor the time taken reveals which key or how much of it matched.
 
-Scopes: ``db:NAME:read``, ``db:NAME:write``, ``api:NAME``, ``batch``,
-``ops:NAME``; ``*`` stands for any name (``db:*:read``, ``ops:*``).
-``db:NAME:write`` implies read.
+Scopes: ``db:NAME:read``, ``db:NAME:write``, ``db:NAME:admin``,
+``api:NAME``, ``batch``, ``ops:NAME``; ``*`` stands for any name
+(``db:*:read``, ``ops:*``). ``admin`` implies write, ``write`` implies read.
+
+Raw SQL from a key without ``admin`` is untrusted (guarded SQL,
+:mod:`iogate.core.sqlguard`): :meth:`Principal.sql_guard` says under which
+access it runs.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from fastapi import HTTPException, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 
+from iogate.core.sqlguard import Access
 from iogate.gateway.audit import audit_of
-from iogate.gateway.settings import ApiKeySettings, Settings
+from iogate.gateway.settings import ApiKeySettings, DatabaseSettings, Settings
 
 __all__ = ["ANONYMOUS", "Authenticator", "Principal", "principal_of"]
 
@@ -41,9 +46,10 @@ class Principal:
         if scope in self.scopes:
             return True
         parts = scope.split(":")
-        write_scope = ":".join([*parts[:-1], "write"])
-        if scope.startswith("db:") and parts[-1] == "read" and self.allows(write_scope):
-            return True  # write implies read
+        if scope.startswith("db:") and parts[-1] in _IMPLIED_BY:
+            stronger = ":".join([*parts[:-1], _IMPLIED_BY[parts[-1]]])
+            if self.allows(stronger):
+                return True  # admin implies write, write implies read
         if len(parts) >= 2:
             wildcard = ":".join([parts[0], "*", *parts[2:]])
             if wildcard in self.scopes:
@@ -57,6 +63,21 @@ class Principal:
     def can_write(self, database: str) -> bool:
         return self.allows(f"db:{database}:write")
 
+    def sql_guard(self, database: str, settings: DatabaseSettings | None) -> Access | None:
+        """The access this caller's raw SQL on ``database`` runs under.
+
+        None (trusted, unguarded) for ``db:NAME:admin`` — and for everyone
+        when no keys are configured (a loopback-only gateway). A
+        ``read_only`` database caps every caller at READ.
+        """
+        if settings is not None and settings.read_only:
+            return Access.READ
+        if self.allows(f"db:{database}:admin"):
+            return None
+        return Access.WRITE if self.can_write(database) else Access.READ
+
+
+_IMPLIED_BY = {"read": "write", "write": "admin"}
 
 ANONYMOUS = Principal("anonymous", frozenset(), authenticated=False)
 

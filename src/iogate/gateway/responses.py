@@ -37,10 +37,11 @@ _STATUS = {
     "query_error": 400,
     "read_only": 403,
     "forbidden": 403,
+    "forbidden_statement": 403,
     "not_found": 404,
     "rate_limited": 429,
     "http_error": 502,
-    "unknown_outcome": 502,
+    "unknown_outcome": 502,  # overridden for databases below
     "pool_exhausted": 503,
     "circuit_open": 503,
     "closed": 503,

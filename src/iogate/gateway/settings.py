@@ -107,6 +107,8 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> None:
 class DatabaseSettings(_Strict):
     type: Literal["postgresql", "sqlite", "mysql", "redis", "memory"]
     url: str | None = None
+    # A least-privilege DSN for untrusted reads (postgresql, mysql).
+    read_url: str | None = None
     path: str | None = None
     min_connections: int | None = Field(default=None, ge=0)
     max_connections: int | None = Field(default=None, gt=0)
@@ -129,6 +131,10 @@ class DatabaseSettings(_Strict):
             raise ValueError(f"a {self.type} database needs url")
         if self.url is not None and self.type in _URL_SCHEMES:
             _check_url(self.url, _URL_SCHEMES[self.type])
+        if self.read_url is not None:
+            if self.type not in {"postgresql", "mysql"}:
+                raise ValueError(f"read_url is for postgresql and mysql, not {self.type}")
+            _check_url(self.read_url, _URL_SCHEMES[self.type])
         return self
 
     def connection_string(self) -> str:

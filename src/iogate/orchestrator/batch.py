@@ -41,6 +41,7 @@ from iogate.core.deadline import Deadline
 from iogate.core.errors import InvalidRequestError, IogateError
 from iogate.core.events import OperationEvent, emit
 from iogate.core.result import Result
+from iogate.core.sqlguard import Access, GuardFor
 from iogate.orchestrator.refs import StepReferenceError, collect_references, is_step_id, resolve
 
 if TYPE_CHECKING:
@@ -237,11 +238,15 @@ async def execute_batch(
     max_rows: int | None = None,
     on_result: OnResult | None = None,
     group: bool = True,
+    guard: GuardFor | None = None,
 ) -> list[Result]:
     """One Result per operation, in order; never raises for an operation failure.
 
     ``on_result(index, result)`` is called as each operation finishes (for a
     progress display). ``group=False`` turns off pipelining/grouping.
+    ``guard(db_name)`` gives the access under which the batch's raw SQL on
+    that database runs as untrusted SQL (None: trusted); named operations are
+    the config's own SQL and are never guarded.
     """
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise InvalidRequestError(
@@ -257,7 +262,7 @@ async def execute_batch(
             for index, result in enumerate(refused):
                 on_result(index, result)
         return refused
-    run = _BatchRun(orchestrator, steps, deadline, max_rows, on_result)
+    run = _BatchRun(orchestrator, steps, deadline, max_rows, on_result, guard or _trusted)
     if db_name is not None:
         await run.atomic(db_name)
     else:
@@ -285,8 +290,10 @@ class _BatchRun:
         deadline: Deadline,
         max_rows: int | None,
         on_result: OnResult | None,
+        guard: GuardFor,
     ) -> None:
         self.orchestrator = orchestrator
+        self.guard = guard
         self.steps = steps
         self.deadline = deadline
         self.max_rows = max_rows
@@ -425,6 +432,7 @@ class _BatchRun:
                 spec.get("params"),
                 deadline=self.deadline,
                 max_rows=self.max_rows,
+                guard=self.guard(_text(spec, "db_name")),
             )
         if kind == "api":
             return await orchestrator.execute_api_operation(
@@ -437,8 +445,13 @@ class _BatchRun:
                 deadline=self.deadline,
             )
         if kind == "transaction":
+            db_name = _text(spec, "db_name")
             return await run_transaction(
-                orchestrator, _text(spec, "db_name"), spec["queries"], deadline=self.deadline
+                orchestrator,
+                db_name,
+                spec["queries"],
+                deadline=self.deadline,
+                guard=self.guard(db_name),
             )
         from iogate.orchestrator.operations import execute_named_operation
 
@@ -477,7 +490,10 @@ class _BatchRun:
             commands.append(params)
         started = time.perf_counter()
         outcome = await manager.execute_query(
-            "pipeline", {"operation": "pipeline", "operations": commands}, deadline=self.deadline
+            "pipeline",
+            {"operation": "pipeline", "operations": commands},
+            deadline=self.deadline,
+            guard=self.guard(manager.name),
         )
         share = round((time.perf_counter() - started) * 1000 / len(steps), 3)
         data = outcome.data if isinstance(outcome.data, list) else None
@@ -529,11 +545,12 @@ class _BatchRun:
         params_list = [step.spec.get("params") for step in steps]
         started = time.perf_counter()
         execute_many = getattr(manager, "execute_many", None)
+        guard = self.guard(manager.name)
         results: list[Result] | None = None
         if execute_many is not None:
-            results = await execute_many(query, params_list, deadline=self.deadline)
+            results = await execute_many(query, params_list, deadline=self.deadline, guard=guard)
         else:
-            results = await _in_one_transaction(manager, query, params_list, self.deadline)
+            results = await _in_one_transaction(manager, query, params_list, self.deadline, guard)
         if results is None:
             # The group rolled back: run each alone so a failure stays its own.
             for step in steps:
@@ -562,7 +579,8 @@ class _BatchRun:
         failed_at: int | None = None
         started = time.perf_counter()
         try:
-            async with manager.transaction(deadline=self.deadline) as tx:
+            guard = self.guard(db_name)
+            async with manager.transaction(deadline=self.deadline, guard=guard) as tx:
                 for step in self.steps:
                     step_started = time.perf_counter()
                     try:
@@ -625,6 +643,10 @@ class _BatchRun:
                 )
 
 
+def _trusted(db_name: str) -> Access | None:
+    return None
+
+
 _KV_READS = frozenset({"get", "exists", "ttl", "mget", "hget", "hgetall", "lrange", "smembers"})
 
 
@@ -640,10 +662,11 @@ async def _in_one_transaction(
     query: str,
     params_list: list[Any],
     deadline: Deadline,
+    guard: Access | None,
 ) -> list[Result] | None:
     """Every statement on one connection in one transaction; None if rolled back."""
     results: list[Result] = []
-    async with manager.transaction(deadline=deadline) as tx:
+    async with manager.transaction(deadline=deadline, guard=guard) as tx:
         for params in params_list:
             result = await tx.execute_query(query, params)
             if not result.success:
@@ -683,6 +706,7 @@ async def run_transaction(
     queries: Sequence[Any],
     *,
     deadline: Deadline | None = None,
+    guard: Access | None = None,
 ) -> Result:
     """Run ``queries`` in one transaction on ``db_name``: all or nothing.
 
@@ -707,7 +731,7 @@ async def run_transaction(
         )
     started = time.perf_counter()
     try:
-        async with manager.transaction(deadline=deadline) as tx:
+        async with manager.transaction(deadline=deadline, guard=guard) as tx:
             result = await _statements(tx, queries, db_name)
             if not result.success:
                 tx.failed = True

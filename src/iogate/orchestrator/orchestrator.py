@@ -25,6 +25,7 @@ from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, IogateError, ResourceNotFoundError
 from iogate.core.params import Params
 from iogate.core.result import Result
+from iogate.core.sqlguard import Access
 
 if TYPE_CHECKING:
     from iogate.backends.http import AsyncAPIManager
@@ -106,6 +107,9 @@ class AsyncOperationOrchestrator:
     def __init__(self) -> None:
         global _current
         self.databases: dict[str, AsyncDatabaseManager] = {}
+        # A second pool per database for untrusted reads (``read_url``): a
+        # least-privilege role, so the database's grants refuse any write.
+        self.read_managers: dict[str, AsyncDatabaseManager] = {}
         self.apis: dict[str, AsyncAPIManager] = {}
         self._closed = False
         _current = self
@@ -137,7 +141,11 @@ class AsyncOperationOrchestrator:
         if self._closed:
             return
         self._closed = True
-        managers: list[Any] = [*self.databases.values(), *self.apis.values()]
+        managers: list[Any] = [
+            *self.databases.values(),
+            *self.read_managers.values(),
+            *self.apis.values(),
+        ]
         await asyncio.gather(*(m.close() for m in managers), return_exceptions=True)
         if _current is self:
             _current = None
@@ -149,6 +157,16 @@ class AsyncOperationOrchestrator:
         self._check_name(name)
         manager.name = name
         self.databases[name] = manager
+        return manager
+
+    def add_read_manager(self, name: str, manager: AsyncDatabaseManager) -> AsyncDatabaseManager:
+        """Serve untrusted reads (``guard=Access.READ``) of the registered
+        database ``name`` from ``manager``: a pool logged in as a role that
+        may only read, so the database itself enforces read-only by grants."""
+        if name not in self.databases:
+            raise ConfigError(f"no database {name!r} to add a read pool to")
+        manager.name = name
+        self.read_managers[name] = manager
         return manager
 
     async def add_database_manager(
@@ -219,15 +237,20 @@ class AsyncOperationOrchestrator:
         deadline: Deadline | None = None,
         read_only: bool = False,
         max_rows: int | None = None,
+        guard: Access | None = None,
     ) -> Result:
-        """Run ``query`` on the database named ``db_name``; never raises."""
+        """Run ``query`` on the database named ``db_name``; never raises.
+
+        ``guard`` runs it as untrusted SQL (see ``execute_query``)."""
         manager = self.databases.get(db_name)
         if manager is None:
             return Result.fail(
                 f"unknown database {db_name!r}", "not_found", resource=db_name, operation="query"
             )
+        if guard is Access.READ:
+            manager = self.read_managers.get(db_name, manager)
         return await manager.execute_query(
-            query, params, deadline=deadline, read_only=read_only, max_rows=max_rows
+            query, params, deadline=deadline, read_only=read_only, max_rows=max_rows, guard=guard
         )
 
     async def execute_api_operation(
@@ -303,7 +326,11 @@ class AsyncOperationOrchestrator:
 
     async def health_check(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
         """Ping every resource concurrently; ``{name: {status, latency_ms, ...}}``."""
-        resources: dict[str, Any] = {**self.databases, **self.apis}
+        resources: dict[str, Any] = {
+            **self.databases,
+            **{f"{name} (read_url)": m for name, m in self.read_managers.items()},
+            **self.apis,
+        }
         checks = await asyncio.gather(*(_check(m, timeout) for m in resources.values()))
         return dict(zip(resources, checks, strict=True))
 

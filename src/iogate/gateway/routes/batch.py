@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.core.sqlguard import Access
 from iogate.gateway.audit import AuditRecord, audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
@@ -109,6 +110,10 @@ async def batch_execute(
                     "named operations (allow_raw_sql = false)",
                 )
     load_operations(orchestrator, settings.operations)
+
+    def guard(name: str) -> Access | None:
+        return principal.sql_guard(name, settings.databases.get(name))
+
     results = await execute_batch(
         orchestrator,
         body.operations,
@@ -116,6 +121,7 @@ async def batch_execute(
         atomic=body.atomic,
         deadline=deadline,
         max_rows=settings.gateway.max_rows,
+        guard=guard,
     )
     failed = Counter(r.error_type or "unknown" for r in results if not r.success)
     if failed:

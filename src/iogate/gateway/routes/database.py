@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.core.sqlguard import Access
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import DirectRoute, orchestrator_of, request_deadline, settings_of
@@ -56,8 +57,10 @@ async def database_execute(
     principal: Annotated[Principal, Depends(principal_of)],
 ) -> Response:
     db = settings.databases.get(body.db_name)
-    # Without write scope the database itself refuses writes.
-    read_only = not principal.can_write(body.db_name)
+    # Untrusted SQL (no admin scope) is classified and run in a transaction
+    # iogate opens: read-only for read keys, so the database refuses writes.
+    guard = principal.sql_guard(body.db_name, db)
+    read_only = guard is Access.READ or not principal.can_write(body.db_name)
     audit = audit_of(request)
     audit.touch(f"db:{body.db_name}", access_kind(db, read_only=read_only))
     principal.require(f"db:{body.db_name}:read")
@@ -74,6 +77,7 @@ async def database_execute(
         deadline=deadline,
         max_rows=settings.gateway.max_rows,
         read_only=read_only,
+        guard=guard,
     )
     audit.error_type = result.error_type
     return result_response(result, kind="database")
