@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from iogate.core.errors import ConfigError, IogateError, OperationTimeoutError
 from iogate.core.redact import redact_url
 from iogate.gateway.app import build_orchestrator
+from iogate.gateway.privileges import privilege_warnings
 from iogate.gateway.settings import Settings, load_settings
 
 __all__ = ["DEFAULT_CHECK_TIMEOUT", "CheckRow", "check_resources", "render_rows", "run_check"]
@@ -47,9 +49,16 @@ class CheckRow:
 
 
 async def check_resources(
-    settings: Settings, *, timeout: float = DEFAULT_CHECK_TIMEOUT
+    settings: Settings,
+    *,
+    timeout: float = DEFAULT_CHECK_TIMEOUT,
+    warnings: list[str] | None = None,
 ) -> list[CheckRow]:
-    """Open and ping every configured resource; one row each, in config order."""
+    """Open and ping every configured resource; one row each, in config order.
+
+    ``warnings`` (a list) receives a line per database whose untrusted SQL
+    runs over a superuser account (:mod:`iogate.gateway.privileges`).
+    """
     orchestrator = build_orchestrator(settings)
     targets = _targets(settings)
     try:
@@ -61,7 +70,10 @@ async def check_resources(
             _check_one(name, manager, manager.initialize_session, targets[name], timeout)
             for name, manager in orchestrator.apis.items()
         ]
-        return list(await asyncio.gather(*jobs))
+        rows = list(await asyncio.gather(*jobs))
+        if warnings is not None:
+            warnings += await privilege_warnings(settings, orchestrator, timeout=timeout)
+        return rows
     finally:
         await orchestrator.close()
 
@@ -136,7 +148,10 @@ def run_check(
     except ConfigError as exc:
         console.print(f"[bold red]config error:[/] {exc}", highlight=False, soft_wrap=True)
         return 1
-    rows = asyncio.run(check_resources(settings, timeout=timeout))
+    warnings: list[str] = []
+    rows = asyncio.run(check_resources(settings, timeout=timeout, warnings=warnings))
+    for line in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if not rows:
         console.print("config is valid; it declares no resources", highlight=False)
         return 0

@@ -31,6 +31,7 @@ from iogate.gateway.logging import (
     uninstall_operation_log,
 )
 from iogate.gateway.middleware import BodyLimitMiddleware
+from iogate.gateway.privileges import log_privilege_warnings
 from iogate.gateway.responses import AUTH_RESPONSES, ORJSONResponse, problem
 from iogate.gateway.routes import ROUTERS
 from iogate.gateway.settings import Settings, load_settings
@@ -112,9 +113,12 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         app.state.metrics = collector
         app.state.operation_stats = operation_stats
         await _open_all(orchestrator)
+        # In the background: a database that does not answer must not hold start-up.
+        probe = asyncio.create_task(log_privilege_warnings(settings, orchestrator))
         try:
             yield
         finally:
+            probe.cancel()
             uninstall_operation_log()
             operation_stats.uninstall()
             collector.uninstall()

@@ -97,6 +97,10 @@ class Authenticator:
         return cls(settings.gateway.api_keys)
 
     @property
+    def principals(self) -> list[Principal]:
+        return [principal for _, principal in self._keys]
+
+    @property
     def enabled(self) -> bool:
         return bool(self._keys)
 
