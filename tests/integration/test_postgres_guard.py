@@ -56,7 +56,8 @@ async def test_reader_runs_selects_and_nothing_else(
     await pg_raw.execute(f"INSERT INTO {pg_table} (name, n) VALUES ('a', 1)")
     before = await session_defaults(one_conn)
     ok = await one_conn.execute_query(f"SELECT name FROM {pg_table}", guard=Access.READ)
-    assert ok.success and ok.data == [{"name": "a"}]
+    assert ok.success
+    assert ok.data == [{"name": "a"}]
     hostile = [
         f"INSERT INTO {pg_table} (name) VALUES ('x')",
         f"ROLLBACK; INSERT INTO {pg_table} (name) VALUES ('x')",
@@ -103,7 +104,8 @@ async def test_writer_writes_are_committed_and_session_statements_refused(
     inserted = await one_conn.execute_query(
         f"INSERT INTO {pg_table} (name) VALUES ($1)", ["w"], guard=Access.WRITE
     )
-    assert inserted.success and inserted.rows_affected == 1
+    assert inserted.success
+    assert inserted.rows_affected == 1
     assert await pg_raw.fetchval(f"SELECT count(*) FROM {pg_table} WHERE name = 'w'") == 1
     for query in [
         "SET search_path = pg_temp",
@@ -129,7 +131,8 @@ async def test_guarded_transaction_and_execute_many(
     async with one_conn.transaction(guard=Access.WRITE) as tx:
         ok = await tx.execute_query(f"INSERT INTO {pg_table} (name) VALUES ('in-tx')")
         refused = await tx.execute_query("COMMIT")
-    assert ok.success and refused.error_type == "forbidden_statement"
+    assert ok.success
+    assert refused.error_type == "forbidden_statement"
     assert tx.status == "rolled_back"
     assert await pg_raw.fetchval(f"SELECT count(*) FROM {pg_table}") == 0
     results = await one_conn.execute_many(
@@ -140,7 +143,8 @@ async def test_guarded_transaction_and_execute_many(
     results = await one_conn.execute_many(
         f"INSERT INTO {pg_table} (name) VALUES ($1)", [["a"], ["b"]], guard=Access.WRITE
     )
-    assert results is not None and all(r.success for r in results)
+    assert results is not None
+    assert all(r.success for r in results)
     assert await pg_raw.fetchval(f"SELECT count(*) FROM {pg_table}") == 2
 
 
@@ -218,7 +222,8 @@ async def test_read_url_serves_untrusted_reads_as_its_own_role(
             who = "SELECT current_user AS who"
             read = await orchestrator.execute_database_operation("db", who, guard=Access.READ)
             write = await orchestrator.execute_database_operation("db", who, guard=Access.WRITE)
-            assert read.data == [{"who": role}] and read.resource == "db"
+            assert read.data == [{"who": role}]
+            assert read.resource == "db"
             assert write.data == [{"who": "postgres"}]
             rows = await orchestrator.execute_database_operation(
                 "db", f"SELECT count(*) AS n FROM {pg_table}", guard=Access.READ
@@ -228,7 +233,8 @@ async def test_read_url_serves_untrusted_reads_as_its_own_role(
             denied = await orchestrator.execute_database_operation(
                 "db", "SELECT count(*) FROM pg_authid", guard=Access.READ
             )
-            assert denied.error_type == "query_error" and "permission" in (denied.error or "")
+            assert denied.error_type == "query_error"
+            assert "permission" in (denied.error or "")
     finally:
         await pg_raw.execute(f"DROP OWNED BY {role}")
         await pg_raw.execute(f"DROP ROLE {role}")

@@ -96,14 +96,16 @@ REFUSED = {
 @pytest.mark.parametrize("query", READS)
 def test_reads_pass_a_reader(query: str) -> None:
     verdict = classify_postgres(query)
-    assert verdict.refusal is None and not verdict.writes, verdict
+    assert verdict.refusal is None, verdict
+    assert not verdict.writes, verdict
     require(verdict, Access.READ)
 
 
 @pytest.mark.parametrize("query", WRITES)
 def test_writes_pass_a_writer_only(query: str) -> None:
     verdict = classify_postgres(query)
-    assert verdict.writes and verdict.refusal is None, verdict
+    assert verdict.writes, verdict
+    assert verdict.refusal is None, verdict
     require(verdict, Access.WRITE)
     with pytest.raises(ForbiddenStatementError, match="db:NAME:write"):
         require(verdict, Access.READ)
