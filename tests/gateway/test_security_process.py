@@ -182,8 +182,11 @@ def test_read_only_key_cannot_write_sqlite(gateway: Gateway) -> None:
 def test_read_only_database_refuses_writes_even_for_a_write_key(gateway: Gateway) -> None:
     table = f"locked_{uuid.uuid4().hex[:8]}"
     response = gateway.sql("locked", f"CREATE TABLE {table} (id int)", key=ADMIN)
-    assert response.json()["success"] is False
-    assert response.json()["error_type"] == "read_only"
+    assert response.status_code == 403
+    # DDL is refused by the parser before it reaches the database.
+    assert response.json()["error_type"] == "forbidden_statement"
+    write = gateway.sql("locked", "SELECT nextval('no_such_sequence')", key=ADMIN)
+    assert write.status_code == 400  # it did reach the database (read-only transaction)
     assert gateway.pg_fetchval(f"SELECT count(*) FROM pg_class WHERE relname = '{table}'") == 0
 
 
