@@ -149,3 +149,50 @@ def test_cli_command(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "gone" in result.stdout
     assert "DOWN" in result.stdout
+
+
+def _keyed_config(tmp_path: Path, postgres_url: str, mysql_url: str, scopes: str) -> Path:
+    config = tmp_path / "iogate.toml"
+    config.write_text(
+        f"""
+[[gateway.api_keys]]
+name = "someone"
+key = "k-{os.getpid()}"
+scopes = [{scopes}]
+
+[databases.pg]
+type = "postgresql"
+url = "{postgres_url}"
+
+[databases.maria]
+type = "mysql"
+url = "{mysql_url}"
+
+[databases.named]
+type = "postgresql"
+url = "{postgres_url}"
+allow_raw_sql = false
+"""
+    )
+    return config
+
+
+async def test_warns_when_untrusted_sql_runs_as_a_superuser(
+    tmp_path: Path, postgres_url: str, mysql_url: str
+) -> None:
+    """The suite's servers log in as postgres and root: both are superusers."""
+    config = _keyed_config(tmp_path, postgres_url, mysql_url, '"db:*:read"')
+    code, out = await check(config)
+    assert code == 0, out
+    assert "warning: database 'pg'" in out
+    assert "warning: database 'maria'" in out
+    assert "'named'" not in out  # raw SQL is off there: nothing untrusted reaches it
+
+
+async def test_no_warning_when_only_admin_keys_reach_the_database(
+    tmp_path: Path, postgres_url: str, mysql_url: str
+) -> None:
+    config = _keyed_config(tmp_path, postgres_url, mysql_url, '"db:*:admin"')
+    code, out = await check(config)
+    assert code == 0, out
+    assert "warning" not in out

@@ -265,3 +265,15 @@ def test_body_limit_with_and_without_content_length(gateway: Gateway) -> None:
                 break
             reply += data
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+
+
+def test_start_up_warns_about_untrusted_sql_over_a_superuser(gateway: Gateway) -> None:
+    """The suite's PostgreSQL account is a superuser and a reader key reaches
+    ``pg``: the gateway names the database in a warning (in the background,
+    so poll the log)."""
+    deadline = time.monotonic() + 10
+    while "without db:pg:admin" not in gateway.log.read_text():
+        assert time.monotonic() < deadline, gateway.log.read_text()
+        time.sleep(0.05)  # polling a subprocess's log: nothing to await
+    log = gateway.log.read_text()
+    assert "database 'named_only'" not in log  # allow_raw_sql = false
