@@ -15,6 +15,7 @@ from iogate.gateway.settings import parse_settings
 
 WRITER = "writer-key-0123456789"
 READER = "reader-key-0123456789"
+ADMIN = "admin-key-0123456789"
 
 
 @pytest.fixture
@@ -24,6 +25,11 @@ def client(postgres_url: str) -> Iterator[TestClient]:
 name = "writer"
 key = "${{WRITER_KEY}}"
 scopes = ["db:pg:write"]
+
+[[gateway.api_keys]]
+name = "admin"
+key = "{ADMIN}"
+scopes = ["db:pg:admin"]
 
 [[gateway.api_keys]]
 name = "reader"
@@ -74,9 +80,14 @@ async def test_read_only_key_cannot_write_even_with_stacked_statements(
     assert status in (400, 403)
     assert not body["success"]
     status, body = run(client, READER, f"CREATE TABLE {table_name} (id int)")
-    assert (status, body["error_type"]) == (403, "read_only")
+    assert (status, body["error_type"]) == (403, "forbidden_statement")
+    assert "CREATE TABLE" in str(body["error"])
     assert await pg_raw.fetchval("SELECT to_regclass($1)", table_name) is None
-    status, _ = run(client, WRITER, f"CREATE TABLE {table_name} (id int)")
+    # DDL needs admin: a write key runs data statements only.
+    status, body = run(client, WRITER, f"CREATE TABLE {table_name} (id int)")
+    assert (status, body["error_type"]) == (403, "forbidden_statement")
+    assert await pg_raw.fetchval("SELECT to_regclass($1)", table_name) is None
+    status, _ = run(client, ADMIN, f"CREATE TABLE {table_name} (id int)")
     assert status == 200
     assert await pg_raw.fetchval("SELECT to_regclass($1)", table_name) is not None
     await pg_raw.execute(f"DROP TABLE {table_name}")
@@ -91,6 +102,26 @@ def test_principal_wildcards() -> None:
     writer = Principal("w", frozenset({"db:main:write"}))
     assert writer.allows("db:main:read")
     assert not writer.allows("db:other:read")
+    assert not writer.allows("db:main:admin")
+    admin = Principal("a", frozenset({"db:*:admin"}))
+    assert admin.allows("db:main:write")
+    assert admin.allows("db:main:read")
+
+
+def test_sql_guard_levels() -> None:
+    from iogate.core.sqlguard import Access
+    from iogate.gateway.settings import DatabaseSettings
+
+    plain = DatabaseSettings(type="sqlite", path="x.db")
+    locked = DatabaseSettings(type="sqlite", path="x.db", read_only=True)
+    reader = Principal("r", frozenset({"db:main:read"}))
+    writer = Principal("w", frozenset({"db:main:write"}))
+    admin = Principal("a", frozenset({"db:main:admin"}))
+    assert reader.sql_guard("main", plain) is Access.READ
+    assert writer.sql_guard("main", plain) is Access.WRITE
+    assert admin.sql_guard("main", plain) is None
+    for principal in (reader, writer, admin):
+        assert principal.sql_guard("main", locked) is Access.READ
 
 
 def test_batch_needs_batch_scope_and_each_operations_scope(client: TestClient) -> None:

@@ -206,7 +206,7 @@ def test_database_execute_runs_read_only_for_a_reader(gateway: TestClient) -> No
         "/database/execute", json={"db_name": "main", "query": "CREATE TABLE t (x)"}, headers=auth
     )
     assert write.status_code == 403, write.text
-    assert write.json()["error_type"] == "read_only"
+    assert write.json()["error_type"] == "forbidden_statement"
 
 
 def test_database_execute_is_documented_with_body_and_bearer_scheme(gateway: TestClient) -> None:
