@@ -135,7 +135,11 @@ _MYSQL_FUNCTIONS = (
     # waits on replication
     "master_pos_wait master_gtid_wait source_pos_wait"
 )
-_SQLITE_FUNCTIONS = "load_extension fts3_tokenizer readfile writefile edit"
+_SQLITE_FUNCTIONS = (
+    "load_extension fts3_tokenizer readfile writefile edit "
+    # what other callers did on the shared writer connection (use RETURNING)
+    "last_insert_rowid changes total_changes"
+)
 
 FORBIDDEN_FUNCTIONS: dict[str, frozenset[str]] = {
     "postgresql": frozenset(_POSTGRES_FUNCTIONS.split()),
