@@ -23,6 +23,15 @@ transaction.
 Read-only work runs with ``SET SESSION TRANSACTION READ ONLY``: a plain
 ``START TRANSACTION READ ONLY`` is not enough, because DDL commits the
 current transaction implicitly and would then run in a new, read-write one.
+
+Guarded (untrusted) SQL, :mod:`iogate.core.sqlguard`: the statement is
+classified by :mod:`iogate.backends.guard_mysql` before a connection is
+touched, then runs in a transaction iogate opens and ends: a reader's in a
+read-only session and transaction ended by ROLLBACK, a writer's ended by
+COMMIT, so a write answered as a success is committed. Once COMMIT (or an
+autocommit write) has been sent, a lost connection is ``unknown_outcome``;
+before that it is a ``connection_error``: the server rolls back the open
+transaction of a connection that goes away.
 """
 
 from __future__ import annotations
@@ -38,10 +47,11 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from asyncmy.connection import Connection as MySQLConnection
-from asyncmy.constants import CLIENT
+from asyncmy.constants import CLIENT, SERVER_STATUS
 from asyncmy.errors import MySQLError
 
 from iogate.backends.base import Transaction
+from iogate.backends.guard_mysql import classify_mysql
 from iogate.backends.pool import PooledConnection
 from iogate.backends.pooled import PooledDatabaseManager
 from iogate.core.config import DatabaseOptions
@@ -54,11 +64,13 @@ from iogate.core.errors import (
     ParameterError,
     QueryError,
     ReadOnlyError,
+    UnknownOutcomeError,
 )
 from iogate.core.jsonable import row_to_dict
 from iogate.core.params import Params, normalize_params
 from iogate.core.redact import redact_text, redact_url
 from iogate.core.result import Result
+from iogate.core.sqlguard import Access, Verdict, require
 
 __all__ = [
     "AsyncMySQLManager",
@@ -93,6 +105,9 @@ _RESET_STATEMENTS = ("ROLLBACK", "SET autocommit = 1", "UNLOCK TABLES")
 _LEADING_WORD = re.compile(
     r"(?:\s+|--[^\n]*(?:\n|$)|#[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]+)", re.DOTALL
 )
+# What a guarded statement must leave as it found: still inside iogate's
+# transaction, autocommit still on (it comes back when the transaction ends).
+_GUARDED_STATUS = SERVER_STATUS.SERVER_STATUS_IN_TRANS | SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 
 
 # -- connection target ---------------------------------------------------------
@@ -329,6 +344,41 @@ def bind_parameters(query: str, args: tuple[Any, ...]) -> tuple[str, tuple[Any, 
     return translated.sql, tuple(args[index] for index in translated.order)
 
 
+@functools.lru_cache(maxsize=512)
+def _as_server_reads_it(query: str) -> tuple[str, tuple[int, ...]]:
+    """``query`` with a ``?`` for each placeholder, and where those are.
+
+    This is the text the server parses: asyncmy prepares it server-side
+    (turning the driver's ``%s`` into ``?`` and ``%%`` into ``%``), and its
+    text-protocol fallback puts one quoted literal where each ``?`` is.
+    """
+    out: list[str] = []
+    positions: list[int] = []
+    sql = _translate(query).sql
+    length = i = 0
+    while i < len(sql):
+        j = sql.find("%", i)
+        if j == -1:
+            out.append(sql[i:])
+            break
+        out.append(sql[i:j])
+        length += j - i
+        if sql.startswith("%s", j):
+            positions.append(length)
+            out.append("?")
+        else:  # "%%": every other % in the driver's text is doubled
+            out.append("%")
+        length += 1
+        i = j + 2
+    return "".join(out), tuple(positions)
+
+
+def classify_guarded(query: str) -> Verdict:
+    """The guard's verdict on ``query`` as MariaDB will read it."""
+    text, placeholders = _as_server_reads_it(query)
+    return classify_mysql(text, placeholders)
+
+
 # -- the manager -----------------------------------------------------------------
 
 
@@ -456,14 +506,28 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         deadline: Deadline,
         read_only: bool,
         max_rows: int | None,
+        guard: Access | None = None,
     ) -> Result:
+        if guard is not None:
+            require(classify_guarded(query), guard)
         sql, args = bind_parameters(query, normalize_params(params))
+        read_only = read_only or self.options.read_only or guard is Access.READ
         conn = await self.acquire(deadline)
         clean = False
         try:
-            _note_session_change(conn, query)
-            await self._set_session_mode(conn, read_only or self.options.read_only, deadline)
-            outcome = await self._run(conn, sql, args, deadline)
+            if guard is not None:
+                outcome = await self._guarded(conn, sql, args, read_only, deadline)
+            else:
+                _note_session_change(conn, query)
+                await self._set_session_mode(conn, read_only, deadline)
+                try:
+                    outcome = await self._run(conn, sql, args, deadline)
+                except DatabaseConnectionError as exc:
+                    if not read_only and _may_write(query):  # sent in autocommit mode
+                        raise UnknownOutcomeError(
+                            f"{exc}; the statement may have been applied"
+                        ) from exc
+                    raise
             clean = True
         except (QueryError, OperationTimeoutError):
             # The server refused or timed out the statement and the session is
@@ -473,6 +537,65 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         finally:
             self.release(conn, clean=clean)
         return _to_result(outcome, max_rows or self.options.max_rows)
+
+    async def _guarded(
+        self,
+        conn: PooledConnection[Any],
+        sql: str,
+        args: tuple[Any, ...] | None,
+        read_only: bool,
+        deadline: Deadline,
+    ) -> _Outcome:
+        """One classified statement in a transaction iogate opens and ends.
+
+        A reader's runs in a read-only session and transaction and is rolled
+        back; a writer's is committed, and only a committed write is answered
+        as a success. Nothing here leaves session state behind: the classifier
+        let through no statement that sets any, and the server status is
+        checked after it anyway.
+        """
+        await self._set_session_mode(conn, read_only, deadline)
+        begin = "START TRANSACTION READ ONLY" if read_only else "START TRANSACTION"
+        await self._run(conn, begin, None, deadline)
+        try:
+            outcome = await self._run(conn, sql, args, deadline)
+            if conn.raw.server_status & _GUARDED_STATUS != _GUARDED_STATUS:
+                conn.cache["needs_reset"] = True
+                raise QueryError("the statement changed iogate's transaction or session")
+        except (QueryError, OperationTimeoutError):
+            await self._rollback_quietly(conn, deadline)
+            raise
+        if read_only:
+            await self._rollback_quietly(conn, deadline)
+        else:
+            await self._commit(conn, deadline, wrote=True)
+        return outcome
+
+    async def _rollback_quietly(self, conn: PooledConnection[Any], deadline: Deadline) -> None:
+        """ROLLBACK; when it cannot be sent, release() resets or discards instead."""
+        if conn.cache.get("interrupted"):
+            return  # the stream is out of step: the connection is discarded
+        try:
+            await self._run(conn, "ROLLBACK", None, deadline)
+        except IogateError:
+            conn.cache["needs_reset"] = True
+
+    async def _commit(
+        self, conn: PooledConnection[Any], deadline: Deadline, *, wrote: bool
+    ) -> None:
+        """COMMIT; once it is sent, a lost answer is ``unknown_outcome`` for a writer."""
+        remaining = deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            conn.cache["needs_reset"] = True  # the reset rolls the transaction back
+            raise OperationTimeoutError("deadline passed before COMMIT: nothing was committed")
+        try:
+            await self._run(conn, "COMMIT", None, deadline)
+        except (DatabaseConnectionError, OperationTimeoutError) as exc:
+            if not wrote:
+                raise
+            raise UnknownOutcomeError(
+                f"{exc} while committing: the transaction may have been applied"
+            ) from exc
 
     async def _set_session_mode(
         self, conn: PooledConnection[Any], read_only: bool, deadline: Deadline
@@ -543,10 +666,10 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
 
     @asynccontextmanager
     async def _transaction_impl(
-        self, read_only: bool, deadline: Deadline
+        self, read_only: bool, deadline: Deadline, guard: Access | None
     ) -> AsyncIterator[Transaction]:
         conn = await self.acquire(deadline)
-        tx = _MySQLTransaction(self, conn, deadline)
+        tx = _MySQLTransaction(self, conn, deadline, guard)
         read_only = read_only or self.options.read_only
         clean = False
         try:
@@ -554,16 +677,18 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             mode = "READ ONLY" if read_only else "READ WRITE"
             await self._run(conn, f"START TRANSACTION {mode}", None, deadline)
             yield tx
-            if tx.failed:
+            if tx.failed or (guard is not None and read_only):
+                # Undo a failed transaction; a guarded reader's has nothing
+                # to commit and ends with ROLLBACK too (sqlguard).
                 try:
                     await self._run(conn, "ROLLBACK", None, deadline)
                 except IogateError:
                     pass  # release resets or discards the connection: rolled back either way
                 else:
                     clean = True
-                tx.status = "rolled_back"
+                tx.status = "rolled_back" if tx.failed else "committed"
             else:
-                await self._run(conn, "COMMIT", None, deadline)
+                await self._commit(conn, deadline, wrote=not read_only)
                 tx.status = "committed"
                 clean = True
         finally:
@@ -573,9 +698,9 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             self.release(conn, clean=clean)
 
     def _transaction(
-        self, *, read_only: bool, deadline: Deadline
+        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
     ) -> AbstractAsyncContextManager[Transaction]:
-        return self._transaction_impl(read_only, deadline)
+        return self._transaction_impl(read_only, deadline, guard)
 
     async def _ping(self) -> None:
         conn = await self.acquire()
@@ -595,9 +720,13 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
 
 class _MySQLTransaction(Transaction):
     def __init__(
-        self, manager: AsyncMySQLManager, conn: PooledConnection[Any], deadline: Deadline
+        self,
+        manager: AsyncMySQLManager,
+        conn: PooledConnection[Any],
+        deadline: Deadline,
+        guard: Access | None,
     ) -> None:
-        super().__init__()
+        super().__init__(guard)
         self._manager = manager
         self._conn = conn
         self._deadline = deadline
@@ -612,9 +741,12 @@ class _MySQLTransaction(Transaction):
                 resource=manager.name,
                 operation="query",
             )
-        sql, args = bind_parameters(query, normalize_params(params))
-        _note_session_change(self._conn, query)
         try:
+            if self.guard is not None:
+                require(classify_guarded(query), self.guard)
+            sql, args = bind_parameters(query, normalize_params(params))
+            if self.guard is None:
+                _note_session_change(self._conn, query)
             outcome = await manager._run(self._conn, sql, args, self._deadline)
         except IogateError as exc:
             return Result.from_exception(exc, resource=manager.name, operation="query")
@@ -633,6 +765,15 @@ class _MySQLTransaction(Transaction):
         result = _to_result(outcome, manager.options.max_rows)
         result.resource = manager.name
         return result
+
+
+def _may_write(query: str) -> bool:
+    """Could ``query`` have written? (Asked only after a connection was lost.)"""
+    try:
+        verdict = classify_guarded(query)
+    except IogateError:
+        return True
+    return verdict.writes or verdict.refusal is not None
 
 
 def _note_session_change(conn: PooledConnection[Any], query: str) -> None:
