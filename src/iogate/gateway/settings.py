@@ -73,6 +73,22 @@ class GatewaySettings(_Strict):
     max_rows: int = Field(default=1000, gt=0)
     request_timeout: float = Field(default=30.0, gt=0)
     api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    # Limits on what a client controls (docs/security.md, "Limits").
+    # Highest parameter position ($N, "N") a request may use; never above the
+    # smallest database maximum (SQLite 32766, PostgreSQL 32767).
+    max_params: int = Field(default=10_000, gt=0, le=32_766)
+    max_json_depth: int = Field(default=32, gt=0, le=1000)
+    max_string_bytes: int = Field(default=1_048_576, gt=0)
+    max_result_bytes: int = Field(default=16 * 1_048_576, gt=0)
+    # Browsers: Host names the gateway answers (None: loopback names when
+    # bound to loopback, any name otherwise) and CORS origins (none).
+    allowed_hosts: list[str] | None = None
+    cors_origins: list[str] = Field(default_factory=list)
+    # Slow clients: seconds to receive a request's headers, its body, and
+    # between requests on a kept-alive connection.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    keep_alive_timeout: float = Field(default=5.0, gt=0)
 
     def is_loopback(self) -> bool:
         if self.host == "localhost":
