@@ -1,7 +1,8 @@
 """The HTTP gateway under wrk: iogate vs a bare Starlette floor vs Datasette.
 
-Three servers, each a subprocess on a free loopback port, served by uvicorn
-with uvloop and httptools, one worker, no access log, log level warning:
+Three kinds of server, each a subprocess on a free loopback port, served by
+uvicorn with uvloop and httptools, one worker, no access log, log level
+warning:
 
 - **iogate**: ``iogate serve --config <tmp toml>`` with a PostgreSQL database
   ``pg`` and a SQLite database ``sqlite`` at their default pool sizes, no API
@@ -15,16 +16,44 @@ with uvloop and httptools, one worker, no access log, log level warning:
   hard-codes uvicorn's access log and log level ``info``, which the other two
   servers do not pay for.
 
+**Keyed targets** (``--suite keyed`` or ``all``) run on a second iogate
+server (and a second baseline) configured with two API keys — a reader
+(``db:pg:read``, ``db:sqlite:read``) and an ops key (``ops:*``) — and two
+named operations, ``[operations.point_pg]`` / ``[operations.point_sqlite]``,
+running the same point query:
+
+- "read key": ``POST /database/execute`` with ``Authorization: Bearer
+  <reader>``. Since guarded SQL, a key without ``db:NAME:admin`` is
+  classified (pglast on PostgreSQL, the authorizer on SQLite) and run in a
+  read-only transaction iogate opens and rolls back. Before that change the
+  same key's SELECT ran read-only too, unclassified (PostgreSQL: asyncpg's
+  ``transaction(readonly=True)``, committed; SQLite: on a ``query_only``
+  reader connection).
+- "named op": ``POST /operations/point_pg`` ``{"id": N}`` with the ops key
+  (named operations are trusted: their SQL is in the config).
+
+Why separate servers rather than an admin key for the keyless targets: with
+keys configured every request must authenticate (a SHA-256 of the token,
+compared with every key), so admin-key figures would no longer be the
+keyless figures measured so far, nor comparable with the floor, which does
+no auth. Keeping the keyless servers as they were and putting the keys on
+their own servers, identical for the current tree and the baseline, leaves
+one difference between "iogate ... read key" and "baseline ... read key":
+what the change did to that request.
+
 Each request looks up a random id (a Lua ``request()`` per request) in a
 100k-row ``items(id, name, value)`` table. Targets run one after another,
-interleaved (iogate, floor, ..., iogate, floor, ...), so drift of this shared
-machine hits them alike; the tables show the median of the rounds. "server
-CPU us/req" is the server process's CPU time (all threads, from /proc) per
-request, a figure that moves far less with machine load than req/s does.
+interleaved, every other round in reverse order (A B C, C B A, ...) so a
+drift of this shared machine within a round hits a pair alike; the tables
+show the median of the rounds, and each before/after line also gives the
+ratio round by round. "server CPU us/req" is the server process's CPU time
+(all threads, from /proc) per request, a figure that moves far less with
+machine load than req/s does.
 
-Run: ``.venv/bin/python bench/gateway_bench.py [--quick] [--duration S] [--rounds N]``.
-Needs ``wrk`` (``apt-get install -y wrk``); without it the bench prints a skip
-line and exits 0.
+Run: ``.venv/bin/python bench/gateway_bench.py [--quick] [--duration S]
+[--rounds N] [--suite open|keyed|all] [--only postgres|sqlite]
+[--baseline-src DIR]``. Needs ``wrk`` (``apt-get install -y wrk``); without
+it the bench prints a skip line and exits 0.
 """
 
 from __future__ import annotations
@@ -57,6 +86,10 @@ CONNECTIONS = 50
 THREADS = 2
 START_TIMEOUT = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Tokens of the keyed servers' two API keys (loopback only, a throw-away config).
+READER_KEY = "bench-reader-key"
+OPS_KEY = "bench-ops-key"
+SUITES = ("open", "keyed", "all")
 
 UVICORN_FLAGS = dict(
     loop="uvloop", http="httptools", workers=1, access_log=False, log_level="warning"
@@ -163,14 +196,35 @@ class Server:
             self.process.wait(timeout=5)
 
 
+def keyed_config(pg_query: str, lite_query: str) -> str:
+    """TOML for the keyed servers: a reader key, an ops key and two named
+    operations running the same point query as the ``/database/execute`` targets."""
+    return (
+        "\n[[gateway.api_keys]]\n"
+        f'name = "reader"\nkey = "{READER_KEY}"\nscopes = ["db:pg:read", "db:sqlite:read"]\n'
+        "\n[[gateway.api_keys]]\n"
+        f'name = "ops"\nkey = "{OPS_KEY}"\nscopes = ["ops:*"]\n'
+        f'\n[operations.point_pg]\ndatabase = "pg"\nquery = "{pg_query}"\nparams = ["id"]\n'
+        f'\n[operations.point_sqlite]\ndatabase = "sqlite"\nquery = "{lite_query}"\n'
+        'params = ["id"]\n'
+    )
+
+
 def iogate_server(
-    folder: Path, sqlite_path: Path, pg_url: str, *, name: str = "iogate", src: str | None = None
+    folder: Path,
+    sqlite_path: Path,
+    pg_url: str,
+    *,
+    name: str = "iogate",
+    src: str | None = None,
+    extra_config: str = "",
 ) -> Server:
-    """``iogate serve``; with ``src``, that source tree's iogate (a baseline checkout)."""
+    """``iogate serve``; with ``src``, that source tree's iogate (a baseline
+    checkout); ``extra_config`` (TOML) goes after ``[gateway]``'s keys."""
     port = free_port()
     config = folder / f"{name}.toml"
     config.write_text(
-        f'[gateway]\nhost = "127.0.0.1"\nport = {port}\n\n'
+        f'[gateway]\nhost = "127.0.0.1"\nport = {port}\n{extra_config}\n'
         f'[databases.pg]\ntype = "postgresql"\nurl = "{pg_url}"\n\n'
         f'[databases.sqlite]\ntype = "sqlite"\npath = "{sqlite_path}"\n',
         encoding="utf-8",
@@ -243,6 +297,8 @@ class Target:
     method: str
     path: str  # "{id}" stands for the random id
     body: str | None = None
+    key: str | None = None  # sent as "Authorization: Bearer <key>"
+    refused_write: str | None = None  # a body the key must be refused (checked once)
     rps: list[float] = field(default_factory=list)
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
@@ -252,11 +308,20 @@ class Target:
     def url(self, row_id: int) -> str:
         return f"http://127.0.0.1:{self.server.port}{self.path.replace('{id}', str(row_id))}"
 
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.key is not None:
+            headers["Authorization"] = f"Bearer {self.key}"
+        return headers
+
     def lua(self) -> str:
         def fmt(template: str) -> str:
             return template.replace("%", "%%").replace("{id}", "%d")
 
         body = f"string.format([==[{fmt(self.body)}]==], id)" if self.body else "nil"
+        headers = "\n".join(
+            f'wrk.headers["{name}"] = "{value}"' for name, value in self.headers().items()
+        )
         return f"""
 local counter = 1
 function setup(thread)
@@ -267,7 +332,7 @@ function init(args)
   math.randomseed(seed)
 end
 wrk.method = "{self.method}"
-wrk.headers["Content-Type"] = "application/json"
+{headers}
 request = function()
   local id = math.random(1, {ROWS})
   return wrk.format(nil, string.format([==[{fmt(self.path)}]==], id), nil, {body})
@@ -288,7 +353,7 @@ def preflight(target: Target, row_id: int = 4242) -> None:
         target.url(row_id),
         data=body,
         method=target.method,
-        headers={"Content-Type": "application/json"},
+        headers=target.headers(),
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         answer = json.loads(response.read())
@@ -296,6 +361,22 @@ def preflight(target: Target, row_id: int = 4242) -> None:
     expected = {"id": row_id, "name": f"item-{row_id}", "value": row_id * 7 % 1000}
     if rows != [expected]:
         raise RuntimeError(f"{target.label}: expected [{expected}], got {answer!r}")
+
+
+def preflight_refused(target: Target, body: str) -> None:
+    """The keyed target's key must not be able to write: a harmless write
+    (``body``, on no row) has to come back refused, or the key is not a reader."""
+    request = urllib.request.Request(
+        target.url(0), data=body.encode(), method="POST", headers=target.headers()
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = response.read()
+    except urllib.error.HTTPError as exc:
+        if 400 <= exc.code < 500:
+            return
+        answer = exc.read()
+    raise RuntimeError(f"{target.label}: a write with the reader key was not refused: {answer!r}")
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -340,6 +421,117 @@ def run_wrk(target: Target, script: Path, seconds: float, record: bool) -> None:
     target.cpu_us.append(cpu / max(1, requests) * 1e6)
 
 
+@dataclass
+class Fleet:
+    """The servers one run starts; None where the suite or the flags leave one out."""
+
+    iogate: Server | None = None
+    floor: Server | None = None
+    datasette: Server | None = None
+    baseline: Server | None = None
+    keyed: Server | None = None
+    keyed_baseline: Server | None = None
+
+    @classmethod
+    def build(
+        cls, folder: Path, sqlite_path: Path, args: argparse.Namespace, keyed_toml: str
+    ) -> Fleet:
+        def iogate_pair(suffix: str, extra: str) -> tuple[Server, Server | None]:
+            current = iogate_server(
+                folder, sqlite_path, PG_URL, name=f"iogate{suffix}", extra_config=extra
+            )
+            if not args.baseline_src:
+                return current, None
+            before = iogate_server(
+                folder,
+                sqlite_path,
+                PG_URL,
+                name=f"baseline{suffix}",
+                src=args.baseline_src,
+                extra_config=extra,
+            )
+            return current, before
+
+        fleet = cls()
+        if args.suite in ("open", "all"):
+            fleet.iogate, fleet.baseline = iogate_pair("", "")
+            fleet.floor = floor_server(sqlite_path, PG_URL)
+            if args.only in (None, "sqlite"):
+                fleet.datasette = datasette_server(sqlite_path)
+                if fleet.datasette is None:
+                    print("(Datasette not installed: pip install datasette; its row is skipped)")
+        if args.suite in ("keyed", "all"):
+            fleet.keyed, fleet.keyed_baseline = iogate_pair("-keyed", keyed_toml)
+        return fleet
+
+    def servers(self) -> list[Server]:
+        every = (
+            self.iogate,
+            self.floor,
+            self.datasette,
+            self.baseline,
+            self.keyed,
+            self.keyed_baseline,
+        )
+        return [server for server in every if server is not None]
+
+
+def point_queries(table: str) -> tuple[str, str]:
+    """The point query on PostgreSQL (``table``) and on SQLite (``items``)."""
+    return (
+        f"SELECT id, name, value FROM {table} WHERE id = $1",
+        "SELECT id, name, value FROM items WHERE id = ?",
+    )
+
+
+def build_targets(fleet: Fleet, table: str, only: str | None) -> list[Target]:
+    """Targets in run order; each iogate target is next to its baseline."""
+    pg_query, lite_query = point_queries(table)
+    post = "/database/execute"
+    targets: list[Target] = []
+    for db, name, query, delete in (
+        ("PostgreSQL", "pg", pg_query, f"DELETE FROM {table} WHERE id = $1"),
+        ("SQLite", "sqlite", lite_query, "DELETE FROM items WHERE id = ?"),
+    ):
+        if only not in (None, "postgres" if name == "pg" else "sqlite"):
+            continue
+        body = execute_body(name, query)
+        if fleet.iogate is not None and fleet.floor is not None:
+            targets += [
+                Target(f"iogate {db}", fleet.iogate, "POST", post, body),
+                Target(f"floor {db}", fleet.floor, "POST", post, body),
+            ]
+            if fleet.baseline is not None:
+                targets.append(Target(f"baseline {db}", fleet.baseline, "POST", post, body))
+        if name == "sqlite" and fleet.datasette is not None:
+            sql = urllib.parse.quote("SELECT id, name, value FROM items WHERE id = :id")
+            path = f"/bench.json?sql={sql}&id={{id}}&_shape=array"
+            targets.append(Target("Datasette SQLite", fleet.datasette, "GET", path))
+        keyed = [("iogate", fleet.keyed), ("baseline", fleet.keyed_baseline)]
+        # A write on no row (id 0): the reader key must be refused it.
+        refused = execute_body(name, delete).replace("{id}", "0")
+        for who, server in keyed:
+            if server is not None:
+                targets.append(
+                    Target(
+                        f"{who} {db} read key",
+                        server,
+                        "POST",
+                        post,
+                        body,
+                        key=READER_KEY,
+                        refused_write=refused,
+                    )
+                )
+        op_path, op_body = f"/operations/point_{name}", '{"id": {id}}'
+        for who, server in keyed:
+            if server is not None:
+                targets.append(
+                    Target(f"{who} {db} named op", server, "POST", op_path, op_body, key=OPS_KEY)
+                )
+    return targets
+
+
 # -- report ------------------------------------------------------------------------
 
 
@@ -357,21 +549,28 @@ def report(targets: list[Target]) -> list[str]:
             f"{t.errors} |"
         )
     lines.append("")
-    for ours, other in (
+    pairs = [
         ("iogate PostgreSQL", "floor PostgreSQL"),
         ("iogate SQLite", "floor SQLite"),
         ("iogate SQLite", "Datasette SQLite"),
-        ("iogate PostgreSQL", "baseline PostgreSQL"),
-        ("iogate SQLite", "baseline SQLite"),
-    ):
+    ]
+    for db in ("PostgreSQL", "SQLite"):
+        pairs += [
+            (f"iogate {db}{kind}", f"baseline {db}{kind}")
+            for kind in ("", " read key", " named op")
+        ]
+        pairs.append((f"iogate {db} read key", f"iogate {db}"))
+    for ours, other in pairs:
         if ours in by_label and other in by_label:
             a, b = by_label[ours], by_label[other]
             ratio = statistics.median(a.rps) / statistics.median(b.rps)
-            per_round = ", ".join(f"{x / y:.2f}" for x, y in zip(a.rps, b.rps, strict=True))
+            rounds = [x / y for x, y in zip(a.rps, b.rps, strict=True)]
+            per_round = ", ".join(f"{r:.2f}" for r in rounds)
+            cpu_a, cpu_b = statistics.median(a.cpu_us), statistics.median(b.cpu_us)
             lines.append(
-                f"- {ours} / {other}: **{ratio:.2f}** (per round: {per_round}); "
-                f"server CPU per request {statistics.median(a.cpu_us):.0f} vs "
-                f"{statistics.median(b.cpu_us):.0f} us"
+                f"- {ours} / {other}: **{ratio:.3f}** (median of the rounds' ratios "
+                f"{statistics.median(rounds):.3f}; per round: {per_round}); server CPU per "
+                f"request {cpu_a:.0f} vs {cpu_b:.0f} us ({cpu_a / cpu_b:.3f})"
             )
     return lines
 
@@ -386,10 +585,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--only", choices=("postgres", "sqlite"), help="measure one database only")
     parser.add_argument(
+        "--suite",
+        choices=SUITES,
+        default="all",
+        help="open: servers without API keys (iogate, floor, Datasette); keyed: the servers "
+        "with a reader and an ops key (read-key /database/execute, named operations); "
+        "all: both (default)",
+    )
+    parser.add_argument(
         "--baseline-src",
         metavar="DIR",
-        help="also serve the iogate found in DIR (e.g. the src/ of `git archive <commit> src`) "
-        "and interleave it as 'baseline', for before/after figures",
+        help="also serve the iogate found in DIR (e.g. the src/ of `git archive <commit> src` "
+        "or of a `git worktree`) and interleave it as 'baseline', for before/after figures",
     )
     parser.add_argument(
         "--keep-running",
@@ -409,52 +616,22 @@ def main() -> None:
     sqlite_path = folder / "bench.db"
     make_sqlite(sqlite_path)
     asyncio.run(make_postgres(table))
+    pg_query, lite_query = point_queries(table)
     servers: list[Server] = []
     try:
-        iogate = iogate_server(folder, sqlite_path, PG_URL)
-        floor = floor_server(sqlite_path, PG_URL)
-        datasette = datasette_server(sqlite_path)
-        baseline = (
-            iogate_server(folder, sqlite_path, PG_URL, name="baseline", src=args.baseline_src)
-            if args.baseline_src
-            else None
-        )
-        servers = [s for s in (iogate, floor, datasette, baseline) if s is not None]
+        fleet = Fleet.build(folder, sqlite_path, args, keyed_config(pg_query, lite_query))
+        servers = fleet.servers()
         for server in servers:
             server.start(folder)
         for server in servers:
             server.wait_ready()
-
-        pg_query = f"SELECT id, name, value FROM {table} WHERE id = $1"
-        lite_query = "SELECT id, name, value FROM items WHERE id = ?"
-        post = "/database/execute"
-        targets: list[Target] = []
-        if args.only in (None, "postgres"):
-            body = execute_body("pg", pg_query)
-            targets += [
-                Target("iogate PostgreSQL", iogate, "POST", post, body),
-                Target("floor PostgreSQL", floor, "POST", post, body),
-            ]
-            if baseline is not None:
-                targets.append(Target("baseline PostgreSQL", baseline, "POST", post, body))
-        if args.only in (None, "sqlite"):
-            body = execute_body("sqlite", lite_query)
-            targets += [
-                Target("iogate SQLite", iogate, "POST", post, body),
-                Target("floor SQLite", floor, "POST", post, body),
-            ]
-            if baseline is not None:
-                targets.append(Target("baseline SQLite", baseline, "POST", post, body))
-            if datasette is not None:
-                sql = urllib.parse.quote("SELECT id, name, value FROM items WHERE id = :id")
-                path = f"/bench.json?sql={sql}&id={{id}}&_shape=array"
-                targets.append(Target("Datasette SQLite", datasette, "GET", path))
-            else:
-                print("(Datasette not installed: pip install datasette; its row is skipped)")
+        targets = build_targets(fleet, table, args.only)
 
         scripts = {}
         for target in targets:
             preflight(target)
+            if target.refused_write is not None:
+                preflight_refused(target, target.refused_write)
             script = folder / f"{target.label.replace(' ', '_')}.lua"
             script.write_text(target.lua(), encoding="utf-8")
             scripts[target.label] = script
@@ -466,15 +643,17 @@ def main() -> None:
         load_before = os.getloadavg()
         for target in targets:  # warm-up: pools grown, statements prepared, caches hot
             run_wrk(target, scripts[target.label], 1.0, record=False)
-        for _ in range(args.rounds):
-            for target in targets:
+        for number in range(args.rounds):
+            # Every other round backwards, so a drift within a round favours no side.
+            for target in targets if number % 2 == 0 else reversed(targets):
                 run_wrk(target, scripts[target.label], seconds, record=True)
         load_after = os.getloadavg()
 
         print(
             f"wrk -t{THREADS} -c{CONNECTIONS} -d{seconds:g}s --latency, {args.rounds} "
-            f"interleaved rounds, random id in {ROWS:,} rows; load average "
-            f"{load_before[0]:.1f} before, {load_after[0]:.1f} after.\n"
+            f"interleaved rounds (every other one in reverse order), random id in {ROWS:,} "
+            f"rows, suite {args.suite}; load average {load_before[0]:.1f} before, "
+            f"{load_after[0]:.1f} after.\n"
         )
         print("\n".join(report(targets)))
     finally:
