@@ -66,7 +66,11 @@ def serve(
         ),
     ] = 1,
 ) -> None:
-    """Serve the HTTP gateway (OpenAPI docs at /docs)."""
+    """Serve the HTTP gateway (OpenAPI docs at /docs).
+
+    Slow clients are cut off by [gateway] header_timeout, body_timeout and
+    keep_alive_timeout (docs/configuration.md).
+    """
     settings = _load(config)
     gateway = settings.gateway.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -80,9 +84,8 @@ def serve(
         )
         raise typer.Exit(2)
 
-    import uvicorn
-
     from iogate.gateway.app import create_app
+    from iogate.gateway.server import build_config, run
 
     resources = [f"{name} ({db.type})" for name, db in settings.databases.items()]
     resources += [f"{name} (api)" for name in settings.apis]
@@ -99,22 +102,14 @@ def serve(
     if workers > 1:
         _serve_workers(config, settings, workers, log_level)
         return
-    uvicorn.run(
-        create_app(settings),
-        host=gateway.host,
-        port=gateway.port,
-        log_level=log_level,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-    )
+    run(build_config(create_app(settings), gateway, log_level=log_level))
 
 
 def _serve_workers(config: Path | None, settings: Settings, workers: int, log_level: str) -> None:
     """Several uvicorn workers sharing one Prometheus multiprocess directory."""
     import tempfile
 
-    import uvicorn
+    from iogate.gateway.server import build_config, run
 
     path = config or (
         Path(os.environ["IOGATE_CONFIG"]) if os.environ.get("IOGATE_CONFIG") else None
@@ -124,17 +119,14 @@ def _serve_workers(config: Path | None, settings: Settings, workers: int, log_le
     os.environ["IOGATE_CONFIG"] = str(path.resolve()) if path else ""
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        uvicorn.run(
+        server_config = build_config(
             "iogate.gateway.app:app_from_environment",
-            factory=True,
-            workers=workers,
-            host=settings.gateway.host,
-            port=settings.gateway.port,
+            settings.gateway,
             log_level=log_level,
-            log_config=None,
-            access_log=False,
-            server_header=False,
+            workers=workers,
+            factory=True,
         )
+        run(server_config)
     finally:
         import shutil
 

@@ -25,12 +25,24 @@ and only on the base URL's origin.
 aiohttp is imported only here; its exceptions are mapped to Results at this
 edge. Configured header values never appear in a Result, an error message or
 the stats: messages are written here from the method and path, never from a
-driver's exception text, and response bodies are scrubbed of those values.
+driver's exception text, and what an upstream sends back is masked with
+``iogate.core.redact.SecretMask``: every configured header value whatever the
+header's name (content-negotiation headers such as ``Accept`` excepted), the
+credential after an auth scheme and a Basic password, in response headers,
+text bodies and every string of a JSON body, escaped forms included. A body
+is masked before it is cut to its size cap, so no prefix of a value survives
+the cut.
+
+What an upstream sends is input like any other: JSON nested deeper than
+``max_json_depth`` levels, or a redirect whose ``Location`` is not a URL, is
+a failed ``http_error`` Result (HTTP 502 at the gateway), never an exception.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import random as _random
 import re
@@ -62,7 +74,7 @@ from iogate.core.errors import (
     tls_reason,
 )
 from iogate.core.events import OperationEvent
-from iogate.core.redact import redact_text
+from iogate.core.redact import SecretMask
 from iogate.core.result import Result
 from iogate.core.stats import OperationStats
 from iogate.resilience.breaker import CircuitBreaker, CircuitBreakerConfig
@@ -79,6 +91,7 @@ from iogate.resilience.retry import (
 __all__ = [
     "DEFAULT_ERROR_BODY_BYTES",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_JSON_DEPTH",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_TIMEOUT",
     "AsyncAPIManager",
@@ -89,6 +102,10 @@ DEFAULT_MAX_CONNECTIONS = 30
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 DEFAULT_ERROR_BODY_BYTES = 4096
+# Below orjson's own limit (254 levels when encoding), with room left for the
+# gateway's envelopes around ``data`` (Result, batch, job).
+DEFAULT_MAX_JSON_DEPTH = 200
+_ORJSON_MAX_DEPTH = 254
 DEFAULT_DNS_CACHE_TTL = 300
 MAX_REDIRECTS = 5
 _URL_CACHE_SIZE = 256
@@ -101,6 +118,20 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # virtual host or desynchronise the connection (request smuggling).
 _FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _SENSITIVE_HEADER = re.compile(r"(?i)auth|token|key|secret|cookie|passw|signature|session")
+# Configured headers whose values are protocol vocabulary ("application/json",
+# "gzip"), never a credential: masking them would corrupt ordinary replies.
+_VOCABULARY_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "content-language",
+        "content-type",
+        "pragma",
+    }
+)
 _HEADER_VALUE_OK = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
 _HEADER_NAME_OK = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _IDEMPOTENCY_KEY = "idempotency-key"
@@ -128,6 +159,8 @@ class AsyncAPIManager:
     such as ``"100/second"`` (``rate_limit_storage`` an async ``limits``
     storage URI to share it between processes). ``verify_ssl`` and
     ``ca_bundle`` configure HTTPS certificate checks (see module doc).
+    ``max_json_depth`` (at most ``DEFAULT_MAX_JSON_DEPTH``) bounds the
+    nesting of a JSON reply; deeper is a failed ``http_error`` Result.
     """
 
     backend: ClassVar[str] = "http"
@@ -146,6 +179,7 @@ class AsyncAPIManager:
         rate_limit_storage: str | None = None,
         retry_budget: RetryBudget | bool = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -161,11 +195,17 @@ class AsyncAPIManager:
         self.max_connections = max_connections
         self.timeout = float(timeout)
         self.max_response_bytes = max_response_bytes
+        if not 1 <= max_json_depth <= DEFAULT_MAX_JSON_DEPTH:
+            raise ConfigError(
+                f"max_json_depth must be between 1 and {DEFAULT_MAX_JSON_DEPTH}, "
+                f"got {max_json_depth}"
+            )
+        self.max_json_depth = max_json_depth
         self.verify_ssl = verify_ssl
         self.ca_bundle = ca_bundle
         self._ssl = _client_ssl_context(verify_ssl=verify_ssl, ca_bundle=ca_bundle)
         self._headers = _checked_headers(headers or {}, configured=True)
-        self._secrets = _secret_values(self._headers)
+        self._mask = SecretMask(_configured_secrets(self._headers))
         self.retry_policy = RetryPolicy.coerce(retry)
         breaker_config = CircuitBreakerConfig.coerce(circuit_breaker)
         self.breaker = (
@@ -366,9 +406,11 @@ class AsyncAPIManager:
         body, content_type = _encode_body(data)
         if content_type is not None:
             extra_headers = {**(extra_headers or {}), "Content-Type": content_type}
-        secrets = self._secrets
+        mask = self._mask
         if extra_headers:
-            secrets = secrets + _secret_values(extra_headers)
+            extra_secrets = _request_secrets(extra_headers)
+            if extra_secrets:
+                mask = _mask_of(mask.secrets + extra_secrets)
         call.idempotent = call.method in _IDEMPOTENT_METHODS or _has_idempotency_key(
             self._headers, extra_headers
         )
@@ -389,7 +431,7 @@ class AsyncAPIManager:
 
         # A partial, not a closure: one coroutine frame less on the hot path.
         attempt = functools.partial(
-            self._attempt, session, call, url, query, body, extra_headers, effective, secrets
+            self._attempt, session, call, url, query, body, extra_headers, effective, mask
         )
         return await retry_results(
             attempt,
@@ -433,7 +475,7 @@ class AsyncAPIManager:
         body: bytes | None,
         headers: dict[str, str] | None,
         deadline: Deadline,
-        secrets: tuple[str, ...],
+        mask: SecretMask,
     ) -> Result:
         call.attempts += 1
         ticket: int | None = None
@@ -455,7 +497,7 @@ class AsyncAPIManager:
             return Result.fail(f"{call.method}: deadline passed", "timeout")
         try:
             result, not_sent = await self._send(
-                session, call, url, query, body, headers, remaining, secrets
+                session, call, url, query, body, headers, remaining, mask
             )
         except BaseException:
             if breaker is not None and ticket is not None:
@@ -478,7 +520,7 @@ class AsyncAPIManager:
         body: bytes | None,
         headers: dict[str, str] | None,
         timeout: float | None,
-        secrets: tuple[str, ...],
+        mask: SecretMask,
     ) -> tuple[Result, bool]:
         """One attempt on the wire; returns (Result, provably-not-sent)."""
         method = call.method
@@ -501,7 +543,14 @@ class AsyncAPIManager:
                 ) as response:
                     status = response.status
                     if status in _REDIRECTS and "Location" in response.headers:
-                        next_url = response.url.join(URL(response.headers["Location"]))
+                        next_url = _redirect_target(response)
+                        if next_url is None:
+                            return Result.fail(
+                                f"{method} {_display_path(url)}: "
+                                "redirect with an invalid Location refused",
+                                "http_error",
+                                status_code=status,
+                            ), False
                         if not self.base.same_origin(str(next_url)):
                             return Result.fail(
                                 f"{method} {_display_path(url)}: "
@@ -513,7 +562,7 @@ class AsyncAPIManager:
                         if status == 303 or (status in {301, 302} and method == "POST"):
                             method, body = "GET", None
                         continue
-                    return await self._read_response(response, method, url, secrets), False
+                    return await self._read_response(response, method, url, mask), False
             return Result.fail(
                 f"{method} {_display_path(url)}: more than {MAX_REDIRECTS} redirects", "http_error"
             ), False
@@ -557,21 +606,34 @@ class AsyncAPIManager:
         response: aiohttp.ClientResponse,
         method: str,
         url: str,
-        secrets: tuple[str, ...],
+        mask: SecretMask,
     ) -> Result:
         status = response.status
         ok = 200 <= status < 300
         cap = self.max_response_bytes if ok else DEFAULT_ERROR_BODY_BYTES
+        # Past the cap by the longest encoded secret: one that starts before
+        # the cut is read whole, so it is masked whole before the cut.
+        limit = cap + mask.window
         length = response.content_length
-        if length is not None and length <= cap:
-            raw, truncated = await response.read(), False
+        if length is not None and length <= limit:
+            raw = await response.read()
+            truncated = len(raw) > cap
         else:
-            raw, truncated = await _read_capped(response, cap)
+            raw, over = await _read_capped(response, limit)
+            truncated = over or len(raw) > cap
         content_type = response.headers.get("Content-Type", "")
-        data = _decode_body(raw, content_type, secrets, truncated)
+        try:
+            data = _decode_body(raw, content_type, mask, cap, truncated, self.max_json_depth)
+        except _TooDeepError:
+            return Result.fail(
+                f"{method} {_display_path(url)}: upstream JSON nested deeper than "
+                f"{self.max_json_depth} levels",
+                "http_error",
+                status_code=status,
+            )
         # Response headers too: an upstream may echo our credentials there.
-        if secrets:
-            headers = {k: redact_text(v, secrets) for k, v in response.headers.items()}
+        if mask:
+            headers = {k: mask(v) for k, v in response.headers.items()}
         else:
             headers = dict(response.headers.items())
         if ok:
@@ -771,15 +833,46 @@ def _checked_headers(headers: Mapping[str, str], *, configured: bool) -> dict[st
     return out
 
 
-def _secret_values(headers: Mapping[str, str]) -> tuple[str, ...]:
+def _configured_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """Every configured header value, whatever the header's name, and its parts."""
     secrets: list[str] = []
     for name, value in headers.items():
-        if _SENSITIVE_HEADER.search(name) and value:
-            secrets.append(value)
-            scheme, _, credential = value.partition(" ")
-            if credential and scheme.isalpha():
-                secrets.append(credential.strip())
-    return tuple(s for s in secrets if len(s) >= 4)
+        if name.lower() not in _VOCABULARY_HEADERS:
+            secrets.extend(_credential_forms(value))
+    return tuple(secrets)
+
+
+def _request_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """A caller's own header values, where the name says they are credentials."""
+    secrets: list[str] = []
+    for name, value in headers.items():
+        if _SENSITIVE_HEADER.search(name):
+            secrets.extend(_credential_forms(value))
+    return tuple(secrets)
+
+
+def _credential_forms(value: str) -> list[str]:
+    """The value, the credential after an auth scheme, and a Basic password."""
+    forms = [value]
+    scheme, _, credential = value.partition(" ")
+    credential = credential.strip()
+    if credential and scheme.isalpha():
+        forms.append(credential)
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credential, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = ""
+            _, colon, password = decoded.partition(":")
+            if colon:
+                forms.extend((decoded, password))
+    return forms
+
+
+@functools.lru_cache(maxsize=64)
+def _mask_of(secrets: tuple[str, ...]) -> SecretMask:
+    # A caller repeating the same credential header reuses its compiled mask.
+    return SecretMask(secrets)
 
 
 def _has_idempotency_key(*header_sets: Mapping[str, str] | None) -> bool:
@@ -838,25 +931,59 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[byte
     return b"".join(chunks), False
 
 
-def _decode_body(raw: bytes, content_type: str, secrets: tuple[str, ...], truncated: bool) -> Any:
+class _TooDeepError(Exception):
+    """Upstream JSON nested deeper than the manager's ``max_json_depth``."""
+
+
+def _decode_body(
+    raw: bytes, content_type: str, mask: SecretMask, cap: int, truncated: bool, max_depth: int
+) -> Any:
+    """The body as JSON (when whole and valid) or text, masked, cut to ``cap`` bytes."""
     if not raw:
         return None
-    if secrets:
-        # An upstream echoing our credentials (a debug endpoint, an error
-        # page) must not hand them to whoever reads the Result.
-        text = redact_text(raw.decode("utf-8", errors="replace"), secrets)
-        if "json" in content_type and not truncated:
-            try:
-                return orjson.loads(text)
-            except orjson.JSONDecodeError:
-                return text
-        return text
+    text = raw.decode("utf-8", errors="replace") if mask else None
     if "json" in content_type and not truncated:
         try:
-            return orjson.loads(raw)
+            data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            pass
-    return raw.decode("utf-8", errors="replace")
+            pass  # answered as text below, like any body that is not JSON
+        else:
+            if _deeper_than(raw, data, max_depth):
+                raise _TooDeepError
+            if text is not None and mask.may_occur(text):
+                # Parsed strings have their JSON escapes undone already.
+                data = mask.json(data)
+            return data
+    if text is None:
+        return raw[:cap].decode("utf-8", errors="replace")
+    # Masked first, cut second: a value straddling the cut leaves no prefix.
+    keep = len(raw[:cap].decode("utf-8", errors="ignore")) if truncated else None
+    return mask(text, keep)
+
+
+def _deeper_than(raw: bytes, data: Any, max_depth: int) -> bool:
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+        return False  # too few containers to nest that deep (the common case)
+    # orjson refuses to encode more than 254 levels; wrapped in the levels
+    # above max_depth, data is refused exactly when it is deeper than
+    # max_depth. At C speed: a Python walk of 10 MB of JSON takes ~10x longer.
+    # Anything orjson.loads returns encodes otherwise (a test pins both).
+    wrapped = data
+    for _ in range(_ORJSON_MAX_DEPTH - max_depth):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        return True
+    return False
+
+
+def _redirect_target(response: aiohttp.ClientResponse) -> URL | None:
+    """The absolute URL a redirect names, or None when its Location is no URL."""
+    try:
+        return response.url.join(URL(response.headers["Location"]))
+    except ValueError:  # a bad port, bracketed host or IDNA label (UnicodeError)
+        return None
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,220 @@
+"""uvicorn, with read deadlines for slow clients.
+
+uvicorn bounds only the idle time between requests on a kept-alive
+connection (``timeout_keep_alive``). A client that trickles its headers, its
+body, or sends nothing at all after connecting would hold a socket and, once
+its headers are in, a request task for ever: ``request_timeout`` starts only
+in the handler. ``GuardedHttpToolsProtocol`` adds the two missing deadlines
+at the protocol level, where the bytes arrive:
+
+- ``header_timeout``: from the connection's opening (first request) or from
+  the first byte of a request (later ones) until its headers are complete.
+  A connection that sent part of a request gets ``408 Request Timeout``; one
+  that sent nothing is closed without an answer, as the keep-alive timer does.
+- ``body_timeout``: from the end of the headers until the body is complete.
+  The client gets a 408 (when no answer has started); the handler waiting for
+  the body sees ``http.disconnect`` and ends.
+
+Both are deadlines for the whole phase, not idle timers: one byte a second
+does not keep them away. Timers are armed only when a phase outlives the
+``data_received`` call that began it, so a request that arrives in one read
+(nearly all of them) costs no timer at all. ``keep_alive_timeout`` is
+uvicorn's own ``timeout_keep_alive``.
+
+The deadlines travel to worker processes inside ``ServerConfig``, which
+uvicorn pickles into each worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import sys
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+from uvicorn.supervisors import Multiprocess
+
+from iogate.gateway.settings import GatewaySettings
+
+__all__ = [
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_HEADER_TIMEOUT",
+    "GuardedHttpToolsProtocol",
+    "ServerConfig",
+    "build_config",
+    "run",
+]
+
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+# uvicorn's exit status when the application failed to start.
+_STARTUP_FAILURE = 3
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 15\r\n"
+    b"connection: close\r\n"
+    b"\r\n"
+    b"Request Timeout"
+)
+
+logger = logging.getLogger("iogate.gateway.server")
+
+
+class ServerConfig(uvicorn.Config):
+    """uvicorn's ``Config`` plus the read deadlines the protocol enforces."""
+
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+
+
+class _Phase(enum.Enum):
+    HEADERS = "headers"  # waiting for (the rest of) a request's headers
+    BODY = "body"  # headers complete, body not yet
+    DONE = "done"  # request complete; answering, or idle under keep-alive
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body read deadlines."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        if isinstance(config, ServerConfig):
+            self.header_timeout = config.header_timeout
+            self.body_timeout = config.body_timeout
+        else:
+            self.header_timeout = DEFAULT_HEADER_TIMEOUT
+            self.body_timeout = DEFAULT_BODY_TIMEOUT
+        self._phase = _Phase.HEADERS
+        self._phase_started = 0.0
+        self._request_begun = False  # a byte of the current request arrived
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that never sends a byte is still waiting for headers.
+        self._phase_started = self.loop.time()
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._deadline is None and self._phase is not _Phase.DONE:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    # -- parser callbacks -------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._phase is _Phase.DONE:
+            self._phase = _Phase.HEADERS
+            self._phase_started = self.loop.time()
+        self._request_begun = True
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._phase = _Phase.BODY
+        self._phase_started = self.loop.time()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._phase = _Phase.DONE
+        self._request_begun = False
+        super().on_message_complete()
+
+    # -- deadlines -----------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self.transport.is_closing():
+            return
+        limit = self.header_timeout if self._phase is _Phase.HEADERS else self.body_timeout
+        self._deadline = self.loop.call_at(self._phase_started + limit, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        phase = self._phase
+        logger.info(
+            "closing a connection from %s: request %s not received within %ss",
+            self.client[0] if self.client else "?",
+            phase.value,
+            self.header_timeout if phase is _Phase.HEADERS else self.body_timeout,
+        )
+        cycle = self.cycle if phase is _Phase.BODY else None
+        if cycle is not None:
+            # The handler waiting for the body sees a disconnect; whatever it
+            # sends after this is dropped instead of following our answer.
+            answered = cycle.response_started
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if not answered:
+                self.transport.write(_REQUEST_TIMEOUT)
+        elif phase is _Phase.HEADERS and self._request_begun:
+            self.transport.write(_REQUEST_TIMEOUT)
+        self.transport.close()
+
+
+def build_config(
+    app: Any,
+    gateway: GatewaySettings,
+    *,
+    log_level: str,
+    workers: int = 1,
+    factory: bool = False,
+) -> ServerConfig:
+    """The server configuration of ``iogate serve`` for ``gateway``'s settings."""
+    config = ServerConfig(
+        app,
+        host=gateway.host,
+        port=gateway.port,
+        http=GuardedHttpToolsProtocol,
+        workers=workers,
+        factory=factory,
+        log_level=log_level,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        # Annotated int, but only ever handed to loop.call_later: seconds as a float.
+        timeout_keep_alive=gateway.keep_alive_timeout,  # type: ignore[arg-type]
+    )
+    config.header_timeout = gateway.header_timeout
+    config.body_timeout = gateway.body_timeout
+    return config
+
+
+def run(config: ServerConfig) -> None:
+    """Serve until interrupted: ``uvicorn.run``'s loop for a ready-made config."""
+    if config.workers == 1:
+        config.load_app()
+    server = uvicorn.Server(config=config)
+    try:
+        if config.workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            server.run()
+    except KeyboardInterrupt:
+        pass
+    if config.workers == 1 and not server.started:
+        sys.exit(_STARTUP_FAILURE)
