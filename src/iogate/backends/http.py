@@ -379,7 +379,15 @@ class AsyncAPIManager:
         self._stats.record(duration_ms, error_type)
         if events.hooks:  # no event is built when nobody listens
             events.emit(
-                OperationEvent(self.name, "api", self.backend, verb, duration, error_type, attempts)
+                OperationEvent(
+                    self.name,
+                    "api",
+                    self.backend,
+                    verb if verb in _METHODS else "invalid",  # labels from a closed set
+                    duration,
+                    error_type,
+                    attempts,
+                )
             )
         return result
 

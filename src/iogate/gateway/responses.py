@@ -25,6 +25,7 @@ __all__ = [
     "OperationResult",
     "Problem",
     "declared",
+    "encodable",
     "problem",
     "result_response",
     "status_for",
@@ -34,6 +35,7 @@ __all__ = [
 # a database we cannot reach is our outage (503), an upstream API's is 502.
 _STATUS = {
     "invalid_request": 422,
+    "result_too_large": 422,
     "query_error": 400,
     "read_only": 403,
     "forbidden": 403,
@@ -66,7 +68,34 @@ def status_for(result: Result, *, kind: str = "database") -> int:
     return _STATUS.get(error_type, 500)
 
 
+def encodable(result: Result, *, envelope: int = 1) -> Result:
+    """``result``, or a failed Result when its data cannot be JSON (nested
+    deeper than orjson's 254 levels, say a jsonb value the database built,
+    counting the ``envelope`` levels the response wraps it in): the client
+    gets a 400 naming why, never a 500."""
+    wrapped = result.data
+    for _ in range(envelope):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        return Result.fail(
+            f"the result cannot be sent as JSON: {exc}",
+            "query_error",
+            resource=result.resource,
+            operation=result.operation,
+        )
+    return result
+
+
 def result_response(result: Result, *, kind: str = "database") -> ORJSONResponse:
+    try:
+        return _result_response(result, kind)
+    except orjson.JSONEncodeError:
+        return _result_response(encodable(result), kind)
+
+
+def _result_response(result: Result, kind: str) -> ORJSONResponse:
     status = status_for(result, kind=kind)
     headers = {}
     if status in (429, 503):

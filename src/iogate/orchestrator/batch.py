@@ -40,9 +40,17 @@ from typing import TYPE_CHECKING, Any
 from iogate.core.deadline import Deadline
 from iogate.core.errors import InvalidRequestError, IogateError
 from iogate.core.events import OperationEvent, emit
+from iogate.core.params import MAX_PARAMS, check_params_limit
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access, GuardFor
-from iogate.orchestrator.refs import StepReferenceError, collect_references, is_step_id, resolve
+from iogate.orchestrator.refs import (
+    FMT_KEY,
+    REF_KEY,
+    StepReferenceError,
+    collect_references,
+    is_step_id,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from iogate.backends.base import AsyncDatabaseManager
@@ -50,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
+    "HTTP_METHODS",
     "BatchRefusedError",
     "OnResult",
     "Step",
@@ -67,6 +76,8 @@ GROUP_SIZE = 1000
 SQL_BACKENDS = frozenset({"postgresql", "sqlite", "mysql"})
 KV_BACKENDS = frozenset({"redis", "memory"})
 OPERATION_TYPES = ("database", "api", "transaction", "operation")
+# An api step's method becomes a metric label: only these, before any event.
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "database": ("db_name", "query"),
     "api": ("api_name", "method", "endpoint"),
@@ -121,11 +132,12 @@ class Step:
 # -- planning ---------------------------------------------------------------------
 
 
-def plan_batch(operations: Sequence[Any]) -> list[Step]:
+def plan_batch(operations: Sequence[Any], *, max_params: int = MAX_PARAMS) -> list[Step]:
     """Validate ``operations`` into steps; raise BatchRefusedError for the batch.
 
     A single malformed operation does not refuse the batch: its step carries
-    the failed Result instead.
+    the failed Result instead. Any JSON value is a valid input: a field of
+    the wrong type makes its operation malformed, never an exception.
     """
     if isinstance(operations, str | bytes) or not isinstance(operations, Sequence):
         raise BatchRefusedError("operations must be a list of operation objects")
@@ -149,11 +161,13 @@ def plan_batch(operations: Sequence[Any]) -> list[Step]:
             raise BatchRefusedError(str(exc)) from None
         if step_id is not None:
             ids[step_id] = index
-        steps.append(_step(index, raw, step_id, frozenset(r.step for r in refs)))
+        steps.append(_step(index, raw, step_id, frozenset(r.step for r in refs), max_params))
     return steps
 
 
-def _step(index: int, raw: Any, step_id: str | None, depends_on: frozenset[int]) -> Step:
+def _step(
+    index: int, raw: Any, step_id: str | None, depends_on: frozenset[int], max_params: int
+) -> Step:
     def malformed(message: str, kind: str = "invalid") -> Step:
         failure = Result.fail(f"operation {index}: {message}", "invalid_request", operation=kind)
         return Step(index=index, kind=kind, spec={}, step_id=step_id, error=failure)
@@ -163,24 +177,44 @@ def _step(index: int, raw: Any, step_id: str | None, depends_on: frozenset[int])
     kind = raw.get("type")
     if kind is None:
         return malformed("missing field 'type'")
+    if not isinstance(kind, str):
+        return malformed(f"field 'type' must be a string, not {_json_type(kind)}")
     if kind not in _REQUIRED:
-        return malformed(f"unknown type {kind!r} (expected one of {', '.join(OPERATION_TYPES)})")
+        return malformed(
+            f"unknown type {kind[:40]!r} (expected one of {', '.join(OPERATION_TYPES)})"
+        )
     for name in _REQUIRED[kind]:
         if raw.get(name) is None:
             return malformed(f"missing field {name!r}", kind)
-    problem = _check_fields(kind, raw)
+    problem = _check_fields(kind, raw, max_params)
     if problem:
         return malformed(problem, kind)
     return Step(index=index, kind=kind, spec=raw, step_id=step_id, depends_on=depends_on)
 
 
-def _check_fields(kind: str, raw: Mapping[str, Any]) -> str | None:
-    """Type checks on fields that are given literally (references resolve later)."""
+def _check_fields(kind: str, raw: Mapping[str, Any], max_params: int) -> str | None:
+    """Type checks on fields that are given literally (references resolve later).
+
+    Names (``db_name``, ``api_name``, ``name``) and an api step's ``method``
+    must be literal strings: they choose the resource and label its metrics
+    before anything runs. A ``query`` may also be a reference, checked again
+    once resolved.
+    """
     for name in ("db_name", "api_name", "name"):
         if name in _REQUIRED[kind] and not isinstance(raw[name], str):
-            return f"field {name!r} must be a string"
-    if kind == "api" and not isinstance(raw["method"], str):
-        return "field 'method' must be a string"
+            return f"field {name!r} must be a string, not {_json_type(raw[name])}"
+    if kind == "database":
+        return _check_statement(raw, max_params)
+    if kind == "api":
+        method = raw["method"]
+        if not isinstance(method, str):
+            return f"field 'method' must be a string, not {_json_type(method)}"
+        if not method.isascii() or method.upper() not in HTTP_METHODS:
+            return f"field 'method' must be one of {', '.join(sorted(HTTP_METHODS))}"
+        for name in ("params", "headers"):
+            value = raw.get(name)
+            if value is not None and not isinstance(value, Mapping):
+                return f"field {name!r} must be an object, not {_json_type(value)}"
     if kind == "transaction":
         queries = raw["queries"]
         if not isinstance(queries, list) or not queries:
@@ -188,9 +222,51 @@ def _check_fields(kind: str, raw: Mapping[str, Any]) -> str | None:
         for position, item in enumerate(queries):
             if not isinstance(item, Mapping) or item.get("query") is None:
                 return f"queries[{position}]: missing field 'query'"
+            problem = _check_statement(item, max_params)
+            if problem:
+                return f"queries[{position}]: {problem}"
     if kind == "operation" and not isinstance(raw.get("params", {}), Mapping):
         return "field 'params' must be an object of named parameters"
     return None
+
+
+def _check_statement(raw: Mapping[str, Any], max_params: int) -> str | None:
+    """``query`` a string (or a reference), ``params`` an object or a list
+    within ``max_params``; None when both are fine."""
+    query = raw.get("query")
+    if not isinstance(query, str) and not _is_reference(query):
+        return f"field 'query' must be a string, not {_json_type(query)}"
+    params = raw.get("params")
+    if params is None or _is_reference(params):
+        return None
+    if not isinstance(params, Mapping | list):
+        return f"field 'params' must be an object or a list, not {_json_type(params)}"
+    try:
+        check_params_limit(params, max_params)
+    except IogateError as exc:
+        return f"field 'params': {exc}"
+    return None
+
+
+def _is_reference(value: object) -> bool:
+    return isinstance(value, Mapping) and len(value) == 1 and (REF_KEY in value or FMT_KEY in value)
+
+
+def _json_type(value: object) -> str:
+    """A value's type as JSON names it: what a client sent, not a Python class."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return type(value).__name__
 
 
 def check_atomic(orchestrator: AsyncOperationOrchestrator, steps: Sequence[Step]) -> str:
@@ -239,6 +315,7 @@ async def execute_batch(
     on_result: OnResult | None = None,
     group: bool = True,
     guard: GuardFor | None = None,
+    max_params: int = MAX_PARAMS,
 ) -> list[Result]:
     """One Result per operation, in order; never raises for an operation failure.
 
@@ -246,7 +323,8 @@ async def execute_batch(
     progress display). ``group=False`` turns off pipelining/grouping.
     ``guard(db_name)`` gives the access under which the batch's raw SQL on
     that database runs as untrusted SQL (None: trusted); named operations are
-    the config's own SQL and are never guarded.
+    the config's own SQL and are never guarded. A statement with more than
+    ``max_params`` parameters, or a higher position, is malformed.
     """
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise InvalidRequestError(
@@ -254,7 +332,7 @@ async def execute_batch(
         )
     deadline = deadline or Deadline.never()
     try:
-        steps = plan_batch(operations)
+        steps = plan_batch(operations, max_params=max_params)
         db_name = check_atomic(orchestrator, steps) if atomic else None
     except BatchRefusedError as exc:
         refused = [Result.fail(str(exc), "invalid_request") for _ in operations]
@@ -585,13 +663,14 @@ class _BatchRun:
                     step_started = time.perf_counter()
                     try:
                         spec = resolve(step.spec, self.results, at=step.index, ids=self.ids)
+                        query = None if step.kind == "transaction" else _text(spec, "query")
                     except IogateError as exc:
                         result = Result.from_exception(exc, resource=db_name, operation=step.label)
                     else:
-                        if step.kind == "transaction":
+                        if query is None:
                             result = await _statements(tx, spec["queries"], db_name)
                         else:
-                            result = await tx.execute_query(spec["query"], spec.get("params"))
+                            result = await tx.execute_query(query, spec.get("params"))
                     result.resource = db_name
                     self.results[step.index] = result.with_timing(
                         (time.perf_counter() - step_started) * 1000

@@ -15,6 +15,9 @@ walks that step's Result as served (``data``, ``rows_affected``,
 ``status_code``, ...), a number indexing a list. Only earlier steps can be
 referenced, so a batch cannot contain a cycle; a forward or unknown
 reference is refused before anything runs.
+
+Walking and resolving are iterative: an operation nested as deep as a client
+can make it never exhausts the interpreter's stack.
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ __all__ = [
 
 REF_KEY = "$ref"
 FMT_KEY = "$fmt"
-_STEP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_STEP_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+# A list index in a path: ASCII digits (str.isdigit also takes "²" and "٣"),
+# short enough that int() is cheap and never refuses.
+_INDEX = re.compile(r"-?[0-9]{1,18}")
+# A step index: at most this many digits (a batch is far shorter).
+_STEP_DIGITS = 9
 
 
 class StepReferenceError(InvalidRequestError):
@@ -58,7 +66,12 @@ class Reference:
 
 
 def is_step_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_STEP_ID.match(value)) and not value.isdigit()
+    return isinstance(value, str) and _STEP_ID.fullmatch(value) is not None
+
+
+def _shown(text: str) -> str:
+    """``repr(text)``, cut short: an error never echoes a huge reference."""
+    return repr(text) if len(text) <= 80 else f"{text[:80]!r}... ({len(text)} characters)"
 
 
 def parse_path(text: object, *, at: int, ids: Mapping[str, int]) -> Reference:
@@ -66,19 +79,23 @@ def parse_path(text: object, *, at: int, ids: Mapping[str, int]) -> Reference:
     if not isinstance(text, str) or not text.strip():
         raise StepReferenceError(f"operation {at}: a reference must be a non-empty string")
     head, *path = text.strip().split(".")
-    if head.isdigit():
+    if head.isascii() and head.isdigit() and len(head) <= _STEP_DIGITS:
         step = int(head)
     elif head in ids:
         step = ids[head]
     else:
-        raise StepReferenceError(f"operation {at}: reference {text!r} names no step {head!r}")
+        raise StepReferenceError(
+            f"operation {at}: reference {_shown(text)} names no step {_shown(head)}"
+        )
     if step >= at:
         raise StepReferenceError(
-            f"operation {at}: reference {text!r} points to operation {step}, "
+            f"operation {at}: reference {_shown(text)} points to operation {step}, "
             "which does not run before it (only earlier operations can be referenced)"
         )
     if any(part == "" for part in path):
-        raise StepReferenceError(f"operation {at}: reference {text!r} has an empty path segment")
+        raise StepReferenceError(
+            f"operation {at}: reference {_shown(text)} has an empty path segment"
+        )
     return Reference(text=text, step=step, path=tuple(path))
 
 
@@ -86,7 +103,9 @@ def _fmt_fields(template: str, *, at: int) -> list[str]:
     try:
         return [field for _, field, _, _ in string.Formatter().parse(template) if field]
     except ValueError as exc:
-        raise StepReferenceError(f"operation {at}: bad $fmt template {template!r}: {exc}") from None
+        raise StepReferenceError(
+            f"operation {at}: bad $fmt template {_shown(template)}: {exc}"
+        ) from None
 
 
 def collect_references(value: Any, *, at: int, ids: Mapping[str, int]) -> list[Reference]:
@@ -107,22 +126,22 @@ def _may_hold_references(value: Any) -> bool:
 
 
 def _walk(value: Any, at: int, ids: Mapping[str, int], found: list[Reference]) -> None:
-    if isinstance(value, Mapping):
-        marker = _marker(value)
-        if marker == REF_KEY:
-            found.append(parse_path(value[REF_KEY], at=at, ids=ids))
-            return
-        if marker == FMT_KEY:
-            template = value[FMT_KEY]
-            if not isinstance(template, str):
-                raise StepReferenceError(f"operation {at}: $fmt must be a string")
-            found.extend(parse_path(f, at=at, ids=ids) for f in _fmt_fields(template, at=at))
-            return
-        for item in value.values():
-            _walk(item, at, ids, found)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _walk(item, at, ids, found)
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            marker = _marker(item)
+            if marker == REF_KEY:
+                found.append(parse_path(item[REF_KEY], at=at, ids=ids))
+            elif marker == FMT_KEY:
+                template = item[FMT_KEY]
+                if not isinstance(template, str):
+                    raise StepReferenceError(f"operation {at}: $fmt must be a string")
+                found.extend(parse_path(f, at=at, ids=ids) for f in _fmt_fields(template, at=at))
+            else:
+                pending.extend(reversed(list(item.values())))
+        elif isinstance(item, list | tuple):
+            pending.extend(reversed(item))
 
 
 def _marker(value: Mapping[Any, Any]) -> str | None:
@@ -141,19 +160,34 @@ def resolve(
 
     The referenced steps must have succeeded (the batch checks that first);
     a path that does not exist in a step's output raises StepReferenceError.
+    Mappings and lists are copied, tuples stay tuples; ``value`` is unchanged.
     """
-    if isinstance(value, Mapping):
-        marker = _marker(value)
-        if marker == REF_KEY:
-            return lookup(parse_path(value[REF_KEY], at=at, ids=ids), results)
-        if marker == FMT_KEY:
-            return _format(value[FMT_KEY], results, at=at, ids=ids)
-        return {k: resolve(v, results, at=at, ids=ids) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(v, results, at=at, ids=ids) for v in value]
-    if isinstance(value, tuple):
-        return tuple(resolve(v, results, at=at, ids=ids) for v in value)
-    return value
+    root: list[Any] = [value]
+    # (container, slot, item): ``item`` is to be resolved into container[slot].
+    pending: list[tuple[Any, Any, Any]] = [(root, 0, value)]
+    tuples: list[tuple[Any, Any, list[Any]]] = []  # built as lists, frozen at the end
+    while pending:
+        container, slot, item = pending.pop()
+        if isinstance(item, Mapping):
+            marker = _marker(item)
+            if marker == REF_KEY:
+                container[slot] = lookup(parse_path(item[REF_KEY], at=at, ids=ids), results)
+            elif marker == FMT_KEY:
+                container[slot] = _format(item[FMT_KEY], results, at=at, ids=ids)
+            else:
+                copy = dict(item)
+                container[slot] = copy
+                pending.extend((copy, k, v) for k, v in reversed(copy.items()))
+        elif isinstance(item, list | tuple):
+            items = list(item)
+            container[slot] = items
+            if isinstance(item, tuple):
+                tuples.append((container, slot, items))
+            pending.extend((items, i, v) for i, v in reversed(list(enumerate(items))))
+    # Inner tuples were met after their containers: freeze them first.
+    for container, slot, items in reversed(tuples):
+        container[slot] = tuple(items)
+    return root[0]
 
 
 def _format(
@@ -180,28 +214,31 @@ def lookup(ref: Reference, results: Sequence[Result | None]) -> Any:
     """The value at ``ref`` in its step's Result (``to_dict`` shape)."""
     result = results[ref.step]
     if result is None:
-        raise StepReferenceError(f"reference {ref.text!r}: operation {ref.step} has not run")
+        raise StepReferenceError(f"reference {_shown(ref.text)}: operation {ref.step} has not run")
     current: Any = result.to_dict()
     walked = str(ref.step)
     for part in ref.path:
         if isinstance(current, Mapping):
             if part not in current:
-                raise StepReferenceError(f"reference {ref.text!r}: no key {part!r} in {walked}")
+                raise StepReferenceError(
+                    f"reference {_shown(ref.text)}: no key {part!r} in {walked}"
+                )
             current = current[part]
         elif isinstance(current, list | tuple):
             if not _is_index(part):
                 raise StepReferenceError(
-                    f"reference {ref.text!r}: {walked} is a list; {part!r} is not an index"
+                    f"reference {_shown(ref.text)}: {walked} is a list; {part!r} is not an index"
                 )
             index = int(part)
             if not -len(current) <= index < len(current):
                 raise StepReferenceError(
-                    f"reference {ref.text!r}: {walked} has {len(current)} item(s), no index {index}"
+                    f"reference {_shown(ref.text)}: {walked} has {len(current)} item(s), "
+                    f"no index {index}"
                 )
             current = current[index]
         else:
             raise StepReferenceError(
-                f"reference {ref.text!r}: {walked} is {type(current).__name__}, "
+                f"reference {_shown(ref.text)}: {walked} is {type(current).__name__}, "
                 f"cannot look up {part!r}"
             )
         walked = f"{walked}.{part}"
@@ -209,4 +246,4 @@ def lookup(ref: Reference, results: Sequence[Result | None]) -> Any:
 
 
 def _is_index(part: str) -> bool:
-    return part.lstrip("-").isdigit()
+    return _INDEX.fullmatch(part) is not None

@@ -471,3 +471,22 @@ def test_the_gateway_never_shows_an_echoed_secret(gateway: TestClient) -> None:
         for secret in SECRETS:
             for form in _forms(secret):
                 assert form not in response.text
+
+
+async def test_an_unknown_method_never_becomes_a_metric_label() -> None:
+    """The method is checked after the event's label is chosen: a caller's
+    string must not create a new series, only the closed set or "invalid"."""
+    from iogate.backends.http import AsyncAPIManager
+    from iogate.core import events
+
+    seen: list[object] = []
+    events.add_hook(seen.append)
+    try:
+        async with AsyncAPIManager("http://127.0.0.1:9/v1") as api:
+            result = await api.request("BREW-COFFEE-1234", "/x")
+    finally:
+        events.remove_hook(seen.append)
+    assert result.error_type == "invalid_request"
+    assert "BREW-COFFEE" in (result.error or "")
+    labels = {getattr(event, "operation", None) for event in seen}
+    assert labels == {"invalid"}

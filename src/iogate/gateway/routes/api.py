@@ -38,6 +38,7 @@ class ApiExecuteRequest(BaseModel):
     )
 
     api_name: str = Field(min_length=1, description="Name of a configured API")
+    # A closed set, checked before anything runs: the method labels metrics.
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
     endpoint: str = Field(description="Path relative to the API's base URL, e.g. /users/1")
     data: Any = Field(default=None, description="JSON body")

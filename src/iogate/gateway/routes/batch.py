@@ -12,16 +12,18 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 from iogate.gateway.audit import AuditRecord, audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
-from iogate.gateway.responses import BatchResult, ORJSONResponse, declared, problem
+from iogate.gateway.responses import BatchResult, ORJSONResponse, declared, encodable, problem
 from iogate.gateway.routes import operations as operation_routes
 from iogate.gateway.routes.database import access_kind
 from iogate.gateway.settings import Settings
@@ -89,9 +91,11 @@ async def batch_execute(
             "Batch too large",
             f"{len(body.operations)} operations; at most {limit} per batch "
             "([gateway] max_batch_operations)",
+            limit="max_batch_operations",
         )
+    max_params = settings.gateway.max_params
     try:
-        steps = plan_batch(body.operations)
+        steps = plan_batch(body.operations, max_params=max_params)
         if body.atomic:
             check_atomic(orchestrator, steps)
     except BatchRefusedError as exc:
@@ -122,7 +126,16 @@ async def batch_execute(
         deadline=deadline,
         max_rows=settings.gateway.max_rows,
         guard=guard,
+        max_params=max_params,
     )
+    try:
+        return _batch_response(results, audit)
+    except orjson.JSONEncodeError:
+        # {"results": [{"data": ...}]}: three levels above each result's data.
+        return _batch_response([encodable(r, envelope=3) for r in results], audit)
+
+
+def _batch_response(results: list[Result], audit: AuditRecord) -> Response:
     failed = Counter(r.error_type or "unknown" for r in results if not r.success)
     if failed:
         audit.outcome = "partial"
