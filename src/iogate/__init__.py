@@ -16,6 +16,7 @@ from iogate.cache import Cache, cached
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.result import Result
+from iogate.core.sqlguard import Access
 from iogate.metrics import track_api_operation, track_database_operation
 from iogate.orchestrator import (
     AsyncOperationOrchestrator,
@@ -45,6 +46,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Access",
     "AsyncAPIManager",
     "AsyncDatabaseManager",
     "AsyncMemoryManager",

@@ -17,6 +17,7 @@ from iogate.core.errors import (
     ConfigError,
     DatabaseConnectionError,
     DatabaseError,
+    ForbiddenStatementError,
     HTTPStatusError,
     InvalidRequestError,
     IogateError,
@@ -27,6 +28,8 @@ from iogate.core.errors import (
     RateLimitedError,
     ReadOnlyError,
     ResourceNotFoundError,
+    ResultTooLargeError,
+    UnknownOutcomeError,
     UpstreamAuthError,
 )
 
@@ -46,6 +49,7 @@ __all__ = [
     "ConnectionError",
     "DatabaseConnectionError",
     "DatabaseError",
+    "ForbiddenStatementError",
     "HTTPStatusError",
     "InvalidRequestError",
     "IogateError",
@@ -57,6 +61,8 @@ __all__ = [
     "RateLimitedError",
     "ReadOnlyError",
     "ResourceNotFoundError",
+    "ResultTooLargeError",
     "TimeoutError",
+    "UnknownOutcomeError",
     "UpstreamAuthError",
 ]

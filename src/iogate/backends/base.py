@@ -6,6 +6,12 @@ per-manager statistics and emits one ``OperationEvent`` per operation. A
 backend implements ``_open``, ``_close``, ``_execute``, ``_transaction`` and
 ``_ping``; it raises iogate errors (drivers' exceptions are mapped at its
 edge) and the base class does the rest.
+
+Result caps (``max_rows``, ``max_result_bytes``) bound what a backend reads,
+not only what it returns: reading stops at ``max_rows + 1`` rows (the result
+is ``truncated``), and a result that would exceed ``max_result_bytes`` fails
+with :class:`ResultTooLargeError` (``result_too_large``) without being read
+in full. How each backend stops is described in its module.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import asyncio
 import enum
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, ClassVar
@@ -77,6 +83,8 @@ class AsyncDatabaseManager(abc.ABC):
     """Abstract base of the SQL, Redis and memory managers (seed 000)."""
 
     backend: ClassVar[str] = "database"
+    # Whether ``_execute`` takes ``max_result_bytes`` (the SQL backends do).
+    bounds_result_bytes: ClassVar[bool] = False
 
     def __init__(self, *, name: str | None = None) -> None:
         self._name = name or self.backend
@@ -155,12 +163,15 @@ class AsyncDatabaseManager(abc.ABC):
         read_only: bool = False,
         max_rows: int | None = None,
         guard: Access | None = None,
+        max_result_bytes: int | None = None,
     ) -> Result:
         """Run one statement and return its Result; never raises for a failure.
 
         ``read_only=True`` runs it in a read-only transaction, so the database
-        itself refuses writes. ``max_rows`` caps the rows returned
-        (``truncated`` says the cap was hit). ``guard`` treats ``query`` as
+        itself refuses writes. ``max_rows`` caps the rows read and returned
+        (``truncated`` says the cap was hit); ``max_result_bytes`` caps the
+        result's size, failing with ``result_too_large`` beyond it (SQL
+        backends; both default to the manager's options). ``guard`` treats ``query`` as
         untrusted SQL (:mod:`iogate.core.sqlguard`): one data statement that
         ``guard`` allows, in a transaction iogate opens and ends; anything
         else fails with ``forbidden_statement`` before it runs.
@@ -173,14 +184,26 @@ class AsyncDatabaseManager(abc.ABC):
                 deadline = _NO_DEADLINE
             elif deadline.expired():
                 raise OperationTimeoutError("deadline passed before the query started")
-            result = await self._execute(
-                query,
-                params,
-                deadline=deadline,
-                read_only=read_only,
-                max_rows=max_rows,
-                guard=guard,
-            )
+            if max_result_bytes is not None and self.bounds_result_bytes:
+                execute: Callable[..., Awaitable[Result]] = self._execute
+                result = await execute(
+                    query,
+                    params,
+                    deadline=deadline,
+                    read_only=read_only,
+                    max_rows=max_rows,
+                    guard=guard,
+                    max_result_bytes=max_result_bytes,
+                )
+            else:
+                result = await self._execute(
+                    query,
+                    params,
+                    deadline=deadline,
+                    read_only=read_only,
+                    max_rows=max_rows,
+                    guard=guard,
+                )
         except IogateError as exc:
             result = Result.from_exception(exc)
         result.resource = self._name
@@ -280,7 +303,9 @@ class AsyncDatabaseManager(abc.ABC):
         read_only: bool,
         max_rows: int | None,
         guard: Access | None = None,
-    ) -> Result: ...
+    ) -> Result:
+        """Run one statement. Backends with ``bounds_result_bytes`` also take
+        ``max_result_bytes: int | None = None`` (None: the options' cap)."""
 
     @abc.abstractmethod
     def _transaction(

@@ -32,6 +32,19 @@ COMMIT, so a write answered as a success is committed. Once COMMIT (or an
 autocommit write) has been sent, a lost connection is ``unknown_outcome``;
 before that it is a ``connection_error``: the server rolls back the open
 transaction of a connection that goes away.
+
+Results are bounded while they are read. ``max_result_bytes`` is metered on
+the socket (:class:`_ResultMeter`): every packet is charged in full as soon
+as its header arrives, plus what a row becomes in Python; a packet that
+would pass the cap aborts the connection before asyncmy buffers it, its
+server thread is killed, and the operation fails with ``result_too_large``.
+``max_rows`` cuts the rows read within that budget (``truncated``): the
+server cannot be told to stop at a row count without changing the statement
+or the session (``sql_select_limit`` is session state, which a connection
+must give back as it got it), and an unbuffered cursor would lose the
+server-side prepared path (parameters sent as text, a point query half as
+slow again). So a result of more rows than ``max_rows`` is truncated while
+its whole is within ``max_result_bytes``, and refused beyond it.
 """
 
 from __future__ import annotations
@@ -40,10 +53,11 @@ import asyncio
 import functools
 import logging
 import re
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from asyncmy.connection import Connection as MySQLConnection
@@ -64,6 +78,7 @@ from iogate.core.errors import (
     ParameterError,
     QueryError,
     ReadOnlyError,
+    ResultTooLargeError,
     UnknownOutcomeError,
 )
 from iogate.core.jsonable import row_to_dict
@@ -108,6 +123,16 @@ _LEADING_WORD = re.compile(
 # What a guarded statement must leave as it found: still inside iogate's
 # transaction, autocommit still on (it comes back when the transaction ends).
 _GUARDED_STATUS = SERVER_STATUS.SERVER_STATUS_IN_TRANS | SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
+# What a received packet costs beyond its bytes once it is a row in Python (a
+# tuple, then the dict it is answered as): without it, a million one-column
+# rows would pass a budget they overrun ten times over in memory.
+_PACKET_CHARGE = 256
+# A packet header: a 3-byte little-endian length, then a sequence number.
+_PACKET_HEADER = struct.Struct("<I").unpack_from
+_PACKET_LENGTH = 0xFFFFFF
+# Bytes of an answer the meter keeps before it reads packet headers.
+_PARSE_AFTER = 64 * 1024
+_NO_BYTE_CAP = 0
 
 
 # -- connection target ---------------------------------------------------------
@@ -226,6 +251,129 @@ async def _close_connection(raw: MySQLConnection) -> None:
             await raw.ensure_closed()
     finally:
         raw.close()
+
+
+class _ResultMeter(asyncio.BufferedProtocol):
+    """Between a connection's socket and asyncmy: what a result brings in.
+
+    Installed as the transport's protocol in front of asyncmy's buffered
+    one, whose buffer it hands out; armed with a budget around one
+    statement. Each packet (a 4-byte header with a 3-byte length, then its
+    payload) is charged in full as soon as its header arrives, plus
+    :data:`_PACKET_CHARGE`: a packet that would take the result past its
+    budget aborts the connection before its payload arrives, so asyncmy
+    never grows its buffer for it.
+
+    Reading headers costs a point query more than the query's own parsing,
+    so the first :data:`_PARSE_AFTER` bytes of an answer are only kept: an
+    answer that ends within them (nearly every one) is never parsed here;
+    one that goes on is parsed from its first byte when it passes them.
+    Disarmed, the meter costs one attribute test per socket read.
+    """
+
+    __slots__ = (
+        "_head",
+        "_kept",
+        "_protocol",
+        "_skip",
+        "_transport",
+        "_view",
+        "budget",
+        "spent",
+        "tripped",
+    )
+
+    def __init__(self, transport: asyncio.Transport, protocol: asyncio.BufferedProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._view: memoryview | None = None
+        self._kept: bytes | None = b""  # the answer so far; None once parsing
+        self._skip = 0  # bytes of the current packet still to come
+        self._head = b""  # the start of a header cut by a read
+        self.budget = _NO_BYTE_CAP
+        self.spent = 0
+        self.tripped = False
+
+    @classmethod
+    def of(cls, raw: MySQLConnection) -> _ResultMeter:
+        """``raw``'s meter, put in front of its protocol on first use."""
+        transport: asyncio.Transport = raw._transport  # type: ignore[attr-defined]
+        meter = transport.get_protocol()
+        if type(meter) is not cls:
+            meter = cls(transport, meter)  # type: ignore[arg-type]
+            transport.set_protocol(meter)
+        return meter
+
+    def arm(self, budget: int) -> None:
+        """Count from the next byte, the first of the statement's answer."""
+        self._kept = b""
+        self._skip = 0
+        self._head = b""
+        self.spent = 0
+        self.budget = budget
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = cast(memoryview, self._protocol.get_buffer(sizehint))
+        self._view = view
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view, self._view = self._view, None
+        if self.budget and view is not None:
+            kept = self._kept
+            if kept is None:
+                self.spent += self._charge(view, nbytes)
+            elif len(kept) + nbytes <= _PARSE_AFTER:
+                self._kept = kept + view[:nbytes]
+                self.spent += nbytes
+            else:
+                self._kept = None
+                answer = kept + view[:nbytes]
+                self.spent = self._charge(answer, len(answer))
+            if self.spent > self.budget:
+                self.budget = _NO_BYTE_CAP
+                self.tripped = True
+                self._transport.abort()
+                return
+        self._protocol.buffer_updated(nbytes)
+
+    def _charge(self, data: memoryview | bytes, size: int) -> int:
+        """What the packets whose headers are in ``data[:size]`` cost."""
+        position = self._skip
+        head = self._head
+        start = position
+        extra = 0  # the packet whose header was cut, and the per-packet charges
+        if head:
+            missing = 4 - len(head)
+            if size < missing:
+                self._head = head + bytes(data[:size])
+                return 0
+            length = _PACKET_HEADER(head + bytes(data[:missing]))[0] & _PACKET_LENGTH
+            self._head = b""
+            position = start = missing + length
+            extra = len(head) + missing + length + _PACKET_CHARGE
+        packets = 0
+        while position + 4 <= size:
+            position += 4 + (_PACKET_HEADER(data, position)[0] & _PACKET_LENGTH)
+            packets += 1
+        if position < size:
+            self._head = bytes(data[position:size])
+            self._skip = 0
+        else:
+            self._skip = position - size
+        return extra + position - start + packets * _PACKET_CHARGE
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
 
 
 # -- placeholders ----------------------------------------------------------------
@@ -400,6 +548,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
     """
 
     backend = "mysql"
+    bounds_result_bytes = True
 
     def __init__(
         self,
@@ -507,22 +656,25 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         read_only: bool,
         max_rows: int | None,
         guard: Access | None = None,
+        max_result_bytes: int | None = None,
     ) -> Result:
         if guard is not None:
             require(classify_guarded(query), guard)
         sql, args = bind_parameters(query, normalize_params(params))
         read_only = read_only or self.options.read_only or guard is Access.READ
+        max_rows = max_rows or self.options.max_rows
+        max_bytes = max_result_bytes or self.options.max_result_bytes or _NO_BYTE_CAP
         conn = await self.acquire(deadline)
         clean = False
         try:
             if guard is not None:
-                outcome = await self._guarded(conn, sql, args, read_only, deadline)
+                outcome = await self._guarded(conn, sql, args, read_only, deadline, max_bytes)
             else:
                 _note_session_change(conn, query)
                 await self._set_session_mode(conn, read_only, deadline)
                 try:
-                    outcome = await self._run(conn, sql, args, deadline)
-                except DatabaseConnectionError as exc:
+                    outcome = await self._run(conn, sql, args, deadline, max_bytes)
+                except (DatabaseConnectionError, ResultTooLargeError) as exc:
                     if not read_only and _may_write(query):  # sent in autocommit mode
                         raise UnknownOutcomeError(
                             f"{exc}; the statement may have been applied"
@@ -536,7 +688,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             raise
         finally:
             self.release(conn, clean=clean)
-        return _to_result(outcome, max_rows or self.options.max_rows)
+        return _to_result(outcome, max_rows)
 
     async def _guarded(
         self,
@@ -545,6 +697,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         args: tuple[Any, ...] | None,
         read_only: bool,
         deadline: Deadline,
+        max_bytes: int,
     ) -> _Outcome:
         """One classified statement in a transaction iogate opens and ends.
 
@@ -558,7 +711,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         begin = "START TRANSACTION READ ONLY" if read_only else "START TRANSACTION"
         await self._run(conn, begin, None, deadline)
         try:
-            outcome = await self._run(conn, sql, args, deadline)
+            outcome = await self._run(conn, sql, args, deadline, max_bytes)
             if conn.raw.server_status & _GUARDED_STATUS != _GUARDED_STATUS:
                 conn.cache["needs_reset"] = True
                 raise QueryError("the statement changed iogate's transaction or session")
@@ -618,14 +771,21 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         sql: str,
         args: tuple[Any, ...] | None,
         deadline: Deadline,
+        max_bytes: int = _NO_BYTE_CAP,
     ) -> _Outcome:
-        """Run one statement, mapping asyncmy's errors to iogate's."""
+        """Run one statement, mapping asyncmy's errors to iogate's.
+
+        With ``max_bytes``, its result is metered (see :class:`_ResultMeter`).
+        """
         raw: MySQLConnection = conn.raw
         timeout = deadline.remaining()
         if timeout is not None and timeout <= 0:
             raise OperationTimeoutError("deadline passed before the statement was sent")
+        meter = _ResultMeter.of(raw) if max_bytes else None
         try:
             async with asyncio.timeout(timeout):
+                if meter is not None:
+                    meter.arm(max_bytes)
                 cursor = raw.cursor()
                 await cursor.execute(sql, args)
                 description = cursor.description
@@ -647,9 +807,16 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             conn.cache["interrupted"] = True
             raise
         except MySQLError as exc:
+            if meter is not None and meter.tripped:
+                # The server may still be producing rows: kill its thread.
+                conn.cache["interrupted"] = True
+                raise ResultTooLargeError(max_bytes) from exc
             raise self._map_error(exc) from exc
         except (TypeError, ValueError, KeyError) as exc:
             raise QueryError(f"cannot encode parameters: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if meter is not None:
+                meter.budget = _NO_BYTE_CAP
 
     def _map_error(self, exc: MySQLError) -> IogateError:
         code = _code(exc)
@@ -747,7 +914,8 @@ class _MySQLTransaction(Transaction):
             sql, args = bind_parameters(query, normalize_params(params))
             if self.guard is None:
                 _note_session_change(self._conn, query)
-            outcome = await manager._run(self._conn, sql, args, self._deadline)
+            max_bytes = manager.options.max_result_bytes or _NO_BYTE_CAP
+            outcome = await manager._run(self._conn, sql, args, self._deadline, max_bytes)
         except IogateError as exc:
             return Result.from_exception(exc, resource=manager.name, operation="query")
         if not self._conn.raw.get_transaction_status():

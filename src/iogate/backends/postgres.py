@@ -19,6 +19,18 @@ transactionally is undone or committed by the server itself.
 A connection lost mid-operation is ``connection_error`` when nothing can
 have been written, ``unknown_outcome`` when a write (or its COMMIT) was sent
 and its answer lost.
+
+Results are bounded while they are read. ``max_rows`` is sent with the
+statement as the extended protocol's row count (Execute's limit, as asyncpg's
+``fetchrow`` sends 1): the server stops at ``max_rows + 1`` rows and the SQL
+is unchanged; a write still runs to completion, only the rows it returns are
+cut. ``max_result_bytes`` is counted on the socket (:class:`_ResultMeter`):
+once a result has brought in more than that (one 150 MB value, say), the
+connection is aborted before asyncpg buffers the rest, and the operation
+fails with ``result_too_large``; the server ends the statement and rolls
+back its transaction when the connection goes. Without a row cap each row
+also counts what it costs in Python. A point query still takes one round
+trip, plus a few attribute stores.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -45,6 +58,7 @@ from iogate.core.errors import (
     OperationTimeoutError,
     QueryError,
     ReadOnlyError,
+    ResultTooLargeError,
     UnknownOutcomeError,
 )
 from iogate.core.jsonable import row_to_dict
@@ -65,6 +79,12 @@ _WRITE_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
 # 57P01-57P03: terminated by an administrator, a crash, or shutting down).
 _CONNECTION_LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
 _BEGIN = {True: "BEGIN READ ONLY", False: "BEGIN"}
+_NO_BYTE_CAP = 0
+# What a message costs beyond its bytes once it is a row in Python (a Record,
+# then the dict it is answered as): without it, a million one-column rows
+# would pass a budget they overrun ten times over in memory.
+_MESSAGE_CHARGE = 256
+_MESSAGE_LENGTH = struct.Struct("!I").unpack_from
 _INSERT_VALUES = re.compile(r"^\s*INSERT\s+INTO\s+[^;]*?\bVALUES\s*\(", re.IGNORECASE | re.DOTALL)
 T = TypeVar("T")
 
@@ -136,6 +156,132 @@ def _json_encode(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+class _ResultMeter(asyncio.Protocol):
+    """Between a connection's socket and asyncpg: what a result brings in.
+
+    Installed as the transport's protocol in front of asyncpg's (which it
+    feeds); armed with a budget around one statement, past which it aborts
+    the connection before asyncpg has buffered or decoded the rest.
+
+    With ``by_message``, it reads each message's header (a type byte and a
+    4-byte length) as it arrives and charges the whole message then, plus
+    :data:`_MESSAGE_CHARGE`: a message that would pass the budget aborts
+    the connection before its payload is read. That is for results with no
+    row cap, where a million tiny rows must cost what they take in Python.
+    With a row cap (the server sends at most ``max_rows + 1`` rows) it
+    counts bytes alone, which is cheaper, and a huge row is cut once the
+    budget's worth of it has arrived. Disarmed, it costs one attribute test
+    per socket read.
+    """
+
+    __slots__ = (
+        "_by_message",
+        "_head",
+        "_protocol",
+        "_skip",
+        "_transport",
+        "budget",
+        "spent",
+        "tripped",
+    )
+
+    def __init__(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._by_message = False
+        self._skip = 0  # bytes of the current message still to come
+        self._head = b""  # the start of a header cut by a read
+        self.budget = _NO_BYTE_CAP
+        self.spent = 0
+        self.tripped = False
+
+    @classmethod
+    def of(cls, raw: asyncpg.Connection) -> _ResultMeter:
+        """``raw``'s meter, put in front of its protocol on first use."""
+        transport: asyncio.Transport = raw._transport  # type: ignore[attr-defined]
+        meter = transport.get_protocol()
+        if type(meter) is not cls:
+            meter = cls(transport, meter)  # type: ignore[arg-type]
+            transport.set_protocol(meter)
+        return meter
+
+    def arm(self, budget: int, *, by_message: bool) -> None:
+        """Count from the next byte, the first of the statement's answer."""
+        self._by_message = by_message
+        self._skip = 0
+        self._head = b""
+        self.spent = 0
+        self.budget = budget
+
+    def data_received(self, data: bytes) -> None:
+        if self.budget:
+            self.spent += self._charge(data) if self._by_message else len(data)
+            if self.spent > self.budget:
+                self.budget = _NO_BYTE_CAP
+                self.tripped = True
+                self._transport.abort()
+                return
+        self._protocol.data_received(data)
+
+    def _charge(self, data: bytes) -> int:
+        """What the messages whose headers are in ``data`` cost."""
+        size = len(data)
+        charge = 0
+        position = self._skip
+        head = self._head
+        if head:
+            missing = 5 - len(head)
+            if size < missing:
+                self._head = head + data
+                return 0
+            length = _MESSAGE_LENGTH(head + data[:missing], 1)[0]
+            self._head = b""
+            position = missing + length - 4
+            charge = 1 + length + _MESSAGE_CHARGE
+        while position + 5 <= size:
+            length = _MESSAGE_LENGTH(data, position + 1)[0]
+            position += 1 + length
+            charge += 1 + length + _MESSAGE_CHARGE
+        if position < size:
+            self._head = data[position:]
+            self._skip = 0
+        else:
+            self._skip = position - size
+        return charge
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
+
+
+async def _read_rows(
+    statement: Any, args: tuple[Any, ...], row_limit: int, timeout: float | None
+) -> list[Any]:
+    """``statement.fetch(*args)``, asking the server for at most ``row_limit`` rows.
+
+    ``row_limit`` is Execute's maximum row count (0: all), the same message
+    asyncpg's ``fetchrow`` sends with 1. asyncpg offers no other count
+    outside a transaction (its cursors need one, and a round trip each), so
+    this calls the private method behind ``fetch`` and ``fetchrow``; the
+    asyncpg versions pyproject allows are checked by
+    tests/integration/test_result_limits.py.
+    """
+    if not row_limit:
+        rows: list[Any] = await statement.fetch(*args, timeout=timeout)
+        return rows
+    bind_execute = statement._PreparedStatement__bind_execute
+    rows = await bind_execute(args, row_limit, timeout)
+    return rows
+
+
 class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
     """Pooled PostgreSQL access returning ``Result`` (seed 000).
 
@@ -145,6 +291,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
     """
 
     backend = "postgresql"
+    bounds_result_bytes = True
 
     def __init__(
         self,
@@ -222,21 +369,29 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         read_only: bool,
         max_rows: int | None,
         guard: Access | None = None,
+        max_result_bytes: int | None = None,
     ) -> Result:
         args = normalize_params(params)
         check_count(query, args, "dollar")
         if guard is not None:
             require(classify_postgres(query), guard)
         read = read_only or guard is Access.READ or self.options.read_only
+        max_rows = max_rows or self.options.max_rows
+        caps = (
+            max_rows + 1 if max_rows else 0,
+            max_result_bytes or self.options.max_result_bytes or _NO_BYTE_CAP,
+        )
         conn = await self.acquire(deadline)
         clean = False
         try:
             if read or guard is not None:
-                rows, status = await self._in_transaction(conn, query, args, deadline, read)
+                rows, status = await self._in_transaction(conn, query, args, deadline, read, caps)
             else:
                 try:
-                    rows, status = await self._run(conn, query, args, deadline, script=True)
-                except DatabaseConnectionError as exc:
+                    rows, status = await self._run(conn, query, args, deadline, caps, script=True)
+                except (DatabaseConnectionError, ResultTooLargeError) as exc:
+                    # Autocommit: a write may have committed before its
+                    # answer (or the rest of its RETURNING rows) was lost.
                     if _may_write(query):
                         raise UnknownOutcomeError(
                             f"{exc}; the statement may have been applied"
@@ -251,7 +406,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             raise
         finally:
             self.release(conn, clean=clean)
-        return _to_result(rows, status, max_rows or self.options.max_rows)
+        return _to_result(rows, status, max_rows)
 
     async def _in_transaction(
         self,
@@ -260,19 +415,21 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         args: tuple[Any, ...],
         deadline: Deadline,
         read: bool,
+        caps: tuple[int, int],
     ) -> tuple[list[Any], str]:
         """One statement in a transaction opened and ended here.
 
         Read: ``BEGIN READ ONLY`` ... ``ROLLBACK``. Write: ``BEGIN`` ...
         ``COMMIT``; a connection lost once COMMIT was sent is
         ``unknown_outcome``. A statement the server refused is rolled back
-        here, so the connection goes back to the pool as it came.
+        here, so the connection goes back to the pool as it came; one whose
+        result was too large lost its connection, and with it the transaction.
         """
         raw: asyncpg.Connection = conn.raw
         timeout = deadline.remaining()
         await self._mapped(raw.execute(_BEGIN[read], timeout=timeout), timeout)
         try:
-            outcome = await self._run(conn, query, args, deadline, script=False)
+            outcome = await self._run(conn, query, args, deadline, caps)
         except QueryError as exc:
             if exc.sqlstate is not None:
                 timeout = deadline.remaining()
@@ -296,17 +453,24 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         query: str,
         args: tuple[Any, ...],
         deadline: Deadline,
+        caps: tuple[int, int],
         *,
         script: bool = False,
     ) -> tuple[list[Any], str]:
         """Run one statement, mapping asyncpg's errors to iogate's.
 
+        ``caps`` is (rows to ask for, 0 for all; result bytes, 0 for no cap).
         ``script`` lets trusted code run a multi-statement string without
         parameters through the simple protocol.
         """
         timeout = deadline.remaining()
-        work = self._fetch(conn, conn.raw, query, args, timeout, script)
+        work = self._fetch(conn, conn.raw, query, args, timeout, script, caps)
         return await self._mapped(work, timeout)
+
+    def _caps(self) -> tuple[int, int]:
+        """The options' caps, for statements run without per-call ones."""
+        max_rows = self.options.max_rows
+        return (max_rows + 1 if max_rows else 0, self.options.max_result_bytes or _NO_BYTE_CAP)
 
     async def _mapped(self, work: Awaitable[T], timeout: float | None) -> T:
         """Await asyncpg work, mapping its errors to iogate's."""
@@ -325,6 +489,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         args: tuple[Any, ...],
         timeout: float | None,
         script: bool,
+        caps: tuple[int, int],
     ) -> tuple[list[Any], str]:
         cache = conn.cache
         statement = cache.get(query)
@@ -340,15 +505,30 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             if len(cache) >= _STATEMENT_CACHE_SIZE:
                 cache.pop(next(iter(cache)))
             cache[query] = statement
+        row_limit, max_bytes = caps
+        meter = _ResultMeter.of(raw) if max_bytes else None
+        by_message = not row_limit
         try:
-            rows = await statement.fetch(*args, timeout=timeout)
-        except asyncpg.InvalidCachedStatementError:
-            # The schema changed under the cached plan: prepare once more.
-            cache.pop(query, None)
-            statement = await raw.prepare(query, timeout=timeout)
-            cache[query] = statement
-            rows = await statement.fetch(*args, timeout=timeout)
-        return list(rows), statement.get_statusmsg() or ""
+            if meter is not None:
+                meter.arm(max_bytes, by_message=by_message)
+            try:
+                rows = await _read_rows(statement, args, row_limit, timeout)
+            except asyncpg.InvalidCachedStatementError:
+                # The schema changed under the cached plan: prepare once more.
+                cache.pop(query, None)
+                statement = await raw.prepare(query, timeout=timeout)
+                cache[query] = statement
+                if meter is not None:
+                    meter.arm(max_bytes, by_message=by_message)
+                rows = await _read_rows(statement, args, row_limit, timeout)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            if meter is not None and meter.tripped:
+                raise ResultTooLargeError(max_bytes) from exc
+            raise
+        finally:
+            if meter is not None:
+                meter.budget = _NO_BYTE_CAP
+        return rows, statement.get_statusmsg() or ""
 
     async def execute_many(
         self,
@@ -404,6 +584,10 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         except QueryError as exc:
             clean = exc.sqlstate is not None
             return None
+        except ResultTooLargeError:
+            # The connection was aborted, so the transaction is rolled back:
+            # run one by one, where only that statement fails.
+            return None
         finally:
             self.release(conn, clean=clean)
         return results
@@ -423,8 +607,9 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
                 for _ in args_list
             ]
         results = []
+        caps = self._caps()
         for args in args_list:
-            rows, status = await self._run(conn, query, args, deadline)
+            rows, status = await self._run(conn, query, args, deadline, caps)
             result = _to_result(rows, status, self.options.max_rows)
             result.resource = self.name
             results.append(result)
@@ -514,7 +699,10 @@ class _PgTransaction(Transaction):
         try:
             if self.guard is not None:
                 require(classify_postgres(query), self.guard)
-            rows, status = await self._manager._run(self._conn, query, args, self._deadline)
+            manager = self._manager
+            rows, status = await manager._run(
+                self._conn, query, args, self._deadline, manager._caps()
+            )
         except IogateError as exc:
             return Result.from_exception(exc, resource=self._manager.name, operation="query")
         result = _to_result(rows, status, self._manager.options.max_rows)

@@ -11,8 +11,15 @@ and hands the outcomes back with one ``call_soon_threadsafe`` per batch, so
 under load one thread hop carries dozens of statements (docs/decisions.md:
 this replaced aiosqlite, whose hop costs a future, a wakeup and a callback
 per call). A job whose caller has given up (cancelled, deadline passed)
-before it starts is skipped; once started it runs to the end, so a statement
-runs fully or not at all.
+before it starts is skipped. One that is running when its caller gives up,
+or that runs longer than ``statement_timeout``, is interrupted by SQLite's
+progress handler (:class:`_JobClock`) and rolled back, so the thread is free
+for the next job; a statement still runs fully or not at all.
+
+Result caps: reading stops at ``max_rows + 1`` rows; with
+``max_result_bytes`` rows are read one by one and the result refused once
+their estimated size passes it, and SQLite refuses to build any one value
+larger than it (SQLITE_LIMIT_LENGTH), so a 150 MB value never exists.
 
 Batches: consecutive writes in a batch commit as one transaction (group
 commit), so concurrent writers never meet "database is locked", and a
@@ -46,6 +53,7 @@ import base64
 import contextlib
 import functools
 import logging
+import math
 import queue
 import re
 import sqlite3
@@ -55,6 +63,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from sys import getsizeof
 from typing import Any, TypeVar
 
 from iogate.backends.base import AsyncDatabaseManager, Transaction
@@ -71,6 +80,7 @@ from iogate.core.errors import (
     PoolExhaustedError,
     QueryError,
     ReadOnlyError,
+    ResultTooLargeError,
 )
 from iogate.core.params import Params, check_count, count_placeholders, normalize_params
 from iogate.core.result import Result
@@ -103,6 +113,17 @@ _LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n)|(?:/\*.*?\*/)|\s)*\s*([A-Za-z]+)", 
 _READONLY_MESSAGE = "attempt to write a readonly database"
 # Raised by sqlite3 while binding a parameter, outside its own exception tree.
 _BINDING_ERRORS = (OverflowError, UnicodeEncodeError)
+# SQLite calls the progress handler every this many virtual machine steps
+# (some 20-50 ms of work): how late a statement may stop after its deadline.
+# Each call takes the GIL from the event loop, and SQLite counts the steps of
+# a cached statement across its runs, so a point query (20-30 steps) calls it
+# once in tens of thousands of runs; at 10,000 steps it cost point reads 7 %.
+_PROGRESS_STEPS = 1_000_000
+_INTERRUPTED = "interrupted"
+_TOO_BIG = "too big"  # SQLITE_TOOBIG: a value over SQLITE_LIMIT_LENGTH
+# What a row counts against max_result_bytes besides its values: the tuple
+# it is read as, then the dict it is answered as.
+_ROW_BYTES = 256
 
 # (rows, rowcount, truncated) computed in the connection's thread.
 _Outcome = tuple[list[dict[str, Any]], int, bool]
@@ -110,6 +131,62 @@ _Outcome = tuple[list[dict[str, Any]], int, bool]
 _Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
 # (future, result or exception, succeeded)
 _Completion = tuple[asyncio.Future[Any], Any, bool]
+
+
+# A statement's result caps, (max_rows, max_result_bytes); None is no cap. A
+# plain tuple: one is built per call, and a NamedTuple costs ten times more.
+_Limits = tuple[int | None, int | None]
+_UNLIMITED: _Limits = (None, None)
+
+
+class _JobClock:
+    """When the running job's statement must stop; asked by SQLite itself.
+
+    Installed as the connection's progress handler, so SQLite calls
+    :meth:`check` every :data:`_PROGRESS_STEPS` steps of a long statement
+    and interrupts it when the answer is nonzero: once its caller has given
+    up (the job's future is cancelled, as it is at the request's deadline)
+    or once it has run ``statement_timeout`` seconds. The thread is then
+    free for the next job; an interrupted write rolls back its whole
+    transaction (see :func:`_run_group`). Written and read in the
+    connection's thread only; the future's state is set by the loop.
+    """
+
+    __slots__ = ("expires_at", "running", "timeout")
+
+    def __init__(self, statement_timeout: float | None) -> None:
+        self.timeout = statement_timeout or math.inf
+        self.running: asyncio.Future[Any] | None = None
+        self.expires_at = math.inf
+
+    def start(self, future: asyncio.Future[Any]) -> None:
+        self.running = future
+        self.expires_at = time.perf_counter() + self.timeout
+
+    def check(self) -> int:
+        running = self.running
+        if running is not None and running.cancelled():
+            return 1
+        return 1 if time.perf_counter() > self.expires_at else 0
+
+
+class _Connection(GuardableConnection):
+    """A worker's sqlite3 connection and its per-connection state."""
+
+    clock: _JobClock
+    # SQLITE_LIMIT_LENGTH as the connection was opened, and as last set.
+    default_length: int
+    length_limit: int
+
+
+class _TransactionLost(Exception):
+    """A statement's failure ended the group's transaction (SQLite rolls
+    back the whole transaction of an interrupted write)."""
+
+    def __init__(self, future: asyncio.Future[Any], error: Exception) -> None:
+        super().__init__(str(error))
+        self.future = future
+        self.error = error
 
 
 # -- statement analysis (event loop) ---------------------------------------------
@@ -142,35 +219,83 @@ def _convert(value: Any) -> Any:
 
 
 def _run_statement(
-    conn: sqlite3.Connection, query: str, args: tuple[Any, ...], max_rows: int | None
+    conn: _Connection, query: str, args: tuple[Any, ...], limits: _Limits = _UNLIMITED
 ) -> _Outcome:
-    """Execute and fetch in one go (runs in the connection's thread)."""
-    cursor = conn.execute(query, args)
+    """Execute and fetch in one go (runs in the connection's thread).
+
+    Reading stops at ``max_rows + 1`` rows, or fails as soon as the rows read
+    so far are estimated larger than ``max_result_bytes``; SQLite itself
+    refuses to build any one value larger than that (SQLITE_LIMIT_LENGTH).
+    A single row of several such values can still pass the cap before it is
+    refused: SQLite has no limit on a result row as a whole.
+    """
+    max_rows, max_bytes = limits
+    if conn.length_limit != (max_bytes or conn.default_length):
+        _limit_value_length(conn, max_bytes)
     try:
-        if cursor.description is None:
-            return [], cursor.rowcount, False
-        keys = [column[0] for column in cursor.description]
-        raw_rows = cursor.fetchmany(max_rows + 1) if max_rows is not None else cursor.fetchall()
-        truncated = max_rows is not None and len(raw_rows) > max_rows
-        if truncated:
-            raw_rows = raw_rows[:max_rows]
-        rows = [
-            {
-                k: (v if type(v) is not bytes else _convert(v))
-                for k, v in zip(keys, row, strict=True)
-            }
-            for row in raw_rows
-        ]
-        return rows, cursor.rowcount, truncated
-    finally:
-        cursor.close()
+        cursor = conn.execute(query, args)
+        try:
+            if cursor.description is None:
+                return [], cursor.rowcount, False
+            keys = [column[0] for column in cursor.description]
+            if max_bytes is not None:
+                raw_rows = _fetch_within(cursor, max_rows, max_bytes)
+            elif max_rows is not None:
+                raw_rows = cursor.fetchmany(max_rows + 1)
+            else:
+                raw_rows = cursor.fetchall()
+            truncated = max_rows is not None and len(raw_rows) > max_rows
+            if truncated:
+                raw_rows = raw_rows[:max_rows]
+            rows = [
+                {
+                    k: (v if type(v) is not bytes else _convert(v))
+                    for k, v in zip(keys, row, strict=True)
+                }
+                for row in raw_rows
+            ]
+            return rows, cursor.rowcount, truncated
+        finally:
+            cursor.close()
+    except sqlite3.DataError as exc:
+        if max_bytes is not None and _TOO_BIG in str(exc):
+            raise ResultTooLargeError(max_bytes, "SQLite refuses any one value above it") from exc
+        raise
+
+
+def _fetch_within(cursor: sqlite3.Cursor, max_rows: int | None, max_bytes: int) -> list[Any]:
+    """Up to ``max_rows + 1`` rows, refused once they take more than ``max_bytes``.
+
+    Row by row, so the rows read never exceed the cap by more than one row.
+    Each row counts what it takes in Python, cheaply: ``sys.getsizeof`` of
+    each value (a string or BLOB's length plus a small header; a number's
+    fixed size) and :data:`_ROW_BYTES` for the row; nothing is serialised.
+    """
+    wanted = -1 if max_rows is None else max_rows + 1
+    rows: list[Any] = []
+    size = 0
+    for row in cursor:
+        size += _ROW_BYTES + sum(map(getsizeof, row))
+        if size > max_bytes:
+            raise ResultTooLargeError(max_bytes)
+        rows.append(row)
+        if len(rows) == wanted:
+            break
+    return rows
+
+
+def _limit_value_length(conn: _Connection, max_bytes: int | None) -> None:
+    """SQLite refuses any string or BLOB longer than ``max_bytes`` from now on."""
+    limit = min(max_bytes, conn.default_length) if max_bytes else conn.default_length
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)
+    conn.length_limit = max_bytes or conn.default_length
 
 
 def _group_read(
-    conn: sqlite3.Connection,
+    conn: _Connection,
     query: str,
     args: tuple[Any, ...],
-    max_rows: int | None,
+    limits: _Limits,
     guard: Access | None = None,
 ) -> _Outcome:
     """A read that may share a read transaction with its queued neighbours.
@@ -183,17 +308,17 @@ def _group_read(
     A guarded read without neighbours opens and rolls back its own.
     """
     if guard is None:
-        return _run_statement(conn, query, args, max_rows)
+        return _run_statement(conn, query, args, limits)
     if conn.in_transaction:
-        return _run_authorized(conn, query, args, max_rows, guard)
+        return _run_authorized(conn, query, args, limits, guard)
     conn.execute("BEGIN")
     try:
-        return _run_authorized(conn, query, args, max_rows, guard)
+        return _run_authorized(conn, query, args, limits, guard)
     finally:
         _end_reads(conn)
 
 
-def _begin_reads(conn: sqlite3.Connection) -> bool:
+def _begin_reads(conn: _Connection) -> bool:
     try:
         conn.execute("BEGIN")
     except sqlite3.Error:
@@ -201,17 +326,17 @@ def _begin_reads(conn: sqlite3.Connection) -> bool:
     return True
 
 
-def _end_reads(conn: sqlite3.Connection) -> bool:
+def _end_reads(conn: _Connection) -> bool:
     with contextlib.suppress(sqlite3.Error):
         _rollback(conn)  # a read transaction has nothing to commit
     return False
 
 
 def _group_write(
-    conn: sqlite3.Connection,
+    conn: _Connection,
     query: str,
     args: tuple[Any, ...],
-    max_rows: int | None,
+    limits: _Limits,
     guard: Access | None,
 ) -> _Outcome:
     """A write that may share a commit with its queued neighbours (see _run_group).
@@ -220,12 +345,12 @@ def _group_write(
     in a transaction it opens and commits.
     """
     if guard is None:
-        return _run_statement(conn, query, args, max_rows)
+        return _run_statement(conn, query, args, limits)
     if conn.in_transaction:
-        return _run_authorized(conn, query, args, max_rows, guard)
+        return _run_authorized(conn, query, args, limits, guard)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        outcome = _run_authorized(conn, query, args, max_rows, guard)
+        outcome = _run_authorized(conn, query, args, limits, guard)
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
@@ -234,75 +359,92 @@ def _group_write(
     return outcome
 
 
-def _run_group(conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Completion]:
+def _run_group(conn: _Connection, jobs: list[_Job]) -> list[_Completion]:
     """Run queued writes in one transaction; each fails or succeeds alone.
 
     Optimistic: the group first runs without per-statement savepoints
     (they cost as much as the statement). If any statement fails, that
     whole transaction is rolled back and the group runs again with a
     savepoint around each statement, so a failing statement (even an
-    ``OR FAIL`` one that keeps part of its work) leaves no trace.
+    ``OR FAIL`` one that keeps part of its work) leaves no trace. A
+    statement whose failure ends the transaction itself (an interrupted
+    write: SQLite rolls back the whole transaction) fails alone and the
+    group runs again without it.
     """
     live = [job for job in jobs if not job[2].cancelled()]
     if len(live) <= 1:
-        return [_attempt(conn, fn, args, future) for fn, args, future in live]
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        done = _run_without_savepoints(conn, live)
-        if done is None:
-            _rollback(conn)
+        return [_attempt_timed(conn, fn, args, future) for fn, args, future in live]
+    dropped: list[_Completion] = []
+    while live:
+        try:
             conn.execute("BEGIN IMMEDIATE")
-            done = _run_with_savepoints(conn, live)
-        conn.execute("COMMIT")
-    except Exception as exc:  # BEGIN, COMMIT or a savepoint failed: so did the group
-        with contextlib.suppress(sqlite3.Error):
-            _rollback(conn)
-        return [(future, exc, False) for _, _, future in live]
-    return done
+            done = _run_without_savepoints(conn, live)
+            if done is None:
+                _rollback(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                done = _run_with_savepoints(conn, live)
+            conn.execute("COMMIT")
+        except _TransactionLost as lost:
+            dropped.append((lost.future, lost.error, False))
+            live = [job for job in live if job[2] is not lost.future]
+            continue
+        except Exception as exc:  # BEGIN, COMMIT or a savepoint failed: so did the group
+            with contextlib.suppress(sqlite3.Error):
+                _rollback(conn)
+            return dropped + [(future, exc, False) for _, _, future in live]
+        return dropped + done
+    return dropped
 
 
-def _run_without_savepoints(conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Completion] | None:
+def _run_write(
+    conn: _Connection, query: str, args: tuple[Any, ...], limits: _Limits, guard: Access | None
+) -> _Outcome:
+    if guard is None:
+        return _run_statement(conn, query, args, limits)
+    return _run_authorized(conn, query, args, limits, guard)
+
+
+def _run_without_savepoints(conn: _Connection, jobs: list[_Job]) -> list[_Completion] | None:
     """The group's statements, or None as soon as one fails."""
     done: list[_Completion] = []
-    for _, (query, args, max_rows, guard), future in jobs:
+    clock = conn.clock
+    for _, job, future in jobs:
+        clock.start(future)
         try:
-            outcome = (
-                _run_statement(conn, query, args, max_rows)
-                if guard is None
-                else _run_authorized(conn, query, args, max_rows, guard)
-            )
-        except Exception:
+            outcome = _run_write(conn, *job)
+        except Exception as exc:
+            if not conn.in_transaction:
+                raise _TransactionLost(future, exc) from exc
             return None
         done.append((future, outcome, True))
     return done
 
 
-def _run_with_savepoints(conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Completion]:
+def _run_with_savepoints(conn: _Connection, jobs: list[_Job]) -> list[_Completion]:
     done: list[_Completion] = []
-    for _, (query, args, max_rows, guard), future in jobs:
+    clock = conn.clock
+    for _, job, future in jobs:
         conn.execute("SAVEPOINT iogate_write")
+        clock.start(future)
         try:
-            outcome = (
-                _run_statement(conn, query, args, max_rows)
-                if guard is None
-                else _run_authorized(conn, query, args, max_rows, guard)
-            )
-            done.append((future, outcome, True))
+            done.append((future, _run_write(conn, *job), True))
         except Exception as exc:
+            if not conn.in_transaction:
+                raise _TransactionLost(future, exc) from exc
             conn.execute("ROLLBACK TO iogate_write")
             done.append((future, exc, False))
         conn.execute("RELEASE iogate_write")
     return done
 
 
-def _rollback(conn: sqlite3.Connection) -> None:
+def _rollback(conn: _Connection) -> None:
     # Some errors (disk full, I/O) end the transaction themselves.
     if conn.in_transaction:
         conn.execute("ROLLBACK")
 
 
 def _attempt(
-    conn: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...], future: Any
+    conn: _Connection, fn: Callable[..., Any], args: tuple[Any, ...], future: Any
 ) -> _Completion:
     try:
         return (future, fn(conn, *args), True)
@@ -310,21 +452,28 @@ def _attempt(
         return (future, exc, False)
 
 
+def _attempt_timed(
+    conn: _Connection, fn: Callable[..., Any], args: tuple[Any, ...], future: Any
+) -> _Completion:
+    conn.clock.start(future)
+    return _attempt(conn, fn, args, future)
+
+
 def _run_read_only(
-    conn: sqlite3.Connection, query: str, args: tuple[Any, ...], max_rows: int | None
+    conn: _Connection, query: str, args: tuple[Any, ...], limits: _Limits
 ) -> _Outcome:
     conn.execute("PRAGMA query_only = ON")
     try:
-        return _run_statement(conn, query, args, max_rows)
+        return _run_statement(conn, query, args, limits)
     finally:
         conn.execute("PRAGMA query_only = OFF")
 
 
-def _exec_plain(conn: sqlite3.Connection, statement: str) -> None:
+def _exec_plain(conn: _Connection, statement: str) -> None:
     conn.execute(statement)
 
 
-def _begin(conn: sqlite3.Connection, read_only: bool) -> None:
+def _begin(conn: _Connection, read_only: bool) -> None:
     # A read-only transaction runs with query_only on: SQLite itself refuses
     # writes, and reads see one consistent snapshot.
     if read_only:
@@ -334,7 +483,7 @@ def _begin(conn: sqlite3.Connection, read_only: bool) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
 
-def _end_session(conn: sqlite3.Connection, read_only: bool) -> None:
+def _end_session(conn: _Connection, read_only: bool) -> None:
     """Leave the writer as a session found it: no transaction, writable."""
     try:
         _rollback(conn)
@@ -344,10 +493,10 @@ def _end_session(conn: sqlite3.Connection, read_only: bool) -> None:
 
 
 def _run_authorized(
-    conn: sqlite3.Connection,
+    conn: _Connection,
     query: str,
     args: tuple[Any, ...],
-    max_rows: int | None,
+    limits: _Limits,
     access: Access,
 ) -> _Outcome:
     """A client's statement, allowed only if SQLite's authorizer finds every
@@ -358,7 +507,7 @@ def _run_authorized(
     text = guarded_text(query, access)
     guard.enter(access)
     try:
-        outcome = _run_statement(conn, text, args, max_rows)
+        outcome = _run_statement(conn, text, args, limits)
         guard.ran(conn, text)
     except sqlite3.Error as exc:
         refusal = guard.refusal(conn, text, exc)
@@ -371,17 +520,17 @@ def _run_authorized(
 
 
 def _run_guarded_alone(
-    conn: sqlite3.Connection,
+    conn: _Connection,
     query: str,
     args: tuple[Any, ...],
-    max_rows: int | None,
+    limits: _Limits,
     access: Access,
     read_only: bool,
 ) -> _Outcome:
     """A guarded statement in a transaction of its own on the writer (no readers)."""
     try:
         _begin(conn, read_only)
-        outcome = _run_authorized(conn, query, args, max_rows, access)
+        outcome = _run_authorized(conn, query, args, limits, access)
         if not read_only:
             conn.execute("COMMIT")
     finally:
@@ -389,13 +538,19 @@ def _run_guarded_alone(
     return outcome
 
 
-def _close_connection(conn: sqlite3.Connection) -> None:
+def _close_connection(conn: _Connection) -> None:
     conn.close()
 
 
 def _open_connection(
-    path: str, *, busy_ms: int, synchronous: str, reader: bool, wal: bool
-) -> sqlite3.Connection:
+    path: str,
+    *,
+    busy_ms: int,
+    synchronous: str,
+    reader: bool,
+    wal: bool,
+    statement_timeout: float | None,
+) -> _Connection:
     """Open and set up one connection (runs in the connection's thread)."""
     try:
         conn = sqlite3.connect(
@@ -403,10 +558,13 @@ def _open_connection(
             isolation_level=None,
             uri=path.startswith("file:"),
             cached_statements=_CACHED_STATEMENTS,
-            factory=GuardableConnection,
+            factory=_Connection,
         )
     except sqlite3.Error as exc:
         raise DatabaseConnectionError(f"cannot open {path!r}: {exc}") from exc
+    conn.clock = _JobClock(statement_timeout)
+    conn.set_progress_handler(conn.clock.check, _PROGRESS_STEPS)
+    conn.default_length = conn.length_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
     try:
         conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -429,6 +587,10 @@ def _map_error(exc: Exception) -> IogateError:
     message = str(exc)
     if isinstance(exc, _BINDING_ERRORS):
         return ParameterError(f"a parameter cannot be bound: {message}")
+    if isinstance(exc, sqlite3.OperationalError) and message == _INTERRUPTED:
+        return OperationTimeoutError(
+            "statement stopped at its deadline (statement_timeout or the request's)"
+        )
     if _READONLY_MESSAGE in message or "query_only" in message:
         return ReadOnlyError(f"the database refused a write in read-only mode: {message}")
     if "Incorrect number of bindings" in message:
@@ -468,7 +630,7 @@ class _Worker:
 
     # -- event loop side --
 
-    async def start(self, connect: Callable[[], sqlite3.Connection]) -> None:
+    async def start(self, connect: Callable[[], _Connection]) -> None:
         """Start the thread, which opens the connection; raise what opening raised."""
         ready: asyncio.Future[None] = self._loop.create_future()
         thread = threading.Thread(
@@ -543,11 +705,9 @@ class _Worker:
             with contextlib.suppress(RuntimeError):  # loop closed: nobody waits
                 self._loop.call_soon_threadsafe(self._deliver)
 
-    def _serve(
-        self, connect: Callable[[], sqlite3.Connection], ready: asyncio.Future[None]
-    ) -> None:
+    def _serve(self, connect: Callable[[], _Connection], ready: asyncio.Future[None]) -> None:
         try:
-            conn: sqlite3.Connection | None = connect()
+            conn: _Connection | None = connect()
         except Exception as exc:
             conn = None
             self._post([(ready, exc, False)])
@@ -565,13 +725,15 @@ class _Worker:
             elif not self._run_batch(conn, batch):
                 return
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> bool:
+    def _run_batch(self, conn: _Connection, batch: list[_Job]) -> bool:
         """Run a drained batch in order; False once the connection is closed."""
         done: list[_Completion] = []
         now = self.job_started = time.perf_counter()
         flush_at = now + _FLUSH_AFTER
         index, size = 0, len(batch)
         reading = False  # inside a read transaction (see _group_read)
+        clock = conn.clock  # each job's deadline, for SQLite's progress handler
+        timeout = clock.timeout
         while index < size:
             fn, args, future = batch[index]
             if fn is _group_write:
@@ -593,6 +755,8 @@ class _Worker:
                         and batch[index + 1][0] is _group_read
                     ):
                         reading = _begin_reads(conn)
+                    clock.running = future
+                    clock.expires_at = now + timeout
                     done.append(_attempt(conn, fn, args, future))
                 index += 1
                 if reading and (index == size or batch[index][0] is not _group_read):
@@ -603,6 +767,8 @@ class _Worker:
                 done = []
                 flush_at = now + _FLUSH_AFTER
         self.job_started = 0.0
+        clock.running = None
+        clock.expires_at = math.inf
         if done:
             self._post(done)
         return True
@@ -627,10 +793,11 @@ def _bounded(future: asyncio.Future[T], deadline: Deadline, late: str) -> Awaita
     """``future`` bounded by ``deadline``; the future itself when there is none.
 
     At the deadline the job's future is cancelled: a job still queued is
-    skipped; one already running finishes in its thread and its outcome is
-    dropped. Either way the next job on that connection queues behind it,
-    so nobody shares the connection mid-statement. Without a deadline no
-    coroutine is added on the way (this is every operation's path).
+    skipped; one already running is interrupted in its thread (see
+    :class:`_JobClock`) and its outcome dropped. Either way the next job on
+    that connection queues behind it, so nobody shares the connection
+    mid-statement. Without a deadline no coroutine is added on the way
+    (this is every operation's path).
     """
     timeout = deadline.remaining()
     if timeout is None:
@@ -663,6 +830,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
     """
 
     backend = "sqlite"
+    bounds_result_bytes = True
 
     def __init__(
         self,
@@ -677,6 +845,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
             options or DatabaseOptions(max_connections=DEFAULT_SQLITE_CONNECTIONS)
         ).with_max_connections(max_connections)
         self.options = options
+        self._limits: _Limits = (options.max_rows, options.max_result_bytes)
         self.path = path
         self._in_memory = path == ":memory:" or "mode=memory" in path
         self._reader_count = 0 if self._in_memory else max(1, options.max_connections - 1)
@@ -717,7 +886,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
 
     # -- lifecycle ------------------------------------------------------------
 
-    def _connector(self, *, reader: bool) -> Callable[[], sqlite3.Connection]:
+    def _connector(self, *, reader: bool) -> Callable[[], _Connection]:
         # Only plain values go to the thread: it must not keep the manager
         # alive (an unclosed manager has to be collectable to warn).
         return functools.partial(
@@ -727,6 +896,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
             synchronous=self.options.synchronous.upper(),
             reader=reader,
             wal=not reader and not self._in_memory,
+            statement_timeout=self.options.statement_timeout,
         )
 
     async def _open(self) -> None:
@@ -775,14 +945,14 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         query: str,
         args: tuple[Any, ...],
         deadline: Deadline,
-        max_rows: int | None,
+        limits: _Limits,
         run: Callable[..., _Outcome] = _run_statement,
         guard: Access | None = None,
     ) -> _Outcome:
         loads = self._reader_load
         index = self._pick_reader()
         loads[index] += 1
-        job = (query, args, max_rows) if guard is None else (query, args, max_rows, guard)
+        job = (query, args, limits) if guard is None else (query, args, limits, guard)
         try:
             future = self._readers[index].submit(run, job)
             return await _bounded(future, deadline, _STATEMENT_LATE)
@@ -815,13 +985,13 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         query: str,
         args: tuple[Any, ...],
         deadline: Deadline,
-        max_rows: int | None,
+        limits: _Limits,
         guard: Access | None = None,
     ) -> _Outcome:
         writer = self._writer
         if self._closing or writer is None:
             raise ClosedError(f"{self.name}: manager closed")
-        job = (query, args, max_rows, guard)
+        job = (query, args, limits, guard)
         if self._session_active:
             future: asyncio.Future[_Outcome] = writer.new_future()
             self._deferred.append((_group_write, job, future))
@@ -856,42 +1026,44 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         read_only: bool,
         max_rows: int | None,
         guard: Access | None = None,
+        max_result_bytes: int | None = None,
     ) -> Result:
         args = normalize_params(params)
         verb, placeholders = _analyse(query)
         if placeholders is not None and placeholders != len(args):
             check_count(query, args, "qmark")  # raises, naming both counts
+        if max_rows is None and max_result_bytes is None:
+            limits = self._limits
+        else:
+            limits = (
+                max_rows or self.options.max_rows,
+                max_result_bytes or self.options.max_result_bytes,
+            )
         if guard is not None:
             return await self._execute_guarded(
-                query,
-                args,
-                deadline,
-                read_only or self.options.read_only,
-                max_rows or self.options.max_rows,
-                guard,
+                query, args, deadline, read_only or self.options.read_only, limits, guard
             )
         if verb in _TX_CONTROL:
             raise InvalidRequestError(
                 f"{verb} is not accepted by execute_query: use manager.transaction()"
             )
-        max_rows = max_rows or self.options.max_rows
         read_only = read_only or self.options.read_only
         try:
             if verb in _READ_VERBS and self._readers:
                 try:
-                    outcome = await self._read(query, args, deadline, max_rows, _group_read)
+                    outcome = await self._read(query, args, deadline, limits, _group_read)
                 except sqlite3.OperationalError as exc:
                     if read_only or _READONLY_MESSAGE not in str(exc):
                         raise  # a misrouted write is retried on the writer
-                    outcome = await self._write(query, args, deadline, max_rows)
+                    outcome = await self._write(query, args, deadline, limits)
             elif read_only and self._readers:
                 # Any other statement runs alone: some (ATTACH, VACUUM, some
                 # PRAGMAs) refuse to run inside a transaction or ignore it.
-                outcome = await self._read(query, args, deadline, max_rows)
+                outcome = await self._read(query, args, deadline, limits)
             elif verb in _SOLO_VERBS or self._in_memory:
-                outcome = await self._solo(query, args, deadline, max_rows, read_only)
+                outcome = await self._solo(query, args, deadline, limits, read_only)
             else:
-                outcome = await self._write(query, args, deadline, max_rows)
+                outcome = await self._write(query, args, deadline, limits)
         except (sqlite3.Error, *_BINDING_ERRORS) as exc:
             raise _map_error(exc) from exc
         rows, rowcount, truncated = outcome
@@ -904,7 +1076,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         args: tuple[Any, ...],
         deadline: Deadline,
         read_only: bool,
-        max_rows: int | None,
+        limits: _Limits,
         access: Access,
     ) -> Result:
         """A client's statement: placed by its access, judged by SQLite's authorizer."""
@@ -912,12 +1084,12 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         try:
             if not self._readers:
                 async with self._writer_session(deadline) as writer:
-                    job = (query, args, max_rows, access, reading)
+                    job = (query, args, limits, access, reading)
                     outcome = await self._call(writer, _run_guarded_alone, job, deadline)
             elif reading:
-                outcome = await self._read(query, args, deadline, max_rows, _group_read, access)
+                outcome = await self._read(query, args, deadline, limits, _group_read, access)
             else:
-                outcome = await self._write(query, args, deadline, max_rows, access)
+                outcome = await self._write(query, args, deadline, limits, access)
         except (sqlite3.Error, *_BINDING_ERRORS) as exc:
             raise _map_error(exc) from exc
         rows, rowcount, truncated = outcome
@@ -929,13 +1101,13 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         query: str,
         args: tuple[Any, ...],
         deadline: Deadline,
-        max_rows: int | None,
+        limits: _Limits,
         read_only: bool,
     ) -> _Outcome:
         """Run alone on the writer, outside any group transaction."""
         async with self._writer_session(deadline) as writer:
             fn = _run_read_only if read_only else _run_statement
-            return await self._call(writer, fn, (query, args, max_rows), deadline)
+            return await self._call(writer, fn, (query, args, limits), deadline)
 
     @asynccontextmanager
     async def _writer_session(self, deadline: Deadline) -> AsyncIterator[_Worker]:
@@ -994,10 +1166,10 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
 
     async def _ping(self) -> None:
         if self._readers:
-            await self._read("SELECT 1", (), Deadline.never(), None)
+            await self._read("SELECT 1", (), Deadline.never(), _UNLIMITED)
         else:
             async with self._writer_session(Deadline.never()) as writer:
-                await writer.submit(_run_statement, ("SELECT 1", (), None))
+                await writer.submit(_run_statement, ("SELECT 1", (), _UNLIMITED))
 
 
 class _SQLiteTransaction(Transaction):
@@ -1018,12 +1190,12 @@ class _SQLiteTransaction(Transaction):
         verb, placeholders = _analyse(query)
         if placeholders is not None and placeholders != len(args):
             check_count(query, args, "qmark")  # raises, naming both counts
-        max_rows = self._manager.options.max_rows
+        limits = self._manager._limits
         run: Callable[..., _Outcome] = _run_statement
-        job: tuple[Any, ...] = (query, args, max_rows)
+        job: tuple[Any, ...] = (query, args, limits)
         if self.guard is not None:
             # SQLite's authorizer refuses transaction control and the rest.
-            run, job = _run_authorized, (query, args, max_rows, self.guard)
+            run, job = _run_authorized, (query, args, limits, self.guard)
         elif verb in _TX_CONTROL:
             raise InvalidRequestError(f"{verb} inside transaction(): the block manages it")
         try:

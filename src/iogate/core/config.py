@@ -35,7 +35,10 @@ class DatabaseOptions:
     """Pool and behaviour settings shared by the SQL managers.
 
     ``statement_timeout=None`` means no server-side limit (a request deadline
-    still bounds the call). ``max_rows=None`` means no cap.
+    still bounds the call). ``max_rows=None`` and ``max_result_bytes=None``
+    mean no cap. Both caps bound what is read, not only what is returned:
+    reading stops at ``max_rows + 1`` rows (``truncated``), and a result
+    larger than ``max_result_bytes`` fails with ``result_too_large``.
     """
 
     min_connections: int = DEFAULT_MIN_CONNECTIONS
@@ -47,6 +50,7 @@ class DatabaseOptions:
     read_only: bool = False
     allow_raw_sql: bool = True
     max_rows: int | None = None
+    max_result_bytes: int | None = None
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT  # SQLite only
     synchronous: str = "NORMAL"  # SQLite only: NORMAL | FULL
 
@@ -65,6 +69,8 @@ class DatabaseOptions:
             raise ConfigError(f"statement_timeout must be positive, got {self.statement_timeout}")
         if self.max_rows is not None and self.max_rows < 1:
             raise ConfigError(f"max_rows must be at least 1, got {self.max_rows}")
+        if self.max_result_bytes is not None and self.max_result_bytes < 1:
+            raise ConfigError(f"max_result_bytes must be at least 1, got {self.max_result_bytes}")
         if self.synchronous.upper() not in {"NORMAL", "FULL", "OFF"}:
             raise ConfigError(f"synchronous must be NORMAL, FULL or OFF, got {self.synchronous!r}")
 

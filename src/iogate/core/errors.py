@@ -4,7 +4,8 @@ IogateError
  ├── ConfigError                    bad configuration (names the key path)
  ├── ParameterError                 query parameters that cannot be bound
  ├── InvalidRequestError            a request iogate refuses before doing I/O
- │    └── ForbiddenStatementError   a statement the caller's access may not run (guarded SQL)
+ │    ├── ForbiddenStatementError   a statement the caller's access may not run (guarded SQL)
+ │    └── ResultTooLargeError       a result over max_result_bytes (refused, not truncated)
  ├── ResourceNotFoundError          unknown database / api / operation name
  ├── ClosedError                    use of a manager after close()
  ├── DatabaseError
@@ -49,6 +50,7 @@ __all__ = [
     "RateLimitedError",
     "ReadOnlyError",
     "ResourceNotFoundError",
+    "ResultTooLargeError",
     "UnknownOutcomeError",
     "UpstreamAuthError",
 ]
@@ -80,6 +82,24 @@ class ForbiddenStatementError(InvalidRequestError):
     def __init__(self, message: str, *, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class ResultTooLargeError(InvalidRequestError):
+    """A result larger than ``max_result_bytes``: refused, not truncated.
+
+    Reading stopped when the cap was passed, so no partial result exists
+    that could be returned (a row may have been cut in half on the wire).
+    """
+
+    error_type = "result_too_large"
+
+    def __init__(self, max_result_bytes: int, detail: str = "") -> None:
+        super().__init__(
+            f"the result is larger than max_result_bytes ({max_result_bytes} bytes)"
+            + (f": {detail}" if detail else "")
+            + "; select fewer rows or columns, or narrow the values"
+        )
+        self.max_result_bytes = max_result_bytes
 
 
 class ResourceNotFoundError(IogateError, LookupError):

@@ -238,10 +238,12 @@ class AsyncOperationOrchestrator:
         read_only: bool = False,
         max_rows: int | None = None,
         guard: Access | None = None,
+        max_result_bytes: int | None = None,
     ) -> Result:
         """Run ``query`` on the database named ``db_name``; never raises.
 
-        ``guard`` runs it as untrusted SQL (see ``execute_query``)."""
+        ``guard`` runs it as untrusted SQL; ``max_rows`` and
+        ``max_result_bytes`` cap what is read (see ``execute_query``)."""
         manager = self.databases.get(db_name)
         if manager is None:
             return Result.fail(
@@ -250,7 +252,13 @@ class AsyncOperationOrchestrator:
         if guard is Access.READ:
             manager = self.read_managers.get(db_name, manager)
         return await manager.execute_query(
-            query, params, deadline=deadline, read_only=read_only, max_rows=max_rows, guard=guard
+            query,
+            params,
+            deadline=deadline,
+            read_only=read_only,
+            max_rows=max_rows,
+            guard=guard,
+            max_result_bytes=max_result_bytes,
         )
 
     async def execute_api_operation(
