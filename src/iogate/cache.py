@@ -35,6 +35,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 import orjson
 
 from iogate.backends.base import AsyncDatabaseManager
+from iogate.backends.kv import RESERVED_PREFIX
 from iogate.core.jsonable import jsonable
 from iogate.core.result import Result
 
@@ -51,7 +52,8 @@ __all__ = [
 logger = logging.getLogger("iogate.cache")
 
 DEFAULT_CACHE_TTL = 300.0
-DEFAULT_TAG_PREFIX = "iogate:tag:"
+# Under the reserved prefix: a gateway key without admin cannot touch tag sets.
+DEFAULT_TAG_PREFIX = f"{RESERVED_PREFIX}tag:"
 
 P = ParamSpec("P")
 R = TypeVar("R")

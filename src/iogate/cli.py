@@ -117,6 +117,10 @@ def _serve_workers(config: Path | None, settings: Settings, workers: int, log_le
     metrics_dir = tempfile.mkdtemp(prefix="iogate-metrics-")
     # Read by the workers (and by prometheus-client at import) before they start.
     os.environ["IOGATE_CONFIG"] = str(path.resolve()) if path else ""
+    # --host/--port given on the command line: the workers' Host allow-list
+    # default depends on the bind address, so they must see the same one.
+    os.environ["IOGATE_SERVE_HOST"] = settings.gateway.host
+    os.environ["IOGATE_SERVE_PORT"] = str(settings.gateway.port)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         server_config = build_config(

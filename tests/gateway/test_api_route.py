@@ -61,7 +61,9 @@ timeout = 2
 headers = {{ Authorization = "Bearer canary-token-123" }}
 retry = {{ attempts = 2, backoff_initial = 0.01, backoff_max = 0.02 }}
 """
-    with TestClient(create_app(parse_settings(config, env={}))) as test_client:
+    with TestClient(
+        create_app(parse_settings(config, env={})), base_url="http://localhost"
+    ) as test_client:
         yield test_client
 
 

@@ -91,7 +91,7 @@ params = ["v"]
         raise RuntimeError("boom")
 
     install_operation_log()
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as test_client:
         yield test_client
 
 

@@ -41,7 +41,7 @@ type = "postgresql"
 url = "{postgres_url}"
 """
     settings = parse_settings(config, env={"WRITER_KEY": WRITER})
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), base_url="http://localhost") as test_client:
         yield test_client
 
 

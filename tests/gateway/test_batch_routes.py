@@ -78,7 +78,7 @@ cache = {{ database = "redis_cache", ttl = 30 }}
     app = create_app(parse_settings(config, env={}))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             yield http
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import free_port
 
@@ -88,3 +89,20 @@ def test_serve_with_embedded_default(tmp_path: Path) -> None:
         process.terminate()
         output, _ = process.communicate(timeout=20)
     assert f"http://127.0.0.1:{port}" in output
+
+
+def test_workers_see_the_bind_address_given_on_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Host allow-list default depends on the bind address: a worker
+    started by ``serve --host 0.0.0.0 --workers N`` must see that host, not
+    the config file's."""
+    from iogate.gateway.app import app_from_environment
+
+    monkeypatch.setenv("IOGATE_CONFIG", "")
+    monkeypatch.setenv("IOGATE_SERVE_HOST", "0.0.0.0")
+    monkeypatch.setenv("IOGATE_SERVE_PORT", "9123")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    gateway = app_from_environment().state.settings.gateway
+    assert (gateway.host, gateway.port) == ("0.0.0.0", 9123)
+    assert not gateway.is_loopback()

@@ -43,7 +43,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     settings = parse_settings(
         f'[databases.main]\ntype = "sqlite"\npath = "{tmp_path / "d.db"}"\n', env={}
     )
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), base_url="http://localhost") as test_client:
         yield test_client
 
 

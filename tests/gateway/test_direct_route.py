@@ -179,7 +179,9 @@ scopes = ["db:main:read"]
 type = "sqlite"
 path = "{tmp_path / "direct.db"}"
 """
-    with TestClient(create_app(parse_settings(config, env={}))) as client:
+    with TestClient(
+        create_app(parse_settings(config, env={})), base_url="http://localhost"
+    ) as client:
         yield client
 
 
@@ -290,7 +292,7 @@ path = "{tmp_path / "dispatch.db"}"
     if not any(m.cls is DirectDispatch for m in app.user_middleware):
         # Innermost, as app.py adds it: inside the body limit, audit and request id.
         app.user_middleware.append(Middleware(DirectDispatch))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         body = {"db_name": "main", "query": "SELECT ? AS v", "params": [1]}
         for _ in range(2):
             ok = client.post("/database/execute", json=body)

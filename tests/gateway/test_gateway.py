@@ -33,7 +33,9 @@ type = "sqlite"
 path = "{tmp_path / "locked.db"}"
 allow_raw_sql = false
 """
-    with TestClient(create_app(parse_settings(config, env={}))) as test_client:
+    with TestClient(
+        create_app(parse_settings(config, env={})), base_url="http://localhost"
+    ) as test_client:
         yield test_client
 
 
@@ -122,7 +124,9 @@ url = "postgresql://postgres:pw-canary@127.0.0.1:1/test"
 acquire_timeout = 0.5
 min_connections = 0
 """
-    with TestClient(create_app(parse_settings(config, env={}))) as client:
+    with TestClient(
+        create_app(parse_settings(config, env={})), base_url="http://localhost"
+    ) as client:
         ready = client.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["down"] == ["gone"]

@@ -68,7 +68,9 @@ path = "{tmp_path / "log.db"}"
 def client(settings: Settings, log_stream: io.StringIO) -> Iterator[TestClient]:
     install_operation_log()
     try:
-        with TestClient(with_request_ids(create_app(settings))) as test_client:
+        with TestClient(
+            with_request_ids(create_app(settings)), base_url="http://localhost"
+        ) as test_client:
             yield test_client
     finally:
         uninstall_operation_log()

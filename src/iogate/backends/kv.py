@@ -31,26 +31,37 @@ Values that are not strings are stored as JSON (``get`` returns the stored
 string, so ``json.loads(result.data)`` gives them back). ``key`` defaults to
 the query string when the params omit it, since the seed passes the key as
 the query too.
+
+Keys under ``iogate:`` (``RESERVED_PREFIX``) are iogate's own: the named
+operations' cache entries and tag sets. An untrusted caller (a gateway key
+without ``admin``, any ``guard``) may not name one, to read or to write:
+:func:`check_unreserved` refuses the command before it is sent. Every key a
+command touches is named in it (there is no pattern, scan or script
+operation), so checking the parsed command covers them all: single keys,
+``keys`` lists, ``mset`` mappings, every entry of a pipeline or transaction,
+and ``publish`` channels.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import orjson
 
-from iogate.core.errors import InvalidRequestError, ReadOnlyError
+from iogate.core.errors import ForbiddenStatementError, InvalidRequestError, ReadOnlyError
 from iogate.core.jsonable import jsonable
 from iogate.core.result import Result
 
 __all__ = [
     "KEYED_OPERATIONS",
     "OPERATIONS",
+    "RESERVED_PREFIX",
     "Command",
     "batch_result",
     "check_read_only",
+    "check_unreserved",
     "encode_value",
     "parse_command",
 ]
@@ -89,6 +100,7 @@ READ_OPERATIONS = frozenset(
     {"get", "exists", "ttl", "mget", "hget", "hgetall", "lrange", "smembers"}
 )
 MAX_BATCH = 10_000  # commands in one pipeline/transaction
+RESERVED_PREFIX = "iogate:"  # iogate's own keys: no untrusted command names one
 
 
 class Command(NamedTuple):
@@ -387,3 +399,25 @@ def check_read_only(command: Command) -> None:
     for sub in command.commands or (command,):
         if sub.op not in READ_OPERATIONS:
             raise ReadOnlyError(f"operation {sub.op!r} writes; this request is read-only")
+
+
+def check_unreserved(command: Command) -> None:
+    """Refuse a command (or pipeline entry) naming a key under ``RESERVED_PREFIX``."""
+    for sub in command.commands or (command,):
+        if sub.key.startswith(RESERVED_PREFIX):
+            _refuse_reserved(sub, sub.key)
+        for name in sub.keys:
+            if name.startswith(RESERVED_PREFIX):
+                _refuse_reserved(sub, name)
+        if sub.op == "mset":  # for hset the mapping holds fields, not keys
+            for name, _ in sub.mapping:
+                if name.startswith(RESERVED_PREFIX):
+                    _refuse_reserved(sub, name)
+
+
+def _refuse_reserved(command: Command, name: str) -> NoReturn:
+    raise ForbiddenStatementError(
+        f"operation {command.op!r} names {name[:100]!r}: keys under {RESERVED_PREFIX!r} "
+        "are iogate's own (the named-operation cache) and need db:NAME:admin",
+        kind="reserved key",
+    )

@@ -22,7 +22,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NoReturn
 
 from iogate.backends.base import AsyncDatabaseManager, Transaction
-from iogate.backends.kv import Command, batch_result, check_read_only, parse_command
+from iogate.backends.kv import (
+    Command,
+    batch_result,
+    check_read_only,
+    check_unreserved,
+    parse_command,
+)
 from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, InvalidRequestError, IogateError, QueryError
 from iogate.core.params import Params
@@ -340,6 +346,8 @@ class AsyncMemoryManager(AsyncDatabaseManager):
         command = parse_command(query, params)
         if read_only or guard is Access.READ:
             check_read_only(command)
+        if guard is not None:
+            check_unreserved(command)  # untrusted: not iogate's own keys
         if command.op in ("pipeline", "transaction"):
             return batch_result(command, self.store.apply_many(command))
         try:

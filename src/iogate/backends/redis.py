@@ -54,7 +54,13 @@ from redis.asyncio.connection import (
 )
 
 from iogate.backends.base import AsyncDatabaseManager, Transaction
-from iogate.backends.kv import Command, batch_result, check_read_only, parse_command
+from iogate.backends.kv import (
+    Command,
+    batch_result,
+    check_read_only,
+    check_unreserved,
+    parse_command,
+)
 from iogate.core.deadline import Deadline
 from iogate.core.errors import (
     ClosedError,
@@ -446,6 +452,8 @@ class AsyncRedisManager(AsyncDatabaseManager):
         command = parse_command(query, params)
         if read_only or guard is Access.READ:
             check_read_only(command)
+        if guard is not None:
+            check_unreserved(command)  # untrusted: not iogate's own keys
         op = command.op
         try:
             if op == "pipeline" or op == "transaction":

@@ -18,12 +18,19 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response
 
 from iogate.core.errors import IogateError
 from iogate.gateway.audit import AuditMiddleware
-from iogate.gateway.auth import Authenticator, Principal, principal_of
+from iogate.gateway.auth import OBSERVE, Authenticator, Principal, may_observe, principal_of
+from iogate.gateway.browser import (
+    HostCheckMiddleware,
+    ProblemCORSMiddleware,
+    allowed_hosts_for,
+    cors_options,
+)
 from iogate.gateway.deps import DirectDispatch, orchestrator_of
 from iogate.gateway.logging import (
     RequestIdMiddleware,
@@ -32,7 +39,7 @@ from iogate.gateway.logging import (
 )
 from iogate.gateway.middleware import BodyLimitMiddleware
 from iogate.gateway.privileges import log_privilege_warnings
-from iogate.gateway.responses import AUTH_RESPONSES, ORJSONResponse, problem
+from iogate.gateway.responses import ORJSONResponse, declared, problem
 from iogate.gateway.routes import ROUTERS
 from iogate.gateway.settings import Settings, load_settings
 from iogate.metrics import MetricsCollector, StatsRegistry
@@ -43,18 +50,33 @@ __all__ = ["build_orchestrator", "create_app"]
 logger = logging.getLogger("iogate.gateway")
 
 READY_TIMEOUT = 1.0
+# /stats and /metrics: no key 401, a key without observe 403.
+OBSERVE_RESPONSES = declared(problem=(401, 403, 500))
+
+
+class Readiness(BaseModel):
+    """``/ready``'s body: the status for everyone, the details for an observer."""
+
+    status: str = Field(description="ready or not_ready (also the HTTP status: 200 or 503)")
+    down: list[str] | None = Field(
+        default=None, description="Resources that are down (observe scope only)"
+    )
+    resources: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="Each resource's check (observe scope only)"
+    )
 
 
 def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
     """Every configured resource registered, none opened yet."""
     orchestrator = AsyncOperationOrchestrator()
     for name, db in settings.databases.items():
-        manager = create_database_manager(
-            name, db.type, db.connection_string(), **db.manager_options()
-        )
+        options = db.manager_options(settings.gateway)
+        manager = create_database_manager(name, db.type, db.connection_string(), **options)
         orchestrator.add_manager(name, manager)
         if db.read_url is not None:
-            reader = create_database_manager(name, db.type, db.read_url, **db.manager_options())
+            reader = create_database_manager(
+                name, db.type, db.read_url, **db.manager_options(settings.gateway)
+            )
             orchestrator.add_read_manager(name, reader)
     if settings.apis:
         from iogate.backends.http import AsyncAPIManager
@@ -98,7 +120,9 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     started_at = time.time()
     # Fail now, not at start-up, on a type whose backend cannot be loaded.
     for name, db in settings.databases.items():
-        create_database_manager(name, db.type, db.connection_string(), **db.manager_options())
+        create_database_manager(
+            name, db.type, db.connection_string(), **db.manager_options(settings.gateway)
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,6 +160,14 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     # router, still inside the body limit, the audit record and the request id.
     app.add_middleware(DirectDispatch)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
+    cors = cors_options(settings.gateway)
+    if cors is not None:
+        app.add_middleware(ProblemCORSMiddleware, **cors)
+    # Outside CORS, auth and the body: a foreign Host (DNS rebinding) is
+    # refused before anything else runs; inside the audit record.
+    allowed_hosts = allowed_hosts_for(settings.gateway)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed=allowed_hosts)
     app.add_middleware(AuditMiddleware)
     # Added last = outermost: every response carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)
@@ -144,7 +176,12 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     for router in ROUTERS:
         app.include_router(router)
 
-    @app.get("/health", tags=["observability"], summary="Liveness (no I/O)")
+    @app.get(
+        "/health",
+        tags=["observability"],
+        summary="Liveness (no I/O)",
+        description="Needs no key; like every route, only under an allowed Host name.",
+    )
     async def health() -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - started_at, 3)}
 
@@ -152,23 +189,37 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         "/ready",
         tags=["observability"],
         summary="Readiness: pings every resource",
-        responses={503: {"description": "A resource is down or its circuit is open"}},
+        description=(
+            "Needs no key. The status for everyone; which resources are down and "
+            "each one's check only for a key with the `observe` scope (or when no "
+            "keys are configured). An unknown key is not refused, just not shown more."
+        ),
+        responses={
+            200: {"model": Readiness, "description": "Every resource answers"},
+            503: {"model": Readiness, "description": "A resource is down or its circuit is open"},
+        },
     )
     async def ready(request: Request) -> Response:
+        observer = may_observe(request)
         checks = await orchestrator_of(request).health_check(timeout=READY_TIMEOUT)
         down = sorted(name for name, check in checks.items() if check["status"] != "up")
-        body = {"status": "not_ready" if down else "ready", "down": down, "resources": checks}
+        body: dict[str, Any] = {"status": "not_ready" if down else "ready"}
+        if observer:
+            body["down"] = down
+            body["resources"] = checks
         return ORJSONResponse(body, status_code=503 if down else 200)
 
     @app.get(
         "/stats",
         tags=["observability"],
         summary="Per-resource statistics",
-        responses=AUTH_RESPONSES,
+        description="Needs a key with the `observe` scope (when keys are configured).",
+        responses=OBSERVE_RESPONSES,
     )
     async def stats(
         request: Request, principal: Annotated[Principal, Depends(principal_of)]
     ) -> Response:
+        principal.require(OBSERVE)
         body = {
             "uptime_s": round(time.time() - started_at, 3),
             **orchestrator_of(request).get_stats(),
@@ -181,11 +232,16 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         tags=["observability"],
         summary="Prometheus metrics",
         response_class=PlainTextResponse,
-        responses={200: {"content": {"application/openmetrics-text": {}}}, **AUTH_RESPONSES},
+        description=(
+            "Needs a key with the `observe` scope (when keys are configured); "
+            "Prometheus sends it with `authorization` in its scrape config."
+        ),
+        responses={200: {"content": {"application/openmetrics-text": {}}}, **OBSERVE_RESPONSES},
     )
     async def metrics(
         request: Request, principal: Annotated[Principal, Depends(principal_of)]
     ) -> Response:
+        principal.require(OBSERVE)
         collector: MetricsCollector = request.app.state.metrics
         body, content_type = collector.render(request.headers.get("accept"))
         return Response(body, media_type=content_type)
@@ -231,12 +287,16 @@ def app_from_environment() -> FastAPI:
     """App factory for ``uvicorn --factory`` workers started by ``iogate serve --workers N``.
 
     The parent process passes the config path in ``IOGATE_CONFIG`` (empty: the
-    embedded default) and the shared metrics directory in
-    ``PROMETHEUS_MULTIPROC_DIR``.
+    embedded default), the bind address it was given in ``IOGATE_SERVE_HOST``
+    and ``IOGATE_SERVE_PORT`` (command-line flags override the file), and the
+    shared metrics directory in ``PROMETHEUS_MULTIPROC_DIR``.
     """
     import os
 
-    config = os.environ.get("IOGATE_CONFIG") or None
-    return create_app(
-        load_settings(config), metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-    )
+    settings = load_settings(os.environ.get("IOGATE_CONFIG") or None)
+    bind = {
+        "host": os.environ.get("IOGATE_SERVE_HOST") or settings.gateway.host,
+        "port": int(os.environ.get("IOGATE_SERVE_PORT") or settings.gateway.port),
+    }
+    settings = settings.model_copy(update={"gateway": settings.gateway.model_copy(update=bind)})
+    return create_app(settings, metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)

@@ -7,8 +7,11 @@ key, 403 for a missing scope. Keys are compared as SHA-256 digests with
 nor the time taken reveals which key or how much of it matched.
 
 Scopes: ``db:NAME:read``, ``db:NAME:write``, ``db:NAME:admin``,
-``api:NAME``, ``batch``, ``ops:NAME``; ``*`` stands for any name
-(``db:*:read``, ``ops:*``). ``admin`` implies write, ``write`` implies read.
+``api:NAME``, ``batch``, ``jobs``, ``ops:NAME``, ``observe``; ``*`` stands
+for any name (``db:*:read``, ``ops:*``). ``admin`` implies write, ``write``
+implies read. ``observe`` (``/stats``, ``/metrics``, ``/ready``'s details) is
+implied by nothing: a monitoring system gets a key with ``observe`` alone,
+and an operation key does not learn every resource's name and state.
 
 Raw SQL from a key without ``admin`` is untrusted (guarded SQL,
 :mod:`iogate.core.sqlguard`): :meth:`Principal.sql_guard` says under which
@@ -29,7 +32,9 @@ from iogate.core.sqlguard import Access
 from iogate.gateway.audit import audit_of
 from iogate.gateway.settings import ApiKeySettings, DatabaseSettings, Settings
 
-__all__ = ["ANONYMOUS", "Authenticator", "Principal", "principal_of"]
+__all__ = ["ANONYMOUS", "OBSERVE", "Authenticator", "Principal", "may_observe", "principal_of"]
+
+OBSERVE = "observe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +152,26 @@ class _BearerKey(SecurityBase):
 principal_of = _BearerKey()
 """FastAPI dependency: the caller, authenticated once per request (its name,
 never the key, goes into the audit record)."""
+
+
+def may_observe(request: Request) -> bool:
+    """Whether the caller may see observability details; never refuses.
+
+    For routes that answer everyone but tell more to an observer (``/ready``):
+    True without configured keys (a loopback gateway), else only for a valid
+    key with ``observe``. A missing or unknown key is not an error here, just
+    no observer.
+    """
+    authenticator: Authenticator = request.app.state.authenticator
+    if not authenticator.enabled:
+        return True
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        return False
+    try:
+        principal = authenticator.authenticate(authorization)
+    except HTTPException:
+        return False
+    request.state.principal = principal
+    audit_of(request).key = principal.name
+    return principal.allows(OBSERVE)

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from iogate.core.errors import ConfigError
 
@@ -77,7 +84,8 @@ class GatewaySettings(_Strict):
     # Highest parameter position ($N, "N") a request may use; never above the
     # smallest database maximum (SQLite 32766, PostgreSQL 32767).
     max_params: int = Field(default=10_000, gt=0, le=32_766)
-    max_json_depth: int = Field(default=32, gt=0, le=1000)
+    # At most 200: the JSON encoder stops at 254 levels, envelopes included.
+    max_json_depth: int = Field(default=32, gt=0, le=200)
     max_string_bytes: int = Field(default=1_048_576, gt=0)
     max_result_bytes: int = Field(default=16 * 1_048_576, gt=0)
     # Browsers: Host names the gateway answers (None: loopback names when
@@ -89,6 +97,18 @@ class GatewaySettings(_Strict):
     header_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=30.0, gt=0)
     keep_alive_timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_entries(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and "*" not in (entry.strip() for entry in value):
+            from iogate.gateway.browser import HostAllowList  # it imports this module
+
+            try:
+                HostAllowList(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("gateway.allowed_hosts: ")) from None
+        return value
 
     def is_loopback(self) -> bool:
         if self.host == "localhost":
@@ -156,8 +176,14 @@ class DatabaseSettings(_Strict):
     def connection_string(self) -> str:
         return self.path or self.url or ""
 
-    def manager_options(self) -> dict[str, Any]:
-        """Keyword options for ``create_database_manager``: only those set."""
+    def manager_options(self, gateway: GatewaySettings | None = None) -> dict[str, Any]:
+        """Keyword options for ``create_database_manager``: only those set.
+
+        With ``gateway``, its result caps (``max_rows``, ``max_result_bytes``)
+        become the SQL managers' own, so every path to the database reads
+        within them (named operations, transactions, batch groups), not
+        only the calls that pass them.
+        """
         sql_keys = (
             "min_connections",
             "max_connections",
@@ -184,6 +210,9 @@ class DatabaseSettings(_Strict):
                 )
             options["read_only"] = self.read_only
             options["allow_raw_sql"] = self.allow_raw_sql
+            if gateway is not None:
+                options["max_rows"] = gateway.max_rows
+                options["max_result_bytes"] = gateway.max_result_bytes
         elif self.type == "redis":
             if self.max_connections is not None:
                 options["max_connections"] = self.max_connections

@@ -28,6 +28,7 @@ only costs the cache: the operation still runs.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import string
 import time
@@ -39,6 +40,7 @@ from urllib.parse import quote
 
 import orjson
 
+from iogate.backends.kv import RESERVED_PREFIX
 from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, InvalidRequestError, IogateError
 from iogate.core.events import OperationEvent, emit
@@ -63,8 +65,10 @@ __all__ = [
 OperationFunction = Callable[..., Awaitable[Any]]
 F = TypeVar("F", bound=OperationFunction)
 
-CACHE_PREFIX = "iogate:op:"
-TAG_PREFIX = "iogate:tag:"
+# Under the reserved prefix: no key without admin can read or forge an entry
+# through raw key-value operations (iogate.backends.kv.check_unreserved).
+CACHE_PREFIX = f"{RESERVED_PREFIX}op:"
+TAG_PREFIX = f"{RESERVED_PREFIX}tag:"
 _BODYLESS_METHODS = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})
 
 
@@ -443,8 +447,21 @@ def _fill_endpoint(template: str, values: Mapping[str, Any]) -> tuple[str, dict[
 
 
 def _cache_key(op: NamedOperation, values: Mapping[str, Any]) -> str:
+    """``iogate:op:NAME:DEFINITION:{sorted params JSON}``.
+
+    DEFINITION digests what the operation runs, so gateways sharing one
+    Redis with different operations under the same name, or a query changed
+    across a restart, never read each other's entries.
+    """
     encoded = orjson.dumps(values, default=jsonable, option=orjson.OPT_SORT_KEYS).decode()
-    return f"{CACHE_PREFIX}{op.name}:{encoded}"
+    return f"{CACHE_PREFIX}{op.name}:{_definition_digest(op)}:{encoded}"
+
+
+def _definition_digest(op: NamedOperation) -> str:
+    function = op.function
+    target = f"{function.__module__}.{function.__qualname__}" if function is not None else None
+    definition = [op.resource, op.query, op.method, op.endpoint, list(op.params), target]
+    return hashlib.sha256(orjson.dumps(definition)).hexdigest()[:16]
 
 
 def _tag(template: str, values: Mapping[str, Any]) -> str:

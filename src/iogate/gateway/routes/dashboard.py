@@ -3,7 +3,10 @@
 The page, its script and its stylesheet ship inside the package
 (``gateway/static``), so the dashboard needs no build step and no network
 beyond the gateway. It holds no data: the script fetches ``/stats``, which
-applies the gateway's authentication, so the page itself needs none.
+applies the gateway's authentication, so the page itself needs none. With
+keys configured, ``/stats`` needs one with the ``observe`` scope: on a 401 or
+403 the page asks for it and keeps it in the tab's ``sessionStorage`` only
+(sent as ``Authorization: Bearer``, never in a URL).
 """
 
 from __future__ import annotations

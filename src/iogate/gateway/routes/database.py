@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.core.errors import ParameterError
+from iogate.core.params import check_params_limit
+from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
@@ -70,12 +73,20 @@ async def database_execute(
             "Raw SQL not allowed",
             f"database {body.db_name!r} accepts only named operations (allow_raw_sql = false)",
         )
+    try:
+        check_params_limit(body.params, settings.gateway.max_params)
+    except ParameterError as exc:
+        # As the database's own parameter errors answer: a failed Result, 422.
+        failure = Result.fail(str(exc), exc.error_type, resource=body.db_name, operation="query")
+        audit.error_type = failure.error_type
+        return result_response(failure, kind="database")
     result = await orchestrator.execute_database_operation(
         body.db_name,
         body.query,
         body.params,
         deadline=deadline,
         max_rows=settings.gateway.max_rows,
+        max_result_bytes=settings.gateway.max_result_bytes,
         read_only=read_only,
         guard=guard,
     )

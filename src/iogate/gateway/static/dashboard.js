@@ -65,7 +65,9 @@
   function askForKey(status) {
     const form = document.getElementById("key-form");
     form.hidden = false;
-    setStatus("/stats answered " + status + ": enter an API key", true);
+    // /stats needs a key with the "observe" scope when keys are configured.
+    const why = status === 403 ? "this key lacks the observe scope" : "a key is needed";
+    setStatus("/stats answered " + status + ": " + why + "; enter a key with observe", true);
   }
 
   document.getElementById("key-form").addEventListener("submit", function (event) {
