@@ -238,3 +238,20 @@ async def test_read_url_serves_untrusted_reads_as_its_own_role(
     finally:
         await pg_raw.execute(f"DROP OWNED BY {role}")
         await pg_raw.execute(f"DROP ROLE {role}")
+
+
+async def test_server_data_errors_are_named_as_the_server_names_them(
+    one_conn: AsyncPostgreSQLManager,
+) -> None:
+    """A division by zero is the server's DataError, not a parameter asyncpg
+    could not encode; a guarded statement's encoding error still rolls back."""
+    for guard in (None, Access.READ, Access.WRITE):
+        result = await one_conn.execute_query("SELECT 1/0 AS x", guard=guard)
+        assert result.error_type == "query_error"
+        assert "division by zero" in (result.error or "")
+        assert "cannot encode" not in (result.error or "")
+        bad = await one_conn.execute_query("SELECT $1::int AS x", ["nope"], guard=guard)
+        assert bad.error_type == "query_error"
+        assert "cannot encode" in (bad.error or "")
+    after = await one_conn.execute_query("SELECT 2 AS two", guard=Access.READ)
+    assert after.data == [{"two": 2}]

@@ -191,3 +191,14 @@ def test_step_ids_match_whole() -> None:
     assert not is_step_id("user\n")
     assert not is_step_id("12")
     assert not is_step_id(["user"])
+
+
+@pytest.mark.parametrize("query", ["SELECT $²", "SELECT $" + "9" * 5000, "SELECT $40000"])
+def test_mysql_placeholders_beyond_the_limit_are_parameter_errors(query: str) -> None:
+    """Not a 500: ``$`` then non-ASCII digits is text, and a position past
+    MAX_PARAMS is refused without converting thousands of digits."""
+    from iogate.backends.mysql import bind_parameters
+    from iogate.core.errors import ParameterError
+
+    with pytest.raises(ParameterError):
+        bind_parameters(query, (1,))

@@ -82,7 +82,7 @@ from iogate.core.errors import (
     UnknownOutcomeError,
 )
 from iogate.core.jsonable import row_to_dict
-from iogate.core.params import Params, normalize_params
+from iogate.core.params import MAX_PARAMS, Params, normalize_params
 from iogate.core.redact import redact_text, redact_url
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access, Verdict, require
@@ -110,6 +110,7 @@ _TIMEOUT_CODES = frozenset({1969, 3024})  # max_statement_time / max_execution_t
 _READ_ONLY_CODES = frozenset({1290, 1792, 1836})  # --read-only, READ ONLY transaction
 _CONNECTION_CODES = frozenset({1053, 1927, 4031})  # shutdown, killed, idle disconnect
 _UNKNOWN_THREAD = 1094
+_ASCII_DIGITS = frozenset("0123456789")
 
 # Statements that may leave session state a later caller would inherit
 # (autocommit off, an open transaction, table locks): the connection is reset
@@ -423,15 +424,21 @@ def _translate(query: str) -> _Translated:
         elif (
             ch == "$"
             and i + 1 < n
-            and query[i + 1].isdigit()
+            and query[i + 1] in _ASCII_DIGITS
             and (i == 0 or query[i - 1] not in _IDENTIFIER_CHARS)
         ):
             j = i + 1
-            while j < n and query[j].isdigit():
+            while j < n and query[j] in _ASCII_DIGITS:
                 j += 1
+            if j - i - 1 > len(str(MAX_PARAMS)):
+                raise ParameterError(
+                    f"placeholder ${query[i + 1 : i + 9]}...: at most ${MAX_PARAMS}"
+                )
             position = int(query[i + 1 : j])
             if position < 1:
                 raise ParameterError("placeholder $0: positions start at $1")
+            if position > MAX_PARAMS:
+                raise ParameterError(f"placeholder ${position}: at most ${MAX_PARAMS}")
             styles.add("$n")
             highest_dollar = max(highest_dollar, position)
             order.append(position - 1)

@@ -426,25 +426,18 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         result was too large lost its connection, and with it the transaction.
         """
         raw: asyncpg.Connection = conn.raw
-        timeout = deadline.remaining()
-        await self._mapped(raw.execute(_BEGIN[read], timeout=timeout), timeout)
+        await self._begin(raw, read, deadline)
         try:
             outcome = await self._run(conn, query, args, deadline, caps)
-        except QueryError as exc:
-            if exc.sqlstate is not None:
-                timeout = deadline.remaining()
-                await self._mapped(raw.execute("ROLLBACK", timeout=timeout), timeout)
+        except QueryError:
+            # Refused by the server, or a parameter asyncpg could not encode
+            # (nothing was sent): end the transaction here either way.
+            await self._rollback(raw, deadline)
             raise
-        timeout = deadline.remaining()
         if read:
-            await self._mapped(raw.execute("ROLLBACK", timeout=timeout), timeout)
-            return outcome
-        try:
-            await self._mapped(raw.execute("COMMIT", timeout=timeout), timeout)
-        except (DatabaseConnectionError, OperationTimeoutError) as exc:
-            raise UnknownOutcomeError(
-                f"{exc} while committing: the write may have been applied"
-            ) from exc
+            await self._rollback(raw, deadline)
+        else:
+            await self._commit(raw, deadline)
         return outcome
 
     async def _run(
@@ -721,10 +714,11 @@ def _translate(exc: BaseException, timeout: float | None) -> IogateError:
             return OperationTimeoutError(
                 f"statement cancelled: {exc.args[0] if exc.args else 'statement timeout'}"
             )
-        if isinstance(exc, asyncpg.DataError):
+        if isinstance(exc, asyncpg.DataError) and getattr(exc, "severity", None) is None:
             # Raised by asyncpg itself while encoding a parameter (it carries a
-            # class SQLSTATE but the server never answered): no sqlstate here,
-            # so the connection is reset before reuse.
+            # class SQLSTATE but the server never answered, so no severity):
+            # no sqlstate here, so the connection is reset before reuse. The
+            # server's own data errors (division by zero...) have a severity.
             return QueryError(f"cannot encode parameters: {exc}")
         if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
             return ReadOnlyError(str(exc), sqlstate=exc.sqlstate)
