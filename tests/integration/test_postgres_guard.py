@@ -255,3 +255,17 @@ async def test_server_data_errors_are_named_as_the_server_names_them(
         assert "cannot encode" in (bad.error or "")
     after = await one_conn.execute_query("SELECT 2 AS two", guard=Access.READ)
     assert after.data == [{"two": 2}]
+
+
+async def test_read_only_never_runs_a_script(
+    one_conn: AsyncPostgreSQLManager, pg_raw: asyncpg.Connection, pg_table: str
+) -> None:
+    """Trusted code too: read_only=True never falls back to the simple
+    protocol, where ROLLBACK; INSERT would escape the READ ONLY transaction."""
+    await pg_raw.execute(f"INSERT INTO {pg_table} (name) VALUES ('keep')")
+    script = f"ROLLBACK; DELETE FROM {pg_table}"
+    result = await one_conn.execute_query(script, read_only=True)
+    assert result.error_type == "query_error"
+    assert await pg_raw.fetchval(f"SELECT count(*) FROM {pg_table}") == 1
+    trusted = await one_conn.execute_query(f"SELECT 1; SELECT count(*) FROM {pg_table}")
+    assert trusted.success  # without read_only a trusted script still runs
