@@ -66,6 +66,7 @@ from asyncmy.errors import MySQLError
 
 from iogate.backends.base import Transaction
 from iogate.backends.guard_mysql import classify_mysql
+from iogate.backends.meter import NO_BYTE_CAP, ProtocolRelay
 from iogate.backends.pool import PooledConnection
 from iogate.backends.pooled import PooledDatabaseManager
 from iogate.core.config import DatabaseOptions
@@ -133,7 +134,6 @@ _PACKET_HEADER = struct.Struct("<I").unpack_from
 _PACKET_LENGTH = 0xFFFFFF
 # Bytes of an answer the meter keeps before it reads packet headers.
 _PARSE_AFTER = 64 * 1024
-_NO_BYTE_CAP = 0
 
 
 # -- connection target ---------------------------------------------------------
@@ -254,7 +254,7 @@ async def _close_connection(raw: MySQLConnection) -> None:
         raw.close()
 
 
-class _ResultMeter(asyncio.BufferedProtocol):
+class _ResultMeter(ProtocolRelay, asyncio.BufferedProtocol):
     """Between a connection's socket and asyncmy: what a result brings in.
 
     Installed as the transport's protocol in front of asyncmy's buffered
@@ -291,19 +291,9 @@ class _ResultMeter(asyncio.BufferedProtocol):
         self._kept: bytes | None = b""  # the answer so far; None once parsing
         self._skip = 0  # bytes of the current packet still to come
         self._head = b""  # the start of a header cut by a read
-        self.budget = _NO_BYTE_CAP
+        self.budget = NO_BYTE_CAP
         self.spent = 0
         self.tripped = False
-
-    @classmethod
-    def of(cls, raw: MySQLConnection) -> _ResultMeter:
-        """``raw``'s meter, put in front of its protocol on first use."""
-        transport: asyncio.Transport = raw._transport  # type: ignore[attr-defined]
-        meter = transport.get_protocol()
-        if type(meter) is not cls:
-            meter = cls(transport, meter)  # type: ignore[arg-type]
-            transport.set_protocol(meter)
-        return meter
 
     def arm(self, budget: int) -> None:
         """Count from the next byte, the first of the statement's answer."""
@@ -332,9 +322,7 @@ class _ResultMeter(asyncio.BufferedProtocol):
                 answer = kept + view[:nbytes]
                 self.spent = self._charge(answer, len(answer))
             if self.spent > self.budget:
-                self.budget = _NO_BYTE_CAP
-                self.tripped = True
-                self._transport.abort()
+                self.trip()
                 return
         self._protocol.buffer_updated(nbytes)
 
@@ -363,18 +351,6 @@ class _ResultMeter(asyncio.BufferedProtocol):
         else:
             self._skip = position - size
         return extra + position - start + packets * _PACKET_CHARGE
-
-    def eof_received(self) -> bool | None:
-        return self._protocol.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._protocol.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._protocol.resume_writing()
 
 
 # -- placeholders ----------------------------------------------------------------
@@ -670,7 +646,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         sql, args = bind_parameters(query, normalize_params(params))
         read_only = read_only or self.options.read_only or guard is Access.READ
         max_rows = max_rows or self.options.max_rows
-        max_bytes = max_result_bytes or self.options.max_result_bytes or _NO_BYTE_CAP
+        max_bytes = max_result_bytes or self.options.max_result_bytes or NO_BYTE_CAP
         conn = await self.acquire(deadline)
         clean = False
         try:
@@ -778,7 +754,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         sql: str,
         args: tuple[Any, ...] | None,
         deadline: Deadline,
-        max_bytes: int = _NO_BYTE_CAP,
+        max_bytes: int = NO_BYTE_CAP,
     ) -> _Outcome:
         """Run one statement, mapping asyncmy's errors to iogate's.
 
@@ -823,7 +799,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             raise QueryError(f"cannot encode parameters: {type(exc).__name__}: {exc}") from exc
         finally:
             if meter is not None:
-                meter.budget = _NO_BYTE_CAP
+                meter.budget = NO_BYTE_CAP
 
     def _map_error(self, exc: MySQLError) -> IogateError:
         code = _code(exc)
@@ -921,7 +897,7 @@ class _MySQLTransaction(Transaction):
             sql, args = bind_parameters(query, normalize_params(params))
             if self.guard is None:
                 _note_session_change(self._conn, query)
-            max_bytes = manager.options.max_result_bytes or _NO_BYTE_CAP
+            max_bytes = manager.options.max_result_bytes or NO_BYTE_CAP
             outcome = await manager._run(self._conn, sql, args, self._deadline, max_bytes)
         except IogateError as exc:
             return Result.from_exception(exc, resource=manager.name, operation="query")

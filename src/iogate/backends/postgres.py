@@ -48,6 +48,7 @@ import orjson
 
 from iogate.backends.base import Transaction
 from iogate.backends.guard_postgres import classify_postgres
+from iogate.backends.meter import NO_BYTE_CAP, ProtocolRelay
 from iogate.backends.pool import PooledConnection
 from iogate.backends.pooled import PooledDatabaseManager
 from iogate.core.config import DatabaseOptions
@@ -79,7 +80,6 @@ _WRITE_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
 # 57P01-57P03: terminated by an administrator, a crash, or shutting down).
 _CONNECTION_LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
 _BEGIN = {True: "BEGIN READ ONLY", False: "BEGIN"}
-_NO_BYTE_CAP = 0
 # What a message costs beyond its bytes once it is a row in Python (a Record,
 # then the dict it is answered as): without it, a million one-column rows
 # would pass a budget they overrun ten times over in memory.
@@ -156,7 +156,7 @@ def _json_encode(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-class _ResultMeter(asyncio.Protocol):
+class _ResultMeter(ProtocolRelay, asyncio.Protocol):
     """Between a connection's socket and asyncpg: what a result brings in.
 
     Installed as the transport's protocol in front of asyncpg's (which it
@@ -191,19 +191,9 @@ class _ResultMeter(asyncio.Protocol):
         self._by_message = False
         self._skip = 0  # bytes of the current message still to come
         self._head = b""  # the start of a header cut by a read
-        self.budget = _NO_BYTE_CAP
+        self.budget = NO_BYTE_CAP
         self.spent = 0
         self.tripped = False
-
-    @classmethod
-    def of(cls, raw: asyncpg.Connection) -> _ResultMeter:
-        """``raw``'s meter, put in front of its protocol on first use."""
-        transport: asyncio.Transport = raw._transport  # type: ignore[attr-defined]
-        meter = transport.get_protocol()
-        if type(meter) is not cls:
-            meter = cls(transport, meter)  # type: ignore[arg-type]
-            transport.set_protocol(meter)
-        return meter
 
     def arm(self, budget: int, *, by_message: bool) -> None:
         """Count from the next byte, the first of the statement's answer."""
@@ -217,9 +207,7 @@ class _ResultMeter(asyncio.Protocol):
         if self.budget:
             self.spent += self._charge(data) if self._by_message else len(data)
             if self.spent > self.budget:
-                self.budget = _NO_BYTE_CAP
-                self.tripped = True
-                self._transport.abort()
+                self.trip()
                 return
         self._protocol.data_received(data)
 
@@ -248,18 +236,6 @@ class _ResultMeter(asyncio.Protocol):
         else:
             self._skip = position - size
         return charge
-
-    def eof_received(self) -> bool | None:
-        return self._protocol.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._protocol.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._protocol.resume_writing()
 
 
 async def _read_rows(
@@ -379,7 +355,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         max_rows = max_rows or self.options.max_rows
         caps = (
             max_rows + 1 if max_rows else 0,
-            max_result_bytes or self.options.max_result_bytes or _NO_BYTE_CAP,
+            max_result_bytes or self.options.max_result_bytes or NO_BYTE_CAP,
         )
         conn = await self.acquire(deadline)
         clean = False
@@ -463,7 +439,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
     def _caps(self) -> tuple[int, int]:
         """The options' caps, for statements run without per-call ones."""
         max_rows = self.options.max_rows
-        return (max_rows + 1 if max_rows else 0, self.options.max_result_bytes or _NO_BYTE_CAP)
+        return (max_rows + 1 if max_rows else 0, self.options.max_result_bytes or NO_BYTE_CAP)
 
     async def _mapped(self, work: Awaitable[T], timeout: float | None) -> T:
         """Await asyncpg work, mapping its errors to iogate's."""
@@ -520,7 +496,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             raise
         finally:
             if meter is not None:
-                meter.budget = _NO_BYTE_CAP
+                meter.budget = NO_BYTE_CAP
         return rows, statement.get_statusmsg() or ""
 
     async def execute_many(
