@@ -28,7 +28,6 @@ uvicorn pickles into each worker.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import sys
 from typing import Any
@@ -72,14 +71,24 @@ class ServerConfig(uvicorn.Config):
     body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
-class _Phase(enum.Enum):
-    HEADERS = "headers"  # waiting for (the rest of) a request's headers
-    BODY = "body"  # headers complete, body not yet
-    DONE = "done"  # request complete; answering, or idle under keep-alive
+# The read phase of a connection, as plain ints: the callbacks below run for
+# every request, and an enum member look-up costs as much as the rest of one.
+_IDLE = 0  # no byte of the next request yet (a fresh connection)
+_HEADERS = 1  # part of a request's headers arrived, not all
+_BODY = 2  # headers complete, body not yet
+_DONE = 3  # request complete; answering, or idle under keep-alive (uvicorn's timer)
+_PHASE_NAMES = ("headers", "headers", "body", "done")
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header and body read deadlines."""
+    """uvicorn's httptools protocol with header and body read deadlines.
+
+    The per-request cost is three attribute stores in the parser callbacks and
+    one comparison in ``data_received``: a phase's timer is armed only when the
+    phase outlives the ``data_received`` call in which it began, and the
+    deadline counts from that call (the same loop iteration as the phase's
+    first byte).
+    """
 
     def __init__(
         self,
@@ -95,9 +104,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.header_timeout = DEFAULT_HEADER_TIMEOUT
             self.body_timeout = DEFAULT_BODY_TIMEOUT
-        self._phase = _Phase.HEADERS
-        self._phase_started = 0.0
-        self._request_begun = False  # a byte of the current request arrived
+        self._phase = _IDLE
         self._deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
@@ -105,51 +112,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # A connection that never sends a byte is still waiting for headers.
-        self._phase_started = self.loop.time()
         self._arm()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._deadline is None and self._phase is not _Phase.DONE:
+        if self._phase < _DONE and self._deadline is None:
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         super().connection_lost(exc)
 
     # -- parser callbacks -------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._phase is _Phase.DONE:
-            self._phase = _Phase.HEADERS
-            self._phase_started = self.loop.time()
-        self._request_begun = True
+        self._phase = _HEADERS
 
     def on_headers_complete(self) -> None:
-        self._disarm()
-        self._phase = _Phase.BODY
-        self._phase_started = self.loop.time()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = _BODY
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._disarm()
-        self._phase = _Phase.DONE
-        self._request_begun = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = _DONE
         super().on_message_complete()
 
     # -- deadlines -----------------------------------------------------------------
 
+    def _limit(self) -> float:
+        return self.body_timeout if self._phase == _BODY else self.header_timeout
+
     def _arm(self) -> None:
         if self.transport.is_closing():
             return
-        limit = self.header_timeout if self._phase is _Phase.HEADERS else self.body_timeout
-        self._deadline = self.loop.call_at(self._phase_started + limit, self._timed_out)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = self.loop.call_later(self._limit(), self._timed_out)
 
     def _timed_out(self) -> None:
         self._deadline = None
@@ -159,10 +163,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         logger.info(
             "closing a connection from %s: request %s not received within %ss",
             self.client[0] if self.client else "?",
-            phase.value,
-            self.header_timeout if phase is _Phase.HEADERS else self.body_timeout,
+            _PHASE_NAMES[phase],
+            self._limit(),
         )
-        cycle = self.cycle if phase is _Phase.BODY else None
+        cycle = self.cycle if phase == _BODY else None
         if cycle is not None:
             # The handler waiting for the body sees a disconnect; whatever it
             # sends after this is dropped instead of following our answer.
@@ -171,7 +175,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.message_event.set()
             if not answered:
                 self.transport.write(_REQUEST_TIMEOUT)
-        elif phase is _Phase.HEADERS and self._request_begun:
+        elif phase == _HEADERS:  # part of a request came: answer it
             self.transport.write(_REQUEST_TIMEOUT)
         self.transport.close()
 
