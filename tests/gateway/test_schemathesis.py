@@ -135,6 +135,46 @@ def test_gateway_conforms_to_its_openapi(case: Any) -> None:
     case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"}, checks=CHECKS)
 
 
+def test_gateway_statefully_follows_its_links(api_schema: Any) -> None:
+    """Sequences of calls along the schema's OpenAPI links (``GET /operations``
+    names what ``POST /operations/{name}`` runs), with the same checks."""
+    links = api_schema.raw_schema["paths"]["/operations"]["get"]["responses"]["200"]["links"]
+    assert "RunOperation" in links  # without a link the stateful run has nothing to do
+
+    calls: list[tuple[str, Any, int]] = []
+
+    class Machine(api_schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"headers": {"Authorization": f"Bearer {KEY}"}}
+
+        def before_call(self, case: Any) -> None:
+            if case.path != "/operations/{name}":  # that one's name must come from the link
+                aim(case)
+
+        def after_call(self, response: Any, case: Any) -> None:
+            name = (case.path_parameters or {}).get("name")
+            calls.append((f"{case.method} {case.path}", name, response.status_code))
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs or None)
+
+    Machine.run(
+        settings=settings(
+            max_examples=15,
+            stateful_step_count=4,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    # The link was followed: the operation the listing named was run by that
+    # name (a generated name is almost never "get_user"), and not refused.
+    linked = [c for c in calls if c[0] == "POST /operations/{name}" and c[1] == "get_user"]
+    assert linked, calls
+    assert all(status < 500 for *_, status in calls), calls
+
+
 # Generated names almost never match a configured one, so without help every
 # request would stop at "unknown database". Two in three are pointed at a
 # real resource (chosen from the generated name, so runs stay repeatable) and

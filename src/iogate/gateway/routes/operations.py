@@ -38,6 +38,17 @@ __all__ = ["operations_of", "router"]
 
 router = APIRouter(tags=["operations"])
 
+# The listing names operations that ``POST /operations/{name}`` runs: an
+# OpenAPI link, so clients and stateful testers (schemathesis) can follow it.
+_LIST_RESPONSES = declared(OperationList, problem=(401, 500))
+_LIST_RESPONSES[200]["links"] = {
+    "RunOperation": {
+        "operationRef": "#/paths/~1operations~1{name}/post",
+        "parameters": {"name": "$response.body#/operations/0/name"},
+        "description": "Run the first operation listed (each entry's `name` works the same)",
+    }
+}
+
 
 def operations_of(
     orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
@@ -51,7 +62,7 @@ def operations_of(
 @router.get(
     "/operations",
     summary="List the named operations and their parameters",
-    responses=declared(OperationList, problem=(401, 500)),
+    responses=_LIST_RESPONSES,
 )
 async def list_operations(
     registry: Annotated[OperationRegistry, Depends(operations_of)],
