@@ -53,6 +53,7 @@ __all__ = [
     "ResultTooLargeError",
     "UnknownOutcomeError",
     "UpstreamAuthError",
+    "error_for",
 ]
 
 
@@ -179,6 +180,63 @@ class RateLimitedError(APIError):
 
 class UpstreamAuthError(HTTPStatusError):
     error_type = "http_error"
+
+
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# error_type -> the class raised for it; shared codes take the API or the
+# database class depending on where the Result came from.
+_BY_TYPE: dict[str, type[IogateError]] = {
+    "config_error": ConfigError,
+    "invalid_request": InvalidRequestError,
+    "forbidden_statement": InvalidRequestError,
+    "result_too_large": InvalidRequestError,
+    "not_found": ResourceNotFoundError,
+    "closed": ClosedError,
+    "database_error": DatabaseError,
+    "query_error": QueryError,
+    "read_only": ReadOnlyError,
+    "unknown_outcome": UnknownOutcomeError,
+    "pool_exhausted": PoolExhaustedError,
+    "timeout": OperationTimeoutError,
+    "api_error": APIError,
+}
+
+
+def error_for(
+    error_type: str | None,
+    message: str,
+    *,
+    status_code: int | None = None,
+    retry_after: float | None = None,
+    api: bool = False,
+) -> IogateError:
+    """The iogate exception a failed Result with ``error_type`` stands for.
+
+    ``api`` picks the API class where a code is shared (``connection_error``:
+    ``APIConnectionError`` or ``DatabaseConnectionError``). A code this
+    version does not know becomes the root class for its side
+    (``APIError`` / ``DatabaseError``), never a bare ``Exception``.
+    """
+    if error_type == "circuit_open":
+        return CircuitOpenError(message, retry_after=retry_after)
+    if error_type == "rate_limited":
+        return RateLimitedError(message, retry_after=retry_after)
+    if error_type == "connection_error":
+        return APIConnectionError(message) if api else DatabaseConnectionError(message)
+    if error_type == "http_error" or (api and status_code is not None and status_code >= 400):
+        status = status_code if status_code is not None else 502
+        if status in (401, 403):
+            return UpstreamAuthError(message, status_code=status)
+        return HTTPStatusError(message, status_code=status)
+    cls = _BY_TYPE.get(error_type or "")
+    if cls is not None:
+        return cls(message)
+    return APIError(message) if api else DatabaseError(message)
+
+
+def is_api_outcome(operation: str | None, status_code: int | None) -> bool:
+    """Whether a Result came from an HTTP call (its operation is a method)."""
+    return status_code is not None or operation in _HTTP_METHODS
 
 
 def tls_reason(exc: BaseException) -> str:

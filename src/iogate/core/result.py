@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from iogate.core.errors import IogateError
+from iogate.core.errors import IogateError, error_for, is_api_outcome
 
 __all__ = ["Result"]
 
@@ -108,6 +108,31 @@ class Result:
             "internal_error",
             resource=resource,
             operation=operation,
+        )
+
+    def raise_for_error(self, context: str | None = None) -> Result:
+        """Return this Result if it succeeded; otherwise raise its iogate error.
+
+        The class follows ``error_type`` (``query_error`` -> ``QueryError``,
+        ``timeout`` -> ``OperationTimeoutError``, an upstream 401/403 ->
+        ``UpstreamAuthError``, ...; see ``iogate.errors``), so one ``except``
+        clause catches the same failure whether it was raised or returned::
+
+            rows = (await db.execute_query("SELECT 1")).raise_for_error().data
+
+        ``context`` prefixes the message (``"load user 42: ..."``).
+        """
+        if self.success:
+            return self
+        message = self.error or self.error_type or "operation failed"
+        if context:
+            message = f"{context}: {message}"
+        raise error_for(
+            self.error_type,
+            message,
+            status_code=self.status_code,
+            retry_after=self.retry_after,
+            api=is_api_outcome(self.operation, self.status_code),
         )
 
     def with_timing(self, duration_ms: float, attempts: int = 1) -> Result:
