@@ -82,7 +82,7 @@ from iogate.core.errors import (
     ReadOnlyError,
     ResultTooLargeError,
 )
-from iogate.core.params import Params, check_count, count_placeholders, normalize_params
+from iogate.core.params import Params, count_placeholders, normalize_params
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 
@@ -136,6 +136,9 @@ _Completion = tuple[asyncio.Future[Any], Any, bool]
 # A statement's result caps, (max_rows, max_result_bytes); None is no cap. A
 # plain tuple: one is built per call, and a NamedTuple costs ten times more.
 _Limits = tuple[int | None, int | None]
+# Statement arguments as the driver binds them: by position (``?``), or by
+# name for ``$n`` placeholders (see ``_bind``).
+_Args = tuple[Any, ...] | dict[str, Any]
 _UNLIMITED: _Limits = (None, None)
 
 
@@ -197,16 +200,45 @@ def _first_verb(query: str) -> str:
     return match.group(1).upper() if match else ""
 
 
-@functools.lru_cache(maxsize=1024)
-def _analyse_cached(query: str) -> tuple[str, int | None]:
-    return _first_verb(query), count_placeholders(query, "qmark")
+def _shape(query: str) -> tuple[str, int | None, bool]:
+    """First keyword, placeholders expected, and whether they are ``$n``.
+
+    ``?`` (and ``?NNN``) bind by position. ``$1..$n`` are, to SQLite, named
+    parameters numbered in order of appearance, so ``$2 ... $1`` bound by
+    position would swap the values: they are bound by name instead (the
+    driver looks ``$2`` up as key ``"2"``), which is what PostgreSQL's
+    ``$n`` means.
+    """
+    qmarks = count_placeholders(query, "qmark")
+    dollars = count_placeholders(query, "dollar") if "$" in query else 0
+    if qmarks and dollars:
+        raise ParameterError("query mixes ? and $n placeholders; use one style")
+    if dollars:
+        return _first_verb(query), dollars, True
+    return _first_verb(query), qmarks, False
 
 
-def _analyse(query: str) -> tuple[str, int | None]:
-    """First keyword and ``?`` count; cached, as services repeat their queries."""
+_analyse_cached = functools.lru_cache(maxsize=1024)(_shape)
+
+
+def _analyse(query: str) -> tuple[str, int | None, bool]:
+    """``_shape``, cached, as services repeat their queries."""
     if len(query) <= _ANALYSIS_CACHE_CHARS:
         return _analyse_cached(query)
-    return _first_verb(query), count_placeholders(query, "qmark")
+    return _shape(query)
+
+
+def _bind(query: str, args: tuple[Any, ...]) -> tuple[str, _Args]:
+    """The first keyword and the arguments as the driver binds them."""
+    verb, placeholders, numbered = _analyse(query)
+    if placeholders is not None and placeholders != len(args):
+        raise ParameterError(
+            f"query expects {placeholders} parameter{'s' if placeholders != 1 else ''}"
+            f", got {len(args)}"
+        )
+    if numbered:
+        return verb, {str(position): value for position, value in enumerate(args, 1)}
+    return verb, args
 
 
 # -- statements (connection threads) ------------------------------------------
@@ -219,7 +251,7 @@ def _convert(value: Any) -> Any:
 
 
 def _run_statement(
-    conn: _Connection, query: str, args: tuple[Any, ...], limits: _Limits = _UNLIMITED
+    conn: _Connection, query: str, args: _Args, limits: _Limits = _UNLIMITED
 ) -> _Outcome:
     """Execute and fetch in one go (runs in the connection's thread).
 
@@ -294,7 +326,7 @@ def _limit_value_length(conn: _Connection, max_bytes: int | None) -> None:
 def _group_read(
     conn: _Connection,
     query: str,
-    args: tuple[Any, ...],
+    args: _Args,
     limits: _Limits,
     guard: Access | None = None,
 ) -> _Outcome:
@@ -335,7 +367,7 @@ def _end_reads(conn: _Connection) -> bool:
 def _group_write(
     conn: _Connection,
     query: str,
-    args: tuple[Any, ...],
+    args: _Args,
     limits: _Limits,
     guard: Access | None,
 ) -> _Outcome:
@@ -397,7 +429,7 @@ def _run_group(conn: _Connection, jobs: list[_Job]) -> list[_Completion]:
 
 
 def _run_write(
-    conn: _Connection, query: str, args: tuple[Any, ...], limits: _Limits, guard: Access | None
+    conn: _Connection, query: str, args: _Args, limits: _Limits, guard: Access | None
 ) -> _Outcome:
     if guard is None:
         return _run_statement(conn, query, args, limits)
@@ -459,9 +491,7 @@ def _attempt_timed(
     return _attempt(conn, fn, args, future)
 
 
-def _run_read_only(
-    conn: _Connection, query: str, args: tuple[Any, ...], limits: _Limits
-) -> _Outcome:
+def _run_read_only(conn: _Connection, query: str, args: _Args, limits: _Limits) -> _Outcome:
     conn.execute("PRAGMA query_only = ON")
     try:
         return _run_statement(conn, query, args, limits)
@@ -495,7 +525,7 @@ def _end_session(conn: _Connection, read_only: bool) -> None:
 def _run_authorized(
     conn: _Connection,
     query: str,
-    args: tuple[Any, ...],
+    args: _Args,
     limits: _Limits,
     access: Access,
 ) -> _Outcome:
@@ -522,7 +552,7 @@ def _run_authorized(
 def _run_guarded_alone(
     conn: _Connection,
     query: str,
-    args: tuple[Any, ...],
+    args: _Args,
     limits: _Limits,
     access: Access,
     read_only: bool,
@@ -943,7 +973,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
     async def _read(
         self,
         query: str,
-        args: tuple[Any, ...],
+        args: _Args,
         deadline: Deadline,
         limits: _Limits,
         run: Callable[..., _Outcome] = _run_statement,
@@ -983,7 +1013,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
     async def _write(
         self,
         query: str,
-        args: tuple[Any, ...],
+        args: _Args,
         deadline: Deadline,
         limits: _Limits,
         guard: Access | None = None,
@@ -1028,10 +1058,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
         guard: Access | None = None,
         max_result_bytes: int | None = None,
     ) -> Result:
-        args = normalize_params(params)
-        verb, placeholders = _analyse(query)
-        if placeholders is not None and placeholders != len(args):
-            check_count(query, args, "qmark")  # raises, naming both counts
+        verb, args = _bind(query, normalize_params(params))
         if max_rows is None and max_result_bytes is None:
             limits = self._limits
         else:
@@ -1073,7 +1100,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
     async def _execute_guarded(
         self,
         query: str,
-        args: tuple[Any, ...],
+        args: _Args,
         deadline: Deadline,
         read_only: bool,
         limits: _Limits,
@@ -1099,7 +1126,7 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
     async def _solo(
         self,
         query: str,
-        args: tuple[Any, ...],
+        args: _Args,
         deadline: Deadline,
         limits: _Limits,
         read_only: bool,
@@ -1186,10 +1213,7 @@ class _SQLiteTransaction(Transaction):
         self._deadline = deadline
 
     async def _execute(self, query: str, params: Params) -> Result:
-        args = normalize_params(params)
-        verb, placeholders = _analyse(query)
-        if placeholders is not None and placeholders != len(args):
-            check_count(query, args, "qmark")  # raises, naming both counts
+        verb, args = _bind(query, normalize_params(params))
         limits = self._manager._limits
         run: Callable[..., _Outcome] = _run_statement
         job: tuple[Any, ...] = (query, args, limits)
