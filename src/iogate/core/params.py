@@ -42,8 +42,9 @@ def normalize_params(params: Params, *, max_params: int = MAX_PARAMS) -> tuple[A
     """Turn ``params`` into a positional tuple, or raise ParameterError."""
     if params is None:
         return ()
-    if isinstance(params, tuple | list):
-        _check_count(len(params), max_params)
+    if type(params) is list or isinstance(params, tuple | list):
+        if len(params) > max_params:
+            _check_count(len(params), max_params)
         return tuple(params)
     if isinstance(params, Mapping):
         return _from_mapping(params, max_params)
@@ -70,8 +71,9 @@ def check_params_limit(params: object, max_params: int) -> None:
     """
     if params is None:
         return
-    if type(params) is list:  # the commonest shape: no abstract-class check
-        _check_count(len(params), max_params)
+    if type(params) is list:  # the commonest shape: no call, no abstract-class check
+        if len(params) > max_params:
+            _check_count(len(params), max_params)
     elif type(params) is dict or isinstance(params, Mapping):
         _check_count(len(params), max_params)
         # A key with fewer characters than max_params has digits is below it.

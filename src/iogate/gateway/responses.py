@@ -89,19 +89,15 @@ def encodable(result: Result, *, envelope: int = 1) -> Result:
 
 
 def result_response(result: Result, *, kind: str = "database") -> ORJSONResponse:
-    try:
-        return _result_response(result, kind)
-    except orjson.JSONEncodeError:
-        return _result_response(encodable(result), kind)
-
-
-def _result_response(result: Result, kind: str) -> ORJSONResponse:
     status = status_for(result, kind=kind)
     headers = {}
     if status in (429, 503):
         retry_after = result.retry_after if result.retry_after is not None else 1.0
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return ORJSONResponse(result.to_dict(), status_code=status, headers=headers)
+    try:
+        return ORJSONResponse(result.to_dict(), status_code=status, headers=headers)
+    except orjson.JSONEncodeError:  # data orjson cannot write: a 400 naming why
+        return result_response(encodable(result), kind=kind)
 
 
 def problem(

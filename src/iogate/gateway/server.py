@@ -71,9 +71,9 @@ class ServerConfig(uvicorn.Config):
     body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
-# The read phase of a connection, as plain ints: the callbacks below run for
-# every request, and an enum member look-up costs as much as the rest of one.
-_IDLE = 0  # no byte of the next request yet (a fresh connection)
+# The read phase of a connection, as plain ints (an enum member look-up costs
+# as much as the rest of the bookkeeping).
+_IDLE = 0  # no byte of a request yet (a fresh connection)
 _HEADERS = 1  # part of a request's headers arrived, not all
 _BODY = 2  # headers complete, body not yet
 _DONE = 3  # request complete; answering, or idle under keep-alive (uvicorn's timer)
@@ -83,11 +83,15 @@ _PHASE_NAMES = ("headers", "headers", "body", "done")
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header and body read deadlines.
 
-    The per-request cost is three attribute stores in the parser callbacks and
-    one comparison in ``data_received``: a phase's timer is armed only when the
-    phase outlives the ``data_received`` call in which it began, and the
-    deadline counts from that call (the same loop iteration as the phase's
-    first byte).
+    The phase is read from uvicorn's own state after each ``data_received``
+    (the request's ``scope`` is replaced when a request begins, its ``cycle``
+    when the headers are complete, and ``cycle.more_body`` clears when the body
+    is), so the parser callbacks are not overridden: a request read in one
+    ``data_received`` (nearly all of them) costs one override and a few
+    attribute reads, and arms no timer. A phase that outlives the call in
+    which it began gets a timer for the whole phase, counted from that call
+    (the same loop iteration as its first byte); the first request's headers
+    count from the connection's opening.
     """
 
     def __init__(
@@ -104,7 +108,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.header_timeout = DEFAULT_HEADER_TIMEOUT
             self.body_timeout = DEFAULT_BODY_TIMEOUT
-        self._phase = _IDLE
+        self._armed = _DONE  # the phase the running timer is for (_DONE: none)
         self._deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
@@ -112,12 +116,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # A connection that never sends a byte is still waiting for headers.
-        self._arm()
+        self._rearm(_IDLE)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._phase < _DONE and self._deadline is None:
-            self._arm()
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.scope is self.scope
+            and (not cycle.more_body or cycle.response_complete)
+        ):
+            # The latest request is complete: the common case ends here.
+            if self._deadline is not None:
+                self._rearm(_DONE)
+            return
+        if self.scope is None:
+            phase = _IDLE
+        elif cycle is None or cycle.scope is not self.scope:
+            phase = _HEADERS  # a request began; its headers are not all in
+        else:
+            phase = _BODY
+        if phase != self._armed:
+            self._rearm(phase)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
@@ -125,46 +145,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._deadline = None
         super().connection_lost(exc)
 
-    # -- parser callbacks -------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._phase = _HEADERS
-
-    def on_headers_complete(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        self._phase = _BODY
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        self._phase = _DONE
-        super().on_message_complete()
-
     # -- deadlines -----------------------------------------------------------------
 
-    def _limit(self) -> float:
-        return self.body_timeout if self._phase == _BODY else self.header_timeout
-
-    def _arm(self) -> None:
-        if self.transport.is_closing():
+    def _rearm(self, phase: int) -> None:
+        """Run the timer of ``phase``: none for _DONE; the first request's
+        headers keep the timer started when the connection opened."""
+        if phase == _HEADERS and self._armed == _IDLE and self._deadline is not None:
+            self._armed = _HEADERS
             return
-        self._deadline = self.loop.call_later(self._limit(), self._timed_out)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._armed = phase
+        if phase == _DONE or self.transport.is_closing():
+            return
+        limit = self.body_timeout if phase == _BODY else self.header_timeout
+        self._deadline = self.loop.call_later(limit, self._timed_out)
 
     def _timed_out(self) -> None:
         self._deadline = None
         if self.transport.is_closing():
             return
-        phase = self._phase
+        phase = self._armed
         logger.info(
             "closing a connection from %s: request %s not received within %ss",
             self.client[0] if self.client else "?",
             _PHASE_NAMES[phase],
-            self._limit(),
+            self.body_timeout if phase == _BODY else self.header_timeout,
         )
         cycle = self.cycle if phase == _BODY else None
         if cycle is not None:
