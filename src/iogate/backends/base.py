@@ -28,7 +28,12 @@ from typing import Any, ClassVar
 
 from iogate.core import events
 from iogate.core.deadline import Deadline
-from iogate.core.errors import ClosedError, IogateError, OperationTimeoutError
+from iogate.core.errors import (
+    ClosedError,
+    DatabaseConnectionError,
+    IogateError,
+    OperationTimeoutError,
+)
 from iogate.core.events import OperationEvent
 from iogate.core.params import Params
 from iogate.core.result import Result
@@ -64,16 +69,24 @@ class Transaction(abc.ABC):
 
     async def execute_query(self, query: str, params: Params = None) -> Result:
         started = time.perf_counter()
+        tracer = events.tracer
+        span = tracer.start("database", self, query, params) if tracer is not None else None
         try:
             result = await self._execute(query, params)
         except IogateError as exc:
             result = Result.from_exception(exc, operation="query")
-        except asyncio.CancelledError:
-            self.failed = True
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                self.failed = True
+            if tracer is not None:
+                tracer.finish(span, None, exc)
             raise
         if not result.success:
             self.failed = True
-        return result.with_timing((time.perf_counter() - started) * 1000)
+        result = result.with_timing((time.perf_counter() - started) * 1000)
+        if tracer is not None:
+            tracer.finish(span, result)
+        return result
 
     @abc.abstractmethod
     async def _execute(self, query: str, params: Params) -> Result: ...
@@ -89,7 +102,11 @@ class AsyncDatabaseManager(abc.ABC):
     def __init__(self, *, name: str | None = None) -> None:
         self._name = name or self.backend
         self.state = ManagerState.UNOPENED
-        self._open_lock = asyncio.Lock()
+        # One opening at a time, shared by every caller that needs it; each
+        # waits for it within its own deadline, and giving up (or being
+        # cancelled) does not cancel it for the others.
+        self._opening: asyncio.Task[None] | None = None
+        self._closing = False
         self._stats = OperationStats()
 
     @property
@@ -108,20 +125,67 @@ class AsyncDatabaseManager(abc.ABC):
     # -- lifecycle ----------------------------------------------------------
 
     async def initialize_pool(self) -> None:
-        """Open the pool; idempotent. Errors propagate as iogate errors."""
+        """Open the pool; idempotent. Errors propagate as iogate errors.
+
+        Network backends bound the opening by their ``acquire_timeout``.
+        """
+        if self.state is not ManagerState.OPEN:
+            await self._ensure_open()
+
+    async def _ensure_open(self, deadline: Deadline | None = None) -> None:
+        """Open the manager if needed, waiting for it at most until ``deadline``.
+
+        A caller whose deadline passes first gets a connection error; the
+        opening goes on for the callers after it (network backends bound it
+        by their ``acquire_timeout``).
+        """
         if self.state is ManagerState.OPEN:
             return
-        if self.state is ManagerState.CLOSED:
+        if self.state is ManagerState.CLOSED or self._closing:
             raise ClosedError(f"{self.name}: manager is closed and cannot be reopened")
-        async with self._open_lock:
-            if self.state is ManagerState.UNOPENED:
-                await self._open()
-                self.state = ManagerState.OPEN
+        opening = self._opening
+        if opening is None:
+            opening = asyncio.get_running_loop().create_task(self._open_once())
+            opening.add_done_callback(self._opened)
+            self._opening = opening
+        timeout = None if deadline is None else deadline.remaining()
+        if timeout is None:
+            await asyncio.shield(opening)
+            return
+        wait = asyncio.timeout(timeout)
+        try:
+            async with wait:
+                await asyncio.shield(opening)
+        except TimeoutError:
+            if not wait.expired():
+                raise  # the opening's own error
+            raise self._not_opened(timeout) from None
+
+    async def _open_once(self) -> None:
+        await self._open()
+        self.state = ManagerState.OPEN
+
+    def _opened(self, opening: asyncio.Task[None]) -> None:
+        self._opening = None
+        if not opening.cancelled():
+            opening.exception()  # retrieved here too, in case nobody waited
+
+    def _not_opened(self, timeout: float) -> IogateError:
+        return DatabaseConnectionError(f"{self.name}: not connected within {timeout:.3g}s")
+
+    def _default_deadline(self) -> Deadline:
+        """The deadline of a call made without one (none: unbounded)."""
+        return _NO_DEADLINE
 
     async def close(self) -> None:
-        """Close the pool; idempotent."""
+        """Close the pool; idempotent. An opening under way is cancelled."""
         if self.state is ManagerState.CLOSED:
             return
+        self._closing = True
+        opening = self._opening
+        if opening is not None:
+            opening.cancel()
+            await asyncio.wait([opening])
         was_open = self.state is ManagerState.OPEN
         self.state = ManagerState.CLOSED
         if was_open:
@@ -177,13 +241,15 @@ class AsyncDatabaseManager(abc.ABC):
         else fails with ``forbidden_statement`` before it runs.
         """
         started = perf_counter()
+        tracer = events.tracer
+        span = tracer.start("database", self, query, params) if tracer is not None else None
         try:
-            if self.state is not ManagerState.OPEN:
-                await self.initialize_pool()
             if deadline is None:
-                deadline = _NO_DEADLINE
+                deadline = self._default_deadline()
             elif deadline.expired():
                 raise OperationTimeoutError("deadline passed before the query started")
+            if self.state is not ManagerState.OPEN:
+                await self._ensure_open(deadline)
             if max_result_bytes is not None and self.bounds_result_bytes:
                 execute: Callable[..., Awaitable[Result]] = self._execute
                 result = await execute(
@@ -206,10 +272,17 @@ class AsyncDatabaseManager(abc.ABC):
                 )
         except IogateError as exc:
             result = Result.from_exception(exc)
+        except BaseException as exc:  # a cancellation: the span still ends
+            if tracer is not None:
+                tracer.finish(span, None, exc)
+            raise
         result.resource = self._name
         if not result.operation:
             result.operation = "query"
-        return self._finish(result, started)
+        result = self._finish(result, started)
+        if tracer is not None:
+            tracer.finish(span, result)
+        return result
 
     def transaction(
         self,
@@ -221,7 +294,10 @@ class AsyncDatabaseManager(abc.ABC):
         """``async with manager.transaction() as tx: await tx.execute_query(...)``.
 
         With ``guard``, every statement in it is checked as untrusted SQL;
-        ``Access.READ`` also makes the transaction read-only.
+        ``Access.READ`` also makes the transaction read-only. ``deadline``
+        bounds the whole block's database work; without one, network
+        backends bound each step (acquire, BEGIN, each statement, COMMIT) by
+        their configured timeouts.
         """
         return self._managed_transaction(read_only, deadline or Deadline.never(), guard)
 
@@ -229,16 +305,17 @@ class AsyncDatabaseManager(abc.ABC):
     async def _managed_transaction(
         self, read_only: bool, deadline: Deadline, guard: Access | None
     ) -> AsyncIterator[Transaction]:
-        await self._ensure_open()
+        await self._ensure_open(deadline)
         read_only = read_only or guard is Access.READ
         async with self._transaction(read_only=read_only, deadline=deadline, guard=guard) as tx:
             yield tx
 
     async def ping(self, timeout: float = 2.0) -> None:
         """Raise an iogate error unless the resource answers within ``timeout``."""
-        await self._ensure_open()
+        deadline = Deadline(timeout)
+        await self._ensure_open(deadline)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(deadline.remaining()):
                 await self._ping()
         except TimeoutError:
             raise OperationTimeoutError(f"{self.name}: no answer within {timeout}s") from None
@@ -256,10 +333,6 @@ class AsyncDatabaseManager(abc.ABC):
         return {}
 
     # -- for subclasses -------------------------------------------------------
-
-    async def _ensure_open(self) -> None:
-        if self.state is not ManagerState.OPEN:
-            await self.initialize_pool()
 
     def _finish(self, result: Result, started: float, attempts: int = 1) -> Result:
         """Time, count and announce one finished operation.

@@ -13,6 +13,15 @@ The pool knows nothing about the driver: it is given ``connect`` and
 synchronous bookkeeping, so a cancelled caller can never leave a connection
 checked out. Connections idle longer than ``max_idle_time`` or older than
 ``max_lifetime`` are closed instead of being handed out.
+
+Dead idle connections: a server restart, a failover or a proxy's idle
+timeout ends connections while they sit in the pool, and nothing notices
+until one is used. With a ``check`` (the driver's cheapest round trip), a
+connection idle longer than ``check_idle_after`` seconds is checked before
+it is handed out, within the caller's acquire timeout; a broken one is
+closed and the next idle one (or a new one) is tried. A connection used
+more recently costs only the clock comparison that the idle expiry already
+makes.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -60,6 +70,8 @@ class Pool(Generic[C]):
         clock: Callable[[], float] = time.monotonic,
         resource: str = "",
         backend: str = "",
+        check: Callable[[C], Awaitable[bool]] | None = None,
+        check_idle_after: float = 0.0,
     ) -> None:
         self.resource = resource
         self.backend = backend
@@ -70,6 +82,13 @@ class Pool(Generic[C]):
         self._max_idle_time = max_idle_time
         self._max_lifetime = max_lifetime
         self._clock = clock
+        # Checking is off without a check or with an interval of 0; then no
+        # connection is ever idle "past" infinity.
+        self._check = check
+        self._check_idle_after = (
+            check_idle_after if check is not None and check_idle_after > 0 else math.inf
+        )
+        self.checks_failed = 0  # dead idle connections found (and replaced)
         self._idle: deque[PooledConnection[C]] = deque()
         # A waiter's future resolves to a connection, or to None meaning
         # "capacity was reserved for you: open a connection yourself".
@@ -81,29 +100,65 @@ class Pool(Generic[C]):
 
     # -- public API -------------------------------------------------------
 
-    async def open(self) -> None:
-        """Open ``min_size`` connections (errors propagate)."""
-        while self._size < self.min_size:
-            self._size += 1
-            try:
-                raw = await self._connect()
-            except BaseException:
-                self._size -= 1
-                raise
-            now = self._clock()
-            self._idle.append(PooledConnection(raw, now, now))
+    async def open(self, timeout: float | None = None) -> None:
+        """Open connections up to ``min_size``, all at once, within ``timeout``.
+
+        All or nothing: on a failure, a timeout or a cancellation the
+        connections opened by this call are closed and the error propagates
+        (the first connect error, or TimeoutError).
+        """
+        missing = self.min_size - self._size
+        if missing <= 0:
+            return
+        self._size += missing
+        tasks = [asyncio.ensure_future(self._connect()) for _ in range(missing)]
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*tasks)
+        except BaseException:
+            self._size -= missing
+            for task in tasks:
+                self._abandon(task)
+            raise
+        now = self._clock()
+        self._idle.extend(PooledConnection(task.result(), now, now) for task in tasks)
+
+    def _abandon(self, task: asyncio.Future[C]) -> None:
+        """Stop an opening connection; close it if it opens anyway."""
+        task.cancel()
+
+        def settle(done: asyncio.Future[C]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return  # retrieved: nothing was opened
+            self._close_soon(done.result())
+
+        task.add_done_callback(settle)
 
     async def acquire(self, timeout: float) -> PooledConnection[C]:
-        """A connection within ``timeout`` seconds, or PoolExhaustedError."""
+        """A connection within ``timeout`` seconds, or PoolExhaustedError.
+
+        A connection the server may have ended while it sat idle is checked
+        first (see the module's docstring); the check counts against
+        ``timeout``, and a check that does not answer in it is a TimeoutError.
+        """
         if self._closed:
             raise ClosedError("pool is closed")
-        conn = self._take_idle()
-        if conn is not None:
+        now = self._clock()
+        conn = self._take_idle(now)
+        if conn is not None and now - conn.last_used <= self._check_idle_after:
             self._report(0.0, acquired=True)
             return conn
         started = time.perf_counter()
         acquired = False
         try:
+            if conn is not None:
+                loop = asyncio.get_running_loop()
+                until = loop.time() + timeout
+                conn = await self._checked(conn, until)
+                if conn is not None:
+                    acquired = True
+                    return conn
+                timeout = max(0.0, until - loop.time())
             if self._size < self.max_size and not self._waiters:
                 self._size += 1
                 conn = await self._open_reserved(timeout)
@@ -113,6 +168,39 @@ class Pool(Generic[C]):
             return conn
         finally:
             self._report(time.perf_counter() - started, acquired=acquired)
+
+    async def _checked(
+        self, conn: PooledConnection[C] | None, until: float
+    ) -> PooledConnection[C] | None:
+        """The first idle connection that passes its check, or None.
+
+        ``conn`` is checked out and idle past the interval; each one that
+        fails is discarded and the next idle one taken, until ``until``
+        (on the event loop's clock).
+        """
+        check = self._check
+        assert check is not None
+        while conn is not None:
+            try:
+                async with asyncio.timeout_at(until):
+                    healthy = await check(conn.raw)
+            except BaseException as exc:
+                # Failed, or cut off half-way through a round trip (timed out,
+                # cancelled): the connection's state is unknown, so it goes.
+                self.release(conn, discard=True)
+                if isinstance(exc, TimeoutError) or not isinstance(exc, Exception):
+                    raise
+                logger.debug("a pooled connection failed its check", exc_info=True)
+            else:
+                if healthy:
+                    return conn
+                self.release(conn, discard=True)
+            self.checks_failed += 1
+            now = self._clock()
+            conn = self._take_idle(now)
+            if conn is not None and now - conn.last_used <= self._check_idle_after:
+                return conn
+        return None
 
     def _report(self, wait_s: float, *, acquired: bool) -> None:
         if self.resource and events.hooks:  # no event is built when nobody listens
@@ -168,8 +256,7 @@ class Pool(Generic[C]):
 
     # -- internals --------------------------------------------------------
 
-    def _take_idle(self) -> PooledConnection[C] | None:
-        now = self._clock()
+    def _take_idle(self, now: float) -> PooledConnection[C] | None:
         while self._idle:
             conn = self._idle.pop()  # most recently used: warm caches
             if (

@@ -1,10 +1,20 @@
 """What the network SQL managers (PostgreSQL, MySQL) share: iogate's pool.
 
 A subclass gives the driver's ``connect``/``close``, a description of its
-target for messages (never with a password), and its own ``release`` (how a
-connection is judged clean and how it is reset differs per driver). This
-class owns the pool, bounds every acquire, and keeps the background tasks
-(resets, kills) that a cancelled caller must not interrupt.
+target for messages (never with a password), a cheap liveness check and its
+own ``release`` (how a connection is judged clean and how it is reset
+differs per driver). This class owns the pool, bounds every acquire, and
+keeps the background tasks (resets, kills) that a cancelled caller must not
+interrupt.
+
+Deadlines. Every call ends by a deadline: the caller's, or, for a call made
+without one, the configured timeouts (:meth:`_default_deadline`: acquire +
+statement + :data:`DEADLINE_MARGIN`). A transaction block without a
+deadline has no end known in advance, so each of its steps (BEGIN, each
+statement, COMMIT or ROLLBACK) is bounded by the statement timeout plus the
+margin (:meth:`_step_deadline`). The margin lets the server's own
+``statement_timeout`` answer first while the server is alive; the client's
+bound is for a server or network that has gone silent.
 """
 
 from __future__ import annotations
@@ -18,11 +28,14 @@ from iogate.backends.base import AsyncDatabaseManager
 from iogate.backends.pool import Pool, PooledConnection
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
-from iogate.core.errors import DatabaseConnectionError, PoolExhaustedError
+from iogate.core.errors import DatabaseConnectionError, IogateError, PoolExhaustedError
 
-__all__ = ["PooledDatabaseManager"]
+__all__ = ["DEADLINE_MARGIN", "PooledDatabaseManager"]
 
 C = TypeVar("C")
+
+# How long past the statement timeout the client still waits for the answer.
+DEADLINE_MARGIN = 0.5
 
 
 class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
@@ -46,6 +59,13 @@ class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
             max_lifetime=options.max_lifetime,
             resource=self.name,
             backend=self.backend,
+            check=self._check_connection,
+            check_idle_after=options.idle_check_interval,
+        )
+        statement = options.statement_timeout
+        self._step_budget = None if statement is None else statement + DEADLINE_MARGIN
+        self._call_budget = (
+            None if statement is None else options.acquire_timeout + statement + DEADLINE_MARGIN
         )
         self._background: set[asyncio.Task[None]] = set()
 
@@ -57,6 +77,10 @@ class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
         """Where the pool connects, for messages (no password)."""
 
     @abc.abstractmethod
+    async def _check_connection(self, raw: C) -> bool:
+        """Whether a connection that sat idle still works (one cheap round trip)."""
+
+    @abc.abstractmethod
     def release(self, conn: PooledConnection[Any], *, clean: bool = True) -> None: ...
 
     def pool_stats(self) -> dict[str, int]:
@@ -65,8 +89,38 @@ class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
     def _renamed(self, name: str) -> None:
         self._pool.resource = name
 
+    # -- opening and deadlines ----------------------------------------------------
+
     async def _open(self) -> None:
-        await self._pool.open()
+        timeout = self.options.acquire_timeout
+        try:
+            await self._pool.open(timeout)
+        except IogateError:
+            raise
+        except TimeoutError:
+            raise self._not_opened(timeout) from None
+
+    def _not_opened(self, timeout: float) -> IogateError:
+        return DatabaseConnectionError(
+            f"cannot connect to {self._target()}: no answer within {timeout:.3g}s"
+        )
+
+    def _default_deadline(self) -> Deadline:
+        """A call without a deadline: acquire + statement timeout + the margin."""
+        budget = self._call_budget
+        return Deadline.never() if budget is None else Deadline(budget)
+
+    def _step_deadline(self, deadline: Deadline) -> Deadline:
+        """``deadline``, or for a block without one, a bound for its next step."""
+        return deadline.or_within(self._step_budget)
+
+    def _reusable(self, clean: bool, guard: object) -> bool:
+        """Whether a connection a call left ``clean`` may skip the reset.
+
+        With ``reset_session``, trusted code's connections (no ``guard``)
+        are always reset; guarded SQL can set nothing.
+        """
+        return clean and (guard is not None or not self.options.reset_session)
 
     async def _close(self) -> None:
         if self._background:
@@ -75,16 +129,14 @@ class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
 
     async def acquire(self, deadline: Deadline | None = None) -> PooledConnection[Any]:
         """Check out a pooled connection (pair with :meth:`release`)."""
-        await self._ensure_open()
+        await self._ensure_open(deadline)
         timeout = (deadline or Deadline.never()).cap(self.options.acquire_timeout)
         try:
             return await self._pool.acquire(timeout or 0.0)
         except PoolExhaustedError:
             raise
         except TimeoutError:
-            raise DatabaseConnectionError(
-                f"cannot connect to {self._target()}: no answer within {timeout:.3g}s"
-            ) from None
+            raise self._not_opened(timeout or 0.0) from None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in a task of its own, awaited by ``close()``."""

@@ -36,6 +36,16 @@ class Deadline:
     def expired(self) -> bool:
         return self.expires_at is not None and self.expires_at - self._clock() <= 0.0
 
+    def or_within(self, budget: float | None) -> Deadline:
+        """This deadline, or when it has none, one ``budget`` seconds from now.
+
+        How configured timeouts bound a call made without a deadline
+        (``budget=None`` keeps it unbounded).
+        """
+        if self.expires_at is not None or budget is None:
+            return self
+        return Deadline(budget, clock=self._clock)
+
     def cap(self, timeout: float | None) -> float | None:
         """The smaller of ``timeout`` and what is left of the deadline."""
         remaining = self.remaining()
