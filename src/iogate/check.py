@@ -5,8 +5,9 @@ dotted path). Each configured resource is then opened and pinged
 concurrently, every step bounded by ``timeout``: the orchestrator's
 ``health_check`` assumes opened managers and ``ping`` opens an unopened
 one outside its own timeout, so a resource whose host swallows packets
-would stall the whole command. The result is a rich table and an exit code
-(0 when every resource answered, 1 otherwise, also for an invalid config).
+would stall the whole command. The result is a rich table and an exit code:
+0 when every resource answered, 1 otherwise, 2 for an invalid config (one
+line naming the key path, as ``iogate serve`` prints it).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from rich.table import Table
 
 from iogate.core.errors import ConfigError, IogateError, OperationTimeoutError
 from iogate.core.redact import redact_url
-from iogate.gateway.app import build_orchestrator
+from iogate.gateway.app import build_orchestrator, load_checked
 from iogate.gateway.privileges import privilege_warnings
-from iogate.gateway.settings import Settings, load_settings
+from iogate.gateway.settings import Settings
 
 __all__ = ["DEFAULT_CHECK_TIMEOUT", "CheckRow", "check_resources", "render_rows", "run_check"]
 
 DEFAULT_CHECK_TIMEOUT = 3.0
+EXIT_CONFIG = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,14 +142,21 @@ def run_check(
     *,
     timeout: float = DEFAULT_CHECK_TIMEOUT,
     console: Console | None = None,
+    errors: Console | None = None,
 ) -> int:
-    """Validate ``config`` (the embedded default when None), ping, print; the exit code."""
+    """Validate ``config`` (the embedded default when None), ping, print; the exit code.
+
+    A config error goes to ``errors`` (default: ``console``) as one line.
+    """
     console = console or Console()
     try:
-        settings = load_settings(config)
+        settings = load_checked(config)
     except ConfigError as exc:
-        console.print(f"[bold red]config error:[/] {exc}", highlight=False, soft_wrap=True)
-        return 1
+        line = escape(" ".join(str(exc).split()))
+        (errors or console).print(
+            f"[bold red]config error:[/] {line}", highlight=False, soft_wrap=True
+        )
+        return EXIT_CONFIG
     warnings: list[str] = []
     rows = asyncio.run(check_resources(settings, timeout=timeout, warnings=warnings))
     for line in warnings:

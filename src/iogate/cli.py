@@ -1,17 +1,25 @@
-"""The ``iogate`` command."""
+"""The ``iogate`` command.
+
+Every problem with the config (a value, a URL, a scope, the bind address)
+is one line on stderr naming the key path, with exit status 2, before
+anything says "serving". ``serve`` reloads the config on SIGHUP and drains
+on SIGTERM (docs/configuration.md, "Reload and shutdown").
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from iogate.core.errors import ConfigError
-from iogate.gateway.settings import Settings, load_settings
+from iogate.gateway.settings import Settings
 
 __all__ = ["app", "main"]
 
@@ -21,8 +29,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals would include Settings and its secrets
+    # Help texts name TOML tables ([gateway], [[gateway.api_keys]]): plain text,
+    # not Rich markup, which would swallow them.
+    rich_markup_mode=None,
 )
 err = Console(stderr=True)
+EXIT_CONFIG = 2
 
 ConfigOption = Annotated[
     Path | None,
@@ -36,15 +48,41 @@ ConfigOption = Annotated[
 ]
 
 
-def _load(config: Path | None) -> Settings:
-    path = config or (
+def _config_path(config: Path | None) -> Path | None:
+    return config or (
         Path(os.environ["IOGATE_CONFIG"]) if os.environ.get("IOGATE_CONFIG") else None
     )
+
+
+def fail(label: str, message: str) -> typer.Exit:
+    """Print ``label: message`` as one line on stderr; the Exit (status 2) to raise."""
+    line = " ".join(message.split())
+    err.print(f"[bold red]{label}:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_CONFIG)
+
+
+def _load(config: Path | None) -> Settings:
+    """The settings, every value validated and every manager buildable (exit 2 if not)."""
+    from iogate.gateway.app import load_checked
+
     try:
-        return load_settings(path)
+        return load_checked(_config_path(config))
     except ConfigError as exc:
-        err.print(f"[bold red]config error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise fail("config error", str(exc)) from None
+
+
+def _with_bind(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """``--host``/``--port`` over ``[gateway]``, refusing a non-loopback host without keys."""
+    gateway = settings.gateway.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    if not gateway.is_loopback() and not gateway.api_keys:
+        # The brackets are TOML, not Rich markup: fail() escapes them.
+        raise ConfigError(
+            f"refusing to bind {gateway.host}: a non-loopback host requires [gateway] api_keys "
+            "(configure [[gateway.api_keys]] or bind 127.0.0.1)"
+        )
+    return settings.model_copy(update={"gateway": gateway})
 
 
 @app.command()
@@ -68,52 +106,109 @@ def serve(
 ) -> None:
     """Serve the HTTP gateway (OpenAPI docs at /docs).
 
+    The config is validated and the port bound before the gateway says it
+    serves; any problem is one line naming the key, exit status 2.
+
+    Signals: SIGHUP reloads the config file (validated first; a bad one is
+    refused with a log line and the running config kept; requests in flight
+    finish on the old resources). SIGTERM drains: no new connections, in-flight
+    requests get [gateway] shutdown_timeout seconds, then exit 0.
+
     Slow clients are cut off by [gateway] header_timeout, body_timeout and
     keep_alive_timeout (docs/configuration.md).
     """
-    settings = _load(config)
-    gateway = settings.gateway.model_copy(
-        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    )
-    settings = settings.model_copy(update={"gateway": gateway})
-    if not gateway.is_loopback() and not gateway.api_keys:
-        err.print(
-            f"[bold red]refusing to bind {gateway.host}:[/] a non-loopback host requires "
-            "[gateway] api_keys (configure [[gateway.api_keys]] or bind 127.0.0.1)",
-            highlight=False,
-        )
-        raise typer.Exit(2)
+    from iogate.gateway.server import BindError, bind
 
-    from iogate.gateway.app import create_app
-    from iogate.gateway.server import build_config, run
+    path = _config_path(config)
+    settings = _load(config)
+    try:
+        settings = _with_bind(settings, host, port)
+    except ConfigError as exc:
+        raise fail("config error", str(exc)) from None
+    gateway = settings.gateway
+    try:
+        sock = bind(gateway.host, gateway.port)
+    except BindError as exc:
+        raise fail("cannot serve", exc.strerror or str(exc)) from None
+    if gateway.port == 0:  # the port the system chose, for the line below and the workers
+        gateway = gateway.model_copy(update={"port": sock.getsockname()[1]})
+        settings = settings.model_copy(update={"gateway": gateway})
 
     resources = [f"{name} ({db.type})" for name, db in settings.databases.items()]
     resources += [f"{name} (api)" for name in settings.apis]
     shown_host = f"[{gateway.host}]" if ":" in gateway.host else gateway.host
     err.print(
-        f"iogate serving http://{shown_host}:{gateway.port} (docs at /docs) "
-        f"with {', '.join(resources) or 'no resources'}",
+        escape(
+            f"iogate serving http://{shown_host}:{gateway.port} (docs at /docs) "
+            f"with {', '.join(resources) or 'no resources'}"
+        ),
         highlight=False,
         soft_wrap=True,
     )
     from iogate.gateway.logging import configure_logging, secrets_of
 
-    configure_logging(level=log_level, secrets=secrets_of(settings))
+    configure_logging(level=log_level, secrets=secrets_of(settings), background=True)
     if workers > 1:
-        _serve_workers(config, settings, workers, log_level)
+        _serve_workers(path, settings, workers, log_level, sock)
         return
-    run(build_config(create_app(settings), gateway, log_level=log_level))
+    _serve_one(path, settings, (host, port), log_level, sock)
 
 
-def _serve_workers(config: Path | None, settings: Settings, workers: int, log_level: str) -> None:
-    """Several uvicorn workers sharing one Prometheus multiprocess directory."""
+def _serve_one(
+    path: Path | None,
+    settings: Settings,
+    overrides: tuple[str | None, int | None],
+    log_level: str,
+    sock: socket.socket,
+) -> None:
+    """One process; SIGHUP swaps the config in place (iogate.gateway.reload)."""
+    import logging
+    import signal
+
+    from iogate.gateway.app import create_app, load_checked
+    from iogate.gateway.reload import ReloadableApp
+    from iogate.gateway.server import apply_timeouts, build_config, run
+
+    bound = settings.gateway
+
+    def load() -> Settings:
+        fresh = _with_bind(load_checked(path), *overrides)
+        if (fresh.gateway.host, fresh.gateway.port) != (bound.host, bound.port):
+            logging.getLogger("iogate.gateway.reload").warning(
+                "gateway.host/port: the gateway keeps listening on %s:%s until restarted",
+                bound.host,
+                bound.port,
+            )
+            update = {"host": bound.host, "port": bound.port}
+            fresh = fresh.model_copy(update={"gateway": fresh.gateway.model_copy(update=update)})
+        return fresh
+
+    served = ReloadableApp(
+        settings,
+        build=create_app,
+        load=load,
+        source=str(path) if path else "the embedded default config",
+        on_reload=lambda fresh: apply_timeouts(server_config, fresh.gateway),
+    )
+    server_config = build_config(served, settings.gateway, log_level=log_level)
+    signal.signal(signal.SIGHUP, served.note_early_hup)  # until the loop handles it
+    run(server_config, sockets=[sock])
+
+
+def _serve_workers(
+    path: Path | None, settings: Settings, workers: int, log_level: str, sock: socket.socket
+) -> None:
+    """Several uvicorn workers sharing one Prometheus multiprocess directory.
+
+    SIGHUP: the parent validates the config, then uvicorn's supervisor
+    starts a new worker per old one (each reads the config afresh) and
+    stops the old one once the new one answers; SIGTERM drains each worker.
+    """
     import tempfile
 
+    from iogate.gateway.app import load_checked
     from iogate.gateway.server import build_config, run
 
-    path = config or (
-        Path(os.environ["IOGATE_CONFIG"]) if os.environ.get("IOGATE_CONFIG") else None
-    )
     metrics_dir = tempfile.mkdtemp(prefix="iogate-metrics-")
     # Read by the workers (and by prometheus-client at import) before they start.
     os.environ["IOGATE_CONFIG"] = str(path.resolve()) if path else ""
@@ -121,7 +216,18 @@ def _serve_workers(config: Path | None, settings: Settings, workers: int, log_le
     # default depends on the bind address, so they must see the same one.
     os.environ["IOGATE_SERVE_HOST"] = settings.gateway.host
     os.environ["IOGATE_SERVE_PORT"] = str(settings.gateway.port)
+    os.environ["IOGATE_SERVE_LOG_LEVEL"] = log_level
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    bound = settings.gateway
+
+    def check_reload() -> None:
+        fresh = load_checked(path)
+        if not bound.is_loopback() and not fresh.gateway.api_keys:
+            raise ConfigError(
+                f"gateway.api_keys: the gateway listens on {bound.host}, a non-loopback "
+                "host, so the config needs keys ([[gateway.api_keys]])"
+            )
+
     try:
         server_config = build_config(
             "iogate.gateway.app:app_from_environment",
@@ -130,7 +236,7 @@ def _serve_workers(config: Path | None, settings: Settings, workers: int, log_le
             workers=workers,
             factory=True,
         )
-        run(server_config)
+        run(server_config, sockets=[sock], check_reload=check_reload)
     finally:
         import shutil
 
@@ -144,13 +250,14 @@ def check(
         float, typer.Option(help="Seconds allowed to open and to ping each resource.", min=0.1)
     ] = 3.0,
 ) -> None:
-    """Validate the config and ping every resource; exit 1 when anything fails."""
+    """Validate the config and ping every resource.
+
+    Exit 0 when every resource answers, 1 when one does not, 2 (one line
+    naming the key) when the config itself is invalid.
+    """
     from iogate.check import run_check
 
-    path = config or (
-        Path(os.environ["IOGATE_CONFIG"]) if os.environ.get("IOGATE_CONFIG") else None
-    )
-    raise typer.Exit(run_check(path, timeout=timeout))
+    raise typer.Exit(run_check(_config_path(config), timeout=timeout, errors=err))
 
 
 @app.command()
@@ -166,7 +273,12 @@ def run(
         Path | None, typer.Option("--output", "-o", help="Write every Result as JSON here.")
     ] = None,
 ) -> None:
-    """Run a batch file with a progress bar and a summary table (exit 1 if any failed)."""
+    """Run a batch file with a progress bar and a summary table.
+
+    Exit 0 when every operation succeeded, 1 when some failed (the --output
+    file holds every Result either way), 2 when the config or the file is
+    unusable.
+    """
     from iogate.run_command import run_batch_file
 
     raise typer.Exit(run_batch_file(file, _load(config), output))

@@ -5,6 +5,14 @@ The file holds either a list of operations or an object
 ``POST /batch/execute``). Resources come from the settings, as for
 ``iogate serve``. Exit status: 0 when every operation succeeded, 1 when
 some failed, 2 when the file itself is unusable.
+
+``--output`` holds every Result as JSON, failed ones included. It is opened
+before the batch runs (a path that cannot be written stops the command
+before any operation does) and encoded as the gateway encodes responses:
+keys that are ``str`` subclasses (aiohttp's ``istr`` header names) or not
+strings at all, and any value orjson refuses (an integer beyond 64 bits, a
+value nested deeper than 254 levels) cost that one Result its ``data``,
+replaced by an error naming why, never the file.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -77,18 +86,56 @@ def run_batch_file(
     try:
         batch = load_batch_file(path)
     except ValueError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_UNUSABLE
-    started = time.perf_counter()
-    results = asyncio.run(_run(batch, settings, console))
-    duration = time.perf_counter() - started
-    _summary(console, results, duration)
-    if output is not None:
-        output.write_bytes(
-            orjson.dumps([r.to_dict() for r in results], default=str, option=orjson.OPT_INDENT_2)
+    try:
+        sink = output.open("wb") if output is not None else None
+    except OSError as exc:
+        console.print(
+            f"[bold red]error:[/] {escape(str(output))}: cannot write ({exc.strerror})",
+            highlight=False,
+            soft_wrap=True,
         )
-        console.print(f"results written to {output}", highlight=False)
+        return EXIT_UNUSABLE
+    try:
+        started = time.perf_counter()
+        results = asyncio.run(_run(batch, settings, console))
+        duration = time.perf_counter() - started
+        _summary(console, results, duration)
+        if sink is not None:
+            sink.write(encode_results(results))
+            console.print(f"results written to {escape(str(output))}", highlight=False)
+    finally:
+        if sink is not None:
+            sink.close()
     return EXIT_OK if all(r.success for r in results) else EXIT_FAILURES
+
+
+_ENCODE_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+
+
+def encode_results(results: list[Result]) -> bytes:
+    """Every Result as a JSON list; a Result orjson refuses loses only its ``data``."""
+    try:
+        return orjson.dumps([r.to_dict() for r in results], default=str, option=_ENCODE_OPTIONS)
+    except orjson.JSONEncodeError:
+        pass
+    from iogate.gateway.responses import encodable
+
+    items = []
+    for result in results:
+        # Two envelopes: the list, and the Result object around its data.
+        fallback = encodable(result, envelope=2)
+        item = fallback.to_dict()
+        if fallback is not result and result.headers is not None:
+            item["headers"] = result.headers
+        try:
+            orjson.dumps(item, default=str, option=_ENCODE_OPTIONS)
+        except orjson.JSONEncodeError as exc:
+            error = f"the result cannot be written as JSON: {exc}"
+            item = {**item, "headers": None, "error": error}
+        items.append(item)
+    return orjson.dumps(items, default=str, option=_ENCODE_OPTIONS)
 
 
 async def _run(batch: BatchFile, settings: Settings, console: Console) -> list[Result]:

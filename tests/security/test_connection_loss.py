@@ -71,7 +71,8 @@ def setup(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     pg = RawPostgres(postgres_url)
     maria = RawMariaDB(MYSQL_URL) if port_open(MYSQL_URL, 3306) else None
     workdir: Path = tmp_path_factory.mktemp("connection-loss")
-    scopes = ["db:pg:read", "db:maria:read"]
+    # A scope may only name a configured database (a config error otherwise).
+    scopes = ["db:pg:read"] + (["db:maria:read"] if maria is not None else [])
     try:
         with serve(workdir, keys_toml(scopes) + _config(postgres_url, maria is not None)) as srv:
             state = Setup(srv.gateway, pg, maria)

@@ -23,13 +23,25 @@ uvicorn's own ``timeout_keep_alive``.
 
 The deadlines travel to worker processes inside ``ServerConfig``, which
 uvicorn pickles into each worker.
+
+Serving (:func:`bind` then :func:`run`): the socket is bound before anything
+announces the gateway, so a busy port is one line, not a log after
+"serving". SIGTERM drains: uvicorn stops accepting, lets in-flight requests
+finish for up to ``gateway.shutdown_timeout`` seconds, closes idle
+keep-alive connections, runs the lifespan shutdown, and the process exits 0.
+SIGHUP reloads the config: in one process :class:`iogate.gateway.reload.ReloadableApp`
+swaps it in place; with workers, uvicorn's supervisor replaces the workers
+one by one once the parent has validated the new config.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -42,14 +54,18 @@ from iogate.gateway.settings import GatewaySettings
 __all__ = [
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_HEADER_TIMEOUT",
+    "BindError",
     "GuardedHttpToolsProtocol",
     "ServerConfig",
+    "apply_timeouts",
+    "bind",
     "build_config",
     "run",
 ]
 
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
+WORKER_HEALTHCHECK_TIMEOUT = 30
 # uvicorn's exit status when the application failed to start.
 _STARTUP_FAILURE = 3
 _REQUEST_TIMEOUT = (
@@ -209,22 +225,106 @@ def build_config(
         server_header=False,
         # Annotated int, but only ever handed to loop.call_later: seconds as a float.
         timeout_keep_alive=gateway.keep_alive_timeout,  # type: ignore[arg-type]
+        # With workers: how long a replacement worker (SIGHUP) may take to
+        # start, and to answer the supervisor's ping. uvicorn's 5 s is less
+        # than a loaded machine needs to import the gateway.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT,
     )
-    config.header_timeout = gateway.header_timeout
-    config.body_timeout = gateway.body_timeout
+    apply_timeouts(config, gateway)
     return config
 
 
-def run(config: ServerConfig) -> None:
-    """Serve until interrupted: ``uvicorn.run``'s loop for a ready-made config."""
+def apply_timeouts(config: ServerConfig, gateway: GatewaySettings) -> None:
+    """``gateway``'s connection timeouts and drain bound onto ``config``.
+
+    uvicorn reads them when a connection opens (the read deadlines,
+    keep-alive) and when it shuts down (the drain), so a reloaded config
+    applies them to new connections and to the next SIGTERM.
+    """
+    # Annotated int, but only ever handed to loop.call_later: seconds as a float.
+    config.timeout_keep_alive = gateway.keep_alive_timeout  # type: ignore[assignment]
+    # Annotated int | None, but only ever handed to asyncio.timeout.
+    config.timeout_graceful_shutdown = gateway.shutdown_timeout  # type: ignore[assignment]
+    config.header_timeout = gateway.header_timeout
+    config.body_timeout = gateway.body_timeout
+
+
+class BindError(OSError):
+    """The gateway's address cannot be bound; the message names host:port."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound as uvicorn binds one (``SO_REUSEADDR``, IPv6
+    for a host with ``:``); ``BindError`` names the address and the reason."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        raise BindError(exc.errno, f"cannot listen on {shown}: {reason}") from None
+    sock.set_inheritable(True)  # worker processes serve it too
+    return sock
+
+
+class _ReloadingMultiprocess(Multiprocess):
+    """uvicorn's supervisor, whose SIGHUP (replace the workers one by one)
+    first validates the config, so a bad one is refused in one log line
+    while the old workers keep serving."""
+
+    def __init__(
+        self, config: uvicorn.Config, sockets: list[socket.socket], check: Callable[[], None]
+    ) -> None:
+        super().__init__(config, sockets)
+        self._check = check
+
+    def handle_hup(self) -> None:
+        try:
+            self._check()
+        except Exception as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            logger.error("config reload refused, the workers keep the previous config: %s", detail)
+            return
+        logger.info("config is valid: replacing the workers one by one")
+        super().handle_hup()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM after uvicorn's drain: uvicorn raises the signal again; let it pass."""
+
+
+def run(
+    config: ServerConfig,
+    *,
+    sockets: list[socket.socket] | None = None,
+    check_reload: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT: ``uvicorn.run``'s loop for a ready-made config.
+
+    ``sockets``: already bound (:func:`bind`). ``check_reload`` validates the
+    config when the multi-worker supervisor gets SIGHUP. A drained SIGTERM
+    returns normally (exit 0): uvicorn raises the signal again once it has
+    shut down, and the handler installed here, which uvicorn restores first,
+    lets it pass.
+    """
     if config.workers == 1:
         config.load_app()
+    signal.signal(signal.SIGTERM, _terminated)
     server = uvicorn.Server(config=config)
     try:
         if config.workers > 1:
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
+            listening = sockets or [config.bind_socket()]
+            supervisor = (
+                Multiprocess(config, sockets=listening)
+                if check_reload is None
+                else _ReloadingMultiprocess(config, listening, check_reload)
+            )
+            supervisor.run()
         else:
-            server.run()
+            server.run(sockets=sockets)
     except KeyboardInterrupt:
         pass
     if config.workers == 1 and not server.started:
