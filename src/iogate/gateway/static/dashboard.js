@@ -1,18 +1,20 @@
-// iogate live dashboard: polls /stats and draws per-resource charts on
-// canvases. Hand-written and dependency-free, so the gateway serves it as
-// is (no build step, nothing fetched from elsewhere).
+// iogate live dashboard: draws the server's recent history (/dashboard/history,
+// the last five minutes sampled by the gateway) on open, then polls /stats and
+// extends per-resource charts on canvases. Hand-written and dependency-free, so
+// the gateway serves it as is (no build step, nothing fetched from elsewhere).
 //
 // Query parameters: ?interval=<ms between samples, default 1000>
-//                   &history=<samples kept per chart, default 120>
+//                   &history=<samples kept per chart, default 300>
 //                   &window=<seconds a rate is averaged over, default 5>
 // Each chart canvas carries data-points (samples drawn) and data-max (the
-// largest value) so a headless browser can tell the charts got data.
+// largest value) so a headless browser can tell the charts got data; the body
+// carries data-history (samples loaded from the server's history).
 "use strict";
 
 (function () {
   const params = new URLSearchParams(window.location.search);
   const INTERVAL_MS = Math.max(100, Number(params.get("interval")) || 1000);
-  const HISTORY = Math.max(10, Number(params.get("history")) || 120);
+  const HISTORY = Math.max(10, Number(params.get("history")) || 300);
   const WINDOW_S = Math.max(1, Number(params.get("window")) || 5);
   const KEY_STORAGE = "iogate-dashboard-key";
   const COLORS = {
@@ -28,13 +30,40 @@
   let operations = {}; // named operation -> its latest snapshot
   let samples = 0;
   let failures = 0;
+  let historyLoaded = false;
   let apiKey = window.sessionStorage.getItem(KEY_STORAGE) || "";
 
   // -- fetching -----------------------------------------------------------------
 
+  // The gateway's own samples of the last minutes, so a page opened cold is not
+  // empty. Loaded once, before the first live sample (again after a key is given).
+  async function loadHistory(headers) {
+    const response = await fetch("dashboard/history", { headers: headers, cache: "no-store" });
+    if (response.status === 401 || response.status === 403) {
+      askForKey(response.status);
+      return;
+    }
+    if (!response.ok) {
+      throw new Error("GET /dashboard/history answered " + response.status);
+    }
+    const body = await response.json();
+    const loaded = (body.samples || []).slice(-HISTORY);
+    for (const sample of loaded) {
+      ingest(sample);
+    }
+    historyLoaded = true;
+    document.body.dataset.history = String(loaded.length);
+    if (loaded.length > 0) {
+      render();
+    }
+  }
+
   async function poll() {
     const headers = apiKey ? { Authorization: "Bearer " + apiKey } : {};
     try {
+      if (!historyLoaded) {
+        await loadHistory(headers);
+      }
       // Relative, so the page also works behind a path prefix.
       const response = await fetch("stats", { headers: headers, cache: "no-store" });
       if (response.status === 401 || response.status === 403) {
