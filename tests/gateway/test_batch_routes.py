@@ -169,7 +169,7 @@ async def test_named_operations_over_http(
 ) -> None:
     listed = (await client.get("/operations")).json()["operations"]
     get_user = next(op for op in listed if op["name"] == "get_user")
-    assert get_user["params"] == [{"name": "id", "required": True}]
+    assert get_user["params"] == [{"name": "id", "required": True, "type": None}]
     assert get_user["cached"] is True
     assert "query" not in get_user
 

@@ -329,7 +329,9 @@ async def test_parameter_encoding_error_leaves_no_locks_behind(
 ) -> None:
     await pg_raw.execute(f"INSERT INTO {pg_table} (id, name) VALUES (1, 'a')")
     result = await pg_manager.execute_query(
-        f"UPDATE {pg_table} SET name = $2 WHERE id = $1", [1, 3]
+        # A number would be read as text now (iogate.core.coerce); an object cannot be.
+        f"UPDATE {pg_table} SET name = $2 WHERE id = $1",
+        [1, {"not": "text"}],
     )
     assert result.error_type == "query_error"
     assert await poll(lambda: pg_manager.pool_stats()["in_use"] == 0)

@@ -59,6 +59,7 @@ def test_result_json_round_trip() -> None:
         "duration_ms",
         "attempts",
         "rows_affected",
+        "last_insert_id",
         "status_code",
         "truncated",
     }

@@ -141,6 +141,7 @@ def test_result_ok_sets_every_field_where_it_belongs() -> None:
         rows_affected=3,
         status_code=200,
         truncated=True,
+        last_insert_id=7,
     )
     assert result.to_dict() == {
         "success": True,
@@ -152,6 +153,7 @@ def test_result_ok_sets_every_field_where_it_belongs() -> None:
         "duration_ms": 0.0,
         "attempts": 1,
         "rows_affected": 3,
+        "last_insert_id": 7,
         "status_code": 200,
         "truncated": True,
     }

@@ -33,6 +33,21 @@ autocommit write) has been sent, a lost connection is ``unknown_outcome``;
 before that it is a ``connection_error``: the server rolls back the open
 transaction of a connection that goes away.
 
+A connection that sat idle past ``idle_check_interval`` is checked with
+the protocol's COM_PING before it is handed out (:mod:`.pool`), so one the
+server ended meanwhile (``KILL``, ``wait_timeout``, a restart) is replaced
+instead of failing its next caller.
+
+Session state. Without ``reset_session``, what trusted code sets with
+``SET`` (session variables, ``SET ROLE``, user variables) stays on that
+pooled connection for its next user; iogate only rolls back, turns
+autocommit on and unlocks tables after statements that may leave a
+transaction or locks behind. With ``reset_session=True`` every connection
+trusted code used is reset with the protocol's COM_RESET_CONNECTION (MariaDB
+10.2+, MySQL 5.7+: session variables, role, user variables, temporary
+tables, locks and prepared statements), then iogate's session settings
+(character set, autocommit, statement timeout) are sent again.
+
 Results are bounded while they are read. ``max_result_bytes`` is metered on
 the socket (:class:`_ResultMeter`): every packet is charged in full as soon
 as its header arrives, plus what a row becomes in Python; a packet that
@@ -54,6 +69,7 @@ import functools
 import logging
 import re
 import struct
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -61,7 +77,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from asyncmy.connection import Connection as MySQLConnection
-from asyncmy.constants import CLIENT, SERVER_STATUS
+from asyncmy.constants import CLIENT, COMMAND, SERVER_STATUS
 from asyncmy.errors import MySQLError
 
 from iogate.backends.base import Transaction
@@ -118,7 +134,18 @@ _ASCII_DIGITS = frozenset("0123456789")
 # after them. This is hygiene, not a security boundary; read-only is set by
 # the server session on every read-only call.
 _SESSION_VERBS = frozenset({"SET", "START", "BEGIN", "XA", "LOCK", "CALL", "HANDLER"})
+# Statements whose affected-rows count is reported (without a result set, a
+# WITH is MySQL 8's WITH ... UPDATE/DELETE), and those whose result set is
+# their RETURNING rows.
+_COUNTED_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD", "WITH"})
+_RETURNING_VERBS = frozenset({"INSERT", "REPLACE", "DELETE"})
 _RESET_STATEMENTS = ("ROLLBACK", "SET autocommit = 1", "UNLOCK TABLES")
+# COM_RESET_CONNECTION, which asyncmy names COM_END (the last command it knows).
+_COM_RESET_CONNECTION = COMMAND.COM_END
+# The role a MariaDB session started with (its user's default role, or None),
+# remembered when ``reset_session`` is on: COM_RESET_CONNECTION leaves the
+# current role as it is (MariaDB 10.11), so the reset sets this one again.
+_OPENING_ROLES: weakref.WeakKeyDictionary[MySQLConnection, str | None] = weakref.WeakKeyDictionary()
 _LEADING_WORD = re.compile(
     r"(?:\s+|--[^\n]*(?:\n|$)|#[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]+)", re.DOTALL
 )
@@ -189,9 +216,17 @@ def parse_mysql_url(url: str) -> MySQLTarget:
 
 
 async def connect_mysql(
-    target: MySQLTarget, *, timeout: float, statement_timeout: float | None
+    target: MySQLTarget,
+    *,
+    timeout: float,
+    statement_timeout: float | None,
+    remember_role: bool = False,
 ) -> MySQLConnection:
-    """One asyncmy connection: autocommit, one statement per call, server-side timeout."""
+    """One asyncmy connection: autocommit, one statement per call, server-side timeout.
+
+    ``remember_role``: note the MariaDB role it starts with, for
+    :func:`reset_connection`.
+    """
     where = f"{target.host}:{target.port}"
     conn = MySQLConnection(  # type: ignore[no-untyped-call]
         host=target.host,
@@ -215,7 +250,13 @@ async def connect_mysql(
         async with asyncio.timeout(timeout):
             await conn.connect()
             if statement_timeout is not None:
-                await _set_statement_timeout(conn, statement_timeout)
+                await _execute(conn, _statement_timeout_sql(conn, statement_timeout))
+            if remember_role and is_mariadb(conn):
+                cursor = conn.cursor()
+                await cursor.execute("SELECT CURRENT_ROLE()")
+                row = await cursor.fetchone()
+                await cursor.close()
+                _OPENING_ROLES[conn] = row[0] if row else None
     except TimeoutError:
         conn.close()
         raise DatabaseConnectionError(
@@ -235,15 +276,44 @@ def is_mariadb(conn: MySQLConnection) -> bool:
     return "mariadb" in conn.get_server_info().lower()
 
 
-async def _set_statement_timeout(conn: MySQLConnection, seconds: float) -> None:
+def _statement_timeout_sql(conn: MySQLConnection, seconds: float) -> str:
     if is_mariadb(conn):
-        sql = f"SET SESSION max_statement_time = {seconds:.6f}"
-    else:
-        # MySQL's limit applies to read-only SELECT statements only.
-        sql = f"SET SESSION max_execution_time = {max(1, round(seconds * 1000))}"
+        return f"SET SESSION max_statement_time = {seconds:.6f}"
+    # MySQL's limit applies to read-only SELECT statements only.
+    return f"SET SESSION max_execution_time = {max(1, round(seconds * 1000))}"
+
+
+async def _execute(conn: MySQLConnection, sql: str) -> None:
     cursor = conn.cursor()
     await cursor.execute(sql)
     await cursor.close()
+
+
+async def reset_connection(
+    conn: MySQLConnection, charset: str, statement_timeout: float | None
+) -> None:
+    """COM_RESET_CONNECTION, then iogate's session settings once more.
+
+    The reset returns the session to a new connection's state with the
+    server's global defaults, so the character set, autocommit and the
+    statement timeout set at connect time are sent again (one statement).
+    On MariaDB, which keeps the current role through the reset, the role the
+    session started with is set again (a third round trip). The server
+    forgets prepared statements, so asyncmy's cache of them goes. asyncmy
+    has no method for the command: its own command plumbing sends it.
+    """
+    await conn._execute_command(_COM_RESET_CONNECTION, b"")  # type: ignore[attr-defined]
+    await conn._read_ok_packet()  # type: ignore[attr-defined]
+    conn._stmt_cache.clear()  # type: ignore[attr-defined]
+    settings = f"SET NAMES {charset}, autocommit = 1"
+    if statement_timeout is not None:
+        settings += ", " + _statement_timeout_sql(conn, statement_timeout).removeprefix("SET ")
+    await _execute(conn, settings)
+    if is_mariadb(conn):
+        role = _OPENING_ROLES.get(conn)
+        await _execute(
+            conn, "SET ROLE " + ("`" + role.replace("`", "``") + "`" if role else "NONE")
+        )
 
 
 async def _close_connection(raw: MySQLConnection) -> None:
@@ -567,9 +637,19 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             self._target_url,
             timeout=self.options.acquire_timeout,
             statement_timeout=self.options.statement_timeout,
+            remember_role=self.options.reset_session,
         )
 
     # -- connections ----------------------------------------------------------
+
+    async def _check_connection(self, raw: MySQLConnection) -> bool:
+        if not raw.connected or getattr(raw, "_stream_broken", False):
+            return False  # asyncmy already saw the server close the stream
+        try:
+            await raw.ping(reconnect=False)
+        except (MySQLError, OSError):
+            return False
+        return True
 
     def release(self, conn: PooledConnection[Any], *, clean: bool = True) -> None:
         """Return a connection; ``clean=False`` resets (or discards) it first.
@@ -598,12 +678,17 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         raw: MySQLConnection = conn.raw
         try:
             async with asyncio.timeout(_RESET_TIMEOUT):
-                # Sent unconditionally: asyncmy does not track a server status
-                # of 0, so "autocommit off, no transaction" looks clean to it.
-                for statement in _RESET_STATEMENTS:
-                    cursor = raw.cursor()
-                    await cursor.execute(statement)
-                    await cursor.close()
+                if self.options.reset_session:
+                    await reset_connection(
+                        raw, self._target_url.charset, self.options.statement_timeout
+                    )
+                    conn.cache["session_read_only"] = False
+                else:
+                    # Sent unconditionally: asyncmy does not track a server
+                    # status of 0, so "autocommit off, no transaction" looks
+                    # clean to it.
+                    for statement in _RESET_STATEMENTS:
+                        await _execute(raw, statement)
         except BaseException:
             logger.debug("discarding a connection whose reset failed", exc_info=True)
             raw.close()
@@ -670,8 +755,8 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             clean = True
             raise
         finally:
-            self.release(conn, clean=clean)
-        return _to_result(outcome, max_rows)
+            self.release(conn, clean=self._reusable(clean, guard))
+        return _to_result(outcome, max_rows, query)
 
     async def _guarded(
         self,
@@ -719,7 +804,16 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
     async def _commit(
         self, conn: PooledConnection[Any], deadline: Deadline, *, wrote: bool
     ) -> None:
-        """COMMIT; once it is sent, a lost answer is ``unknown_outcome`` for a writer."""
+        """COMMIT; once it is sent, a lost answer is ``unknown_outcome`` for a writer.
+
+        A connection already lost before COMMIT could be sent took its
+        transaction with it: that is a plain ``connection_error``.
+        """
+        raw: MySQLConnection = conn.raw
+        if not raw.connected or getattr(raw, "_stream_broken", False):
+            raise DatabaseConnectionError(
+                "connection lost before COMMIT: the server rolled the transaction back"
+            )
         remaining = deadline.remaining()
         if remaining is not None and remaining <= 0:
             conn.cache["needs_reset"] = True  # the reset rolls the transaction back
@@ -761,7 +855,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         With ``max_bytes``, its result is metered (see :class:`_ResultMeter`).
         """
         raw: MySQLConnection = conn.raw
-        timeout = deadline.remaining()
+        timeout = self._step_deadline(deadline).remaining()
         if timeout is not None and timeout <= 0:
             raise OperationTimeoutError("deadline passed before the statement was sent")
         meter = _ResultMeter.of(raw) if max_bytes else None
@@ -845,7 +939,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             if tx.status == "active":
                 tx.status = "rolled_back"
             # An open transaction left behind is rolled back by the reset.
-            self.release(conn, clean=clean)
+            self.release(conn, clean=self._reusable(clean, guard))
 
     def _transaction(
         self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
@@ -913,7 +1007,7 @@ class _MySQLTransaction(Transaction):
                 resource=manager.name,
                 operation="query",
             )
-        result = _to_result(outcome, manager.options.max_rows)
+        result = _to_result(outcome, manager.options.max_rows, query)
         result.resource = manager.name
         return result
 
@@ -933,19 +1027,42 @@ def _note_session_change(conn: PooledConnection[Any], query: str) -> None:
         conn.cache["needs_reset"] = True
 
 
-def _to_result(outcome: _Outcome, max_rows: int | None) -> Result:
+@functools.lru_cache(maxsize=1024)
+def _verb(query: str) -> str:
+    """The statement's first word, upper-cased (cached: asked on every call)."""
+    match = _LEADING_WORD.match(query)
+    return match.group(1).upper() if match else ""
+
+
+def _to_result(outcome: _Outcome, max_rows: int | None, query: str) -> Result:
+    """The Result shape every SQL backend shares (docs/guide.md, "Result shape").
+
+    The OK packet's affected-rows count is 0 for DDL and SET as for an UPDATE
+    that matched nothing, so the statement's first word tells a count from
+    none; a result set from ``INSERT/REPLACE/DELETE ... RETURNING`` counts its
+    rows, one per row written. ``last_insert_id`` is the OK packet's insert id
+    when one row was written (for several, MariaDB gives the first and SQLite
+    the last: RETURNING answers both alike).
+    """
+    verb = _verb(query)
     if outcome.columns is None:
-        # No result set: a write, DDL or SET. The AUTO_INCREMENT value a
-        # write generated is reported as the one row of data.
-        data = [{"last_insert_id": outcome.last_insert_id}] if outcome.last_insert_id else []
-        return Result.ok(data, operation="query", rows_affected=outcome.rowcount)
+        return Result.ok(
+            [],
+            operation="query",
+            rows_affected=outcome.rowcount if verb in _COUNTED_VERBS else None,
+            last_insert_id=(outcome.last_insert_id or None) if outcome.rowcount == 1 else None,
+        )
     rows = outcome.rows
+    written = len(rows) if verb in _RETURNING_VERBS else None
     truncated = max_rows is not None and len(rows) > max_rows
     if truncated:
         rows = rows[:max_rows]
     columns = outcome.columns
     return Result.ok(
-        [row_to_dict(columns, row) for row in rows], operation="query", truncated=truncated
+        [row_to_dict(columns, row) for row in rows],
+        operation="query",
+        rows_affected=written,
+        truncated=truncated,
     )
 
 

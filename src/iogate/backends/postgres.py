@@ -18,7 +18,23 @@ transactionally is undone or committed by the server itself.
 
 A connection lost mid-operation is ``connection_error`` when nothing can
 have been written, ``unknown_outcome`` when a write (or its COMMIT) was sent
-and its answer lost.
+and its answer lost. A connection that sat idle past ``idle_check_interval``
+is checked with ``SELECT 1`` before it is handed out (:mod:`.pool`), so
+one the server ended meanwhile (a restart, a failover,
+``pg_terminate_backend``) is replaced instead of failing its next caller.
+
+Session state. Without ``reset_session``, what trusted code sets on its
+session (``SET search_path``, ``SET ROLE``, a temporary table) stays on that
+pooled connection for its next user, unless the call failed or left a
+transaction open (then the connection is reset). ``SET LOCAL`` inside
+``transaction()`` ends with the transaction. With ``reset_session=True``
+every connection trusted code used is reset before it goes back to the
+pool: asyncpg's ``reset()`` (ROLLBACK, ``CLOSE ALL``, ``UNLISTEN *``,
+advisory locks, ``RESET ALL``) preceded by ``SET SESSION AUTHORIZATION
+DEFAULT`` (``RESET ALL`` leaves the role alone) and followed by ``DISCARD
+TEMP``: what ``DISCARD ALL`` does except deallocating the prepared
+statements the connection keeps cached. Guarded SQL needs no reset (it can
+set nothing and runs in a transaction iogate ends).
 
 Results are bounded while they are read. ``max_rows`` is sent with the
 statement as the extended protocol's row count (Execute's limit, as asyncpg's
@@ -51,6 +67,7 @@ from iogate.backends.guard_postgres import classify_postgres
 from iogate.backends.meter import NO_BYTE_CAP, ProtocolRelay
 from iogate.backends.pool import PooledConnection
 from iogate.backends.pooled import PooledDatabaseManager
+from iogate.core.coerce import CoercionError, coerce_postgres_args
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.errors import (
@@ -75,6 +92,9 @@ logger = logging.getLogger("iogate.postgres")
 PgConnection = asyncpg.Connection
 _STATEMENT_CACHE_SIZE = 256
 _RESET_TIMEOUT = 5.0
+# Run before and after asyncpg's own reset query (see the module docstring).
+_RESET_ROLE = "SET SESSION AUTHORIZATION DEFAULT;"
+_RESET_TEMP = "DISCARD TEMP;"
 _WRITE_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
 # SQLSTATEs of a connection the server ended or lost (class 08, and
 # 57P01-57P03: terminated by an administrator, a crash, or shutting down).
@@ -118,6 +138,17 @@ def is_single_row_insert(query: str) -> bool:
     return False
 
 
+class _Connection(asyncpg.Connection):
+    """asyncpg's connection whose reset also restores the role and drops temp tables.
+
+    ``get_reset_query`` is asyncpg's documented way to extend what
+    ``reset()`` sends (one round trip).
+    """
+
+    def get_reset_query(self) -> str:
+        return f"{_RESET_ROLE}\n{super().get_reset_query()}\n{_RESET_TEMP}"
+
+
 async def connect_postgres(
     dsn: str, *, timeout: float, statement_timeout: float | None
 ) -> asyncpg.Connection:
@@ -127,7 +158,7 @@ async def connect_postgres(
         settings["statement_timeout"] = str(max(1, int(statement_timeout * 1000)))
     try:
         conn: asyncpg.Connection = await asyncpg.connect(
-            dsn, timeout=timeout, server_settings=settings
+            dsn, timeout=timeout, server_settings=settings, connection_class=_Connection
         )
     except TimeoutError:
         raise DatabaseConnectionError(
@@ -239,7 +270,11 @@ class _ResultMeter(ProtocolRelay, asyncio.Protocol):
 
 
 async def _read_rows(
-    statement: Any, args: tuple[Any, ...], row_limit: int, timeout: float | None
+    statement: Any,
+    args: tuple[Any, ...],
+    row_limit: int,
+    timeout: float | None,
+    convert: bool = True,
 ) -> list[Any]:
     """``statement.fetch(*args)``, asking the server for at most ``row_limit`` rows.
 
@@ -249,13 +284,31 @@ async def _read_rows(
     this calls the private method behind ``fetch`` and ``fetchrow``; the
     asyncpg versions pyproject allows are checked by
     tests/integration/test_result_limits.py.
+
+    asyncpg refuses ``"42"`` for an ``int4`` or ISO 8601 text for a
+    ``timestamptz`` before anything is sent. The statement's parameter types,
+    known since it was prepared, then decide how each value is read
+    (:func:`iogate.core.coerce.coerce_postgres_args`) and it is bound once
+    more (``convert=False``). Arguments that fit pay nothing: no extra call.
     """
-    if not row_limit:
-        rows: list[Any] = await statement.fetch(*args, timeout=timeout)
+    try:
+        if not row_limit:
+            rows: list[Any] = await statement.fetch(*args, timeout=timeout)
+            return rows
+        bind_execute = statement._PreparedStatement__bind_execute
+        rows = await bind_execute(args, row_limit, timeout)
         return rows
-    bind_execute = statement._PreparedStatement__bind_execute
-    rows = await bind_execute(args, row_limit, timeout)
-    return rows
+    except asyncpg.DataError as exc:
+        if not convert or getattr(exc, "severity", None) is not None:
+            raise  # the server's own data error (division by zero...)
+        types = [parameter.name for parameter in statement.get_parameters()]
+        try:
+            converted = coerce_postgres_args(types, args)
+        except CoercionError as refused:
+            raise QueryError(f"cannot encode parameters: {refused}") from None
+        if converted is None:
+            raise
+    return await _read_rows(statement, converted, row_limit, timeout, False)
 
 
 class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
@@ -306,6 +359,20 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
 
     # -- connections ----------------------------------------------------------
 
+    async def _check_connection(self, raw: asyncpg.Connection) -> bool:
+        if raw.is_closed():  # asyncpg already read the server's goodbye
+            return False
+        try:
+            await raw.execute("SELECT 1")
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ):
+            return False
+        return True
+
     def release(self, conn: PooledConnection[Any], *, clean: bool = True) -> None:
         """Return a connection; ``clean=False`` resets (or discards) it first.
 
@@ -324,9 +391,13 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
     async def _reset_and_release(self, conn: PooledConnection[Any]) -> None:
         raw: asyncpg.Connection = conn.raw
         try:
-            # Waits for asyncpg's cancel request of an interrupted statement,
-            # rolls back, and resets session state.
-            await raw.reset(timeout=_RESET_TIMEOUT)
+            async with asyncio.timeout(_RESET_TIMEOUT):
+                # Each waits for asyncpg's cancel request of an interrupted
+                # statement first. iogate's own BEGIN is not asyncpg's
+                # transaction: rolled back here, reset() would log an error.
+                if raw.is_in_transaction():
+                    await raw.execute("ROLLBACK")
+                await raw.reset()
         except BaseException:
             logger.debug("discarding a connection whose reset failed", exc_info=True)
             raw.terminate()
@@ -381,7 +452,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             clean = exc.sqlstate is not None
             raise
         finally:
-            self.release(conn, clean=clean)
+            self.release(conn, clean=self._reusable(clean, guard))
         return _to_result(rows, status, max_rows)
 
     async def _in_transaction(
@@ -432,7 +503,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         ``script`` lets trusted code run a multi-statement string without
         parameters through the simple protocol.
         """
-        timeout = deadline.remaining()
+        timeout = self._step_deadline(deadline).remaining()
         work = self._fetch(conn, conn.raw, query, args, timeout, script, caps)
         return await self._mapped(work, timeout)
 
@@ -447,6 +518,11 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             return await work
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise _translate(exc, timeout) from exc
+        except asyncpg.InternalClientError as exc:
+            # The protocol is in a state no operation can start from: seen when
+            # the server's goodbye (a fast shutdown's FATAL) arrived while the
+            # connection sat idle, before the socket closed.
+            raise DatabaseConnectionError(f"connection lost: {exc}") from exc
         except (ValueError, TypeError) as exc:
             raise QueryError(f"cannot encode parameters: {exc}") from exc
 
@@ -527,6 +603,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
                     Result.from_exception(exc, resource=self.name, operation="query")
                     for _ in params_list
                 ]
+        # Without a deadline each step is bounded (see _step_deadline).
         deadline = deadline or Deadline.never()
         args_list = [normalize_params(params) for params in params_list]
         for args in args_list:
@@ -558,7 +635,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             # run one by one, where only that statement fails.
             return None
         finally:
-            self.release(conn, clean=clean)
+            self.release(conn, clean=self._reusable(clean, guard))
         return results
 
     async def _many(
@@ -569,7 +646,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         deadline: Deadline,
     ) -> list[Result]:
         if is_single_row_insert(query):
-            timeout = deadline.remaining()
+            timeout = self._step_deadline(deadline).remaining()
             await self._mapped(conn.raw.executemany(query, args_list, timeout=timeout), timeout)
             return [
                 Result.ok([], resource=self.name, operation="query", rows_affected=1)
@@ -587,16 +664,24 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
     # -- transactions -----------------------------------------------------------
 
     async def _begin(self, raw: asyncpg.Connection, read: bool, deadline: Deadline) -> None:
-        timeout = deadline.remaining()
+        timeout = self._step_deadline(deadline).remaining()
         await self._mapped(raw.execute(_BEGIN[read], timeout=timeout), timeout)
 
     async def _rollback(self, raw: asyncpg.Connection, deadline: Deadline) -> None:
-        timeout = deadline.remaining()
+        timeout = self._step_deadline(deadline).remaining()
         await self._mapped(raw.execute("ROLLBACK", timeout=timeout), timeout)
 
     async def _commit(self, raw: asyncpg.Connection, deadline: Deadline) -> None:
-        """COMMIT; once it is sent, a lost answer is ``unknown_outcome``."""
-        timeout = deadline.remaining()
+        """COMMIT; once it is sent, a lost answer is ``unknown_outcome``.
+
+        A connection already lost before COMMIT could be sent took its
+        transaction with it: that is a plain ``connection_error``.
+        """
+        if raw.is_closed():
+            raise DatabaseConnectionError(
+                "connection lost before COMMIT: the server rolled the transaction back"
+            )
+        timeout = self._step_deadline(deadline).remaining()
         try:
             await self._mapped(raw.execute("COMMIT", timeout=timeout), timeout)
         except (DatabaseConnectionError, OperationTimeoutError) as exc:
@@ -622,17 +707,24 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
                 raise
             finally:
                 if tx.failed or read:
-                    # A read-only transaction has nothing to commit.
-                    await self._rollback(raw, deadline)
+                    # A read-only transaction has nothing to commit. A
+                    # ROLLBACK that cannot be sent needs no retry: the server
+                    # rolls back the transaction of a connection that is gone
+                    # (and release() resets or discards this one).
+                    try:
+                        await self._rollback(raw, deadline)
+                        clean = True
+                    except (DatabaseConnectionError, OperationTimeoutError):
+                        logger.debug("ROLLBACK at the end of a transaction failed", exc_info=True)
                     tx.status = "rolled_back" if tx.failed else "committed"
                 else:
                     await self._commit(raw, deadline)
                     tx.status = "committed"
-                clean = True
+                    clean = True
         finally:
-            if not clean:
+            if tx.status == "active":
                 tx.status = "rolled_back"
-            self.release(conn, clean=clean)
+            self.release(conn, clean=self._reusable(clean, guard))
 
     def _transaction(
         self, *, read_only: bool, deadline: Deadline, guard: Access | None = None

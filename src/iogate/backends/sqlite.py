@@ -106,6 +106,9 @@ _CACHED_STATEMENTS = 256
 # Queries up to this length have their keyword and placeholder count cached.
 _ANALYSIS_CACHE_CHARS = 4096
 _READ_VERBS = frozenset({"SELECT", "VALUES", "EXPLAIN", "WITH"})
+# Statements whose rowid (cursor.lastrowid) is reported as last_insert_id
+# when they wrote one row (docs/guide.md, "Result shape").
+_INSERT_VERBS = frozenset({"INSERT", "REPLACE"})
 # Statements that manage transactions themselves or cannot run inside one.
 _SOLO_VERBS = frozenset({"VACUUM", "PRAGMA", "ATTACH", "DETACH", "REINDEX", "ANALYZE"})
 _TX_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
@@ -125,8 +128,9 @@ _TOO_BIG = "too big"  # SQLITE_TOOBIG: a value over SQLITE_LIMIT_LENGTH
 # it is read as, then the dict it is answered as.
 _ROW_BYTES = 256
 
-# (rows, rowcount, truncated) computed in the connection's thread.
-_Outcome = tuple[list[dict[str, Any]], int, bool]
+# (rows, rowcount, truncated, lastrowid) computed in the connection's thread;
+# lastrowid only for a statement that returned no rows.
+_Outcome = tuple[list[dict[str, Any]], int, bool, int | None]
 # (function run as fn(conn, *args), args, the caller's future)
 _Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
 # (future, result or exception, succeeded)
@@ -268,7 +272,7 @@ def _run_statement(
         cursor = conn.execute(query, args)
         try:
             if cursor.description is None:
-                return [], cursor.rowcount, False
+                return [], cursor.rowcount, False, cursor.lastrowid
             keys = [column[0] for column in cursor.description]
             if max_bytes is not None:
                 raw_rows = _fetch_within(cursor, max_rows, max_bytes)
@@ -286,7 +290,7 @@ def _run_statement(
                 }
                 for row in raw_rows
             ]
-            return rows, cursor.rowcount, truncated
+            return rows, cursor.rowcount, truncated, None
         finally:
             cursor.close()
     except sqlite3.DataError as exc:
@@ -1093,9 +1097,15 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
                 outcome = await self._write(query, args, deadline, limits)
         except (sqlite3.Error, *_BINDING_ERRORS) as exc:
             raise _map_error(exc) from exc
-        rows, rowcount, truncated = outcome
+        rows, rowcount, truncated, rowid = outcome
         rows_affected = rowcount if rowcount >= 0 and verb not in _READ_VERBS else None
-        return Result.ok(rows, operation="query", rows_affected=rows_affected, truncated=truncated)
+        return Result.ok(
+            rows,
+            operation="query",
+            rows_affected=rows_affected,
+            truncated=truncated,
+            last_insert_id=rowid if verb in _INSERT_VERBS and rowcount == 1 else None,
+        )
 
     async def _execute_guarded(
         self,
@@ -1119,7 +1129,10 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
                 outcome = await self._write(query, args, deadline, limits, access)
         except (sqlite3.Error, *_BINDING_ERRORS) as exc:
             raise _map_error(exc) from exc
-        rows, rowcount, truncated = outcome
+        # No last_insert_id: SQLite's is the connection's, so on the shared
+        # writer an INSERT that sets none (WITHOUT ROWID, an upsert's update)
+        # would show another key's (last_insert_rowid() is refused likewise).
+        rows, rowcount, truncated, _ = outcome
         rows_affected = rowcount if rowcount >= 0 else None
         return Result.ok(rows, operation="query", rows_affected=rows_affected, truncated=truncated)
 
@@ -1223,7 +1236,7 @@ class _SQLiteTransaction(Transaction):
         elif verb in _TX_CONTROL:
             raise InvalidRequestError(f"{verb} inside transaction(): the block manages it")
         try:
-            rows, rowcount, truncated = await self._manager._call(
+            rows, rowcount, truncated, rowid = await self._manager._call(
                 self._writer, run, job, self._deadline
             )
         except (sqlite3.Error, *_BINDING_ERRORS) as exc:
@@ -1232,8 +1245,13 @@ class _SQLiteTransaction(Transaction):
             )
         counted = rowcount >= 0 and (self.guard is not None or verb not in _READ_VERBS)
         rows_affected = rowcount if counted else None
+        inserted = self.guard is None and verb in _INSERT_VERBS and rowcount == 1
         result = Result.ok(
-            rows, operation="query", rows_affected=rows_affected, truncated=truncated
+            rows,
+            operation="query",
+            rows_affected=rows_affected,
+            truncated=truncated,
+            last_insert_id=rowid if inserted else None,
         )
         result.resource = self._manager.name
         return result

@@ -32,6 +32,11 @@ class Result:
     truncated: bool = False
     headers: dict[str, str] | None = field(default=None, repr=False)
     retry_after: float | None = field(default=None, repr=False)
+    # The id the database generated for an INSERT that returns no rows
+    # (SQLite's rowid, MariaDB's AUTO_INCREMENT); None on PostgreSQL and with
+    # RETURNING (docs/guide.md, "Result shape"). Last, so the positional
+    # construction in ok() stays as it was.
+    last_insert_id: int | None = None
 
     @classmethod
     def ok(
@@ -43,10 +48,11 @@ class Result:
         rows_affected: int | None = None,
         status_code: int | None = None,
         truncated: bool = False,
+        last_insert_id: int | None = None,
     ) -> Result:
         # Positional, in field order: every successful operation builds one,
         # and keyword arguments cost twice as much to pass.
-        return cls(
+        result = cls(
             True,
             data,
             None,
@@ -59,6 +65,9 @@ class Result:
             status_code,
             truncated,
         )
+        if last_insert_id is not None:
+            result.last_insert_id = last_insert_id
+        return result
 
     @classmethod
     def fail(
@@ -150,6 +159,7 @@ class Result:
             "duration_ms": self.duration_ms,
             "attempts": self.attempts,
             "rows_affected": self.rows_affected,
+            "last_insert_id": self.last_insert_id,
             "status_code": self.status_code,
             "truncated": self.truncated,
         }

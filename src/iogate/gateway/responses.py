@@ -137,7 +137,14 @@ class OperationResult(BaseModel):
     operation: str | None
     duration_ms: float
     attempts: int
-    rows_affected: int | None
+    rows_affected: int | None = Field(
+        description="Rows written by INSERT, UPDATE, DELETE (with or without RETURNING); "
+        "null for reads and DDL"
+    )
+    last_insert_id: int | None = Field(
+        description="The id the database generated for an INSERT that returns no rows "
+        "(SQLite rowid, MariaDB AUTO_INCREMENT); null on PostgreSQL and with RETURNING",
+    )
     status_code: int | None = Field(description="The upstream's HTTP status (API calls)")
     truncated: bool = Field(description="More rows than [gateway] max_rows")
     headers: dict[str, str] | None = Field(
@@ -175,6 +182,11 @@ class BatchResult(BaseModel):
 class OperationParameter(BaseModel):
     name: str
     required: bool
+    type: str | None = Field(
+        default=None,
+        description="Declared type (str, int, float, decimal, bool, date, time, datetime, "
+        "timedelta, bytes, uuid, json); null when undeclared",
+    )
 
 
 class OperationDescription(BaseModel):
@@ -232,7 +244,8 @@ def declared(
 # Refusals any authenticated route may answer before it runs.
 AUTH_RESPONSES = declared(problem=(401, 500))
 # The single-operation routes: a Result whatever the outcome, or a refusal
-# (400: a body that is not even text, from FastAPI's body parsing).
+# (400: a body that is not even text, from FastAPI's body parsing; 503:
+# overloaded, from adaptive concurrency in gateway/admission.py).
 OPERATION_RESPONSES = declared(
-    OperationResult, result=RESULT_STATUSES, problem=(400, 401, 403, 413, 422, 500)
+    OperationResult, result=RESULT_STATUSES, problem=(400, 401, 403, 413, 422, 500, 503)
 )

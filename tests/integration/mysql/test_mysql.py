@@ -27,7 +27,9 @@ async def test_seed_style_queries_return_rows_as_dicts(mysql_url: str, my_table:
         )
         assert insert.success, insert.error
         assert insert.rows_affected == 1
-        user_id = insert.data[0]["last_insert_id"]
+        assert insert.data == []
+        user_id = insert.last_insert_id
+        assert user_id is not None
         for query in (
             f"SELECT * FROM {my_table} WHERE id = $1",
             f"SELECT * FROM {my_table} WHERE id = ?",
