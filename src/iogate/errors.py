@@ -10,6 +10,7 @@ also subclass the builtins, ``except builtins.TimeoutError`` catches them too.
 from __future__ import annotations
 
 from iogate.core.errors import (
+    ERROR_TYPES,
     APIConnectionError,
     APIError,
     CircuitOpenError,
@@ -17,6 +18,7 @@ from iogate.core.errors import (
     ConfigError,
     DatabaseConnectionError,
     DatabaseError,
+    ErrorType,
     ForbiddenStatementError,
     HTTPStatusError,
     InvalidRequestError,
@@ -40,6 +42,7 @@ RateLimitError = RateLimitedError
 AuthenticationError = UpstreamAuthError
 
 __all__ = [
+    "ERROR_TYPES",
     "APIConnectionError",
     "APIError",
     "AuthenticationError",
@@ -49,6 +52,7 @@ __all__ = [
     "ConnectionError",
     "DatabaseConnectionError",
     "DatabaseError",
+    "ErrorType",
     "ForbiddenStatementError",
     "HTTPStatusError",
     "InvalidRequestError",

@@ -81,3 +81,19 @@ def test_retry_after_travels_with_the_exception() -> None:
     with pytest.raises(CircuitOpenError) as opened:
         Result.fail("open", "circuit_open", retry_after=1.0).raise_for_error()
     assert opened.value.retry_after == 1.0
+
+
+def test_every_error_class_names_a_code_of_the_closed_set() -> None:
+    from iogate.core import errors
+
+    classes = [
+        obj
+        for obj in vars(errors).values()
+        if isinstance(obj, type) and issubclass(obj, errors.IogateError)
+    ]
+    assert len(classes) > 15
+    for cls in classes:
+        assert cls.error_type in errors.ERROR_TYPES, cls
+    # raise_for_error has decided every code: none falls back by accident.
+    decided = set(errors._BY_TYPE) | errors._SPECIAL
+    assert errors.ERROR_TYPES - {"unknown"} <= decided, errors.ERROR_TYPES - decided

@@ -50,7 +50,13 @@ from typing import Any, NamedTuple, NoReturn
 
 import orjson
 
-from iogate.core.errors import ForbiddenStatementError, InvalidRequestError, ReadOnlyError
+from iogate.core.errors import (
+    ErrorType,
+    ForbiddenStatementError,
+    InvalidRequestError,
+    IogateError,
+    ReadOnlyError,
+)
 from iogate.core.jsonable import jsonable
 from iogate.core.result import Result
 
@@ -388,7 +394,9 @@ def batch_result(command: Command, outcomes: Sequence[Any]) -> Result:
     data = [None if isinstance(o, BaseException) else o for o in outcomes]
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):
-            error_type = getattr(outcome, "error_type", "query_error")
+            error_type: ErrorType = (
+                outcome.error_type if isinstance(outcome, IogateError) else "query_error"
+            )
             message = f"operation #{index} ({command.commands[index].op}) failed: {outcome}"
             return Result.fail(message, error_type, operation=command.op, data=data)
     return Result.ok(data, operation=command.op)

@@ -30,8 +30,10 @@ nothing in this module imports a driver.
 from __future__ import annotations
 
 import builtins
+from typing import Literal, get_args
 
 __all__ = [
+    "ERROR_TYPES",
     "APIConnectionError",
     "APIError",
     "CircuitOpenError",
@@ -39,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DatabaseConnectionError",
     "DatabaseError",
+    "ErrorType",
     "ForbiddenStatementError",
     "HTTPStatusError",
     "InvalidRequestError",
@@ -57,18 +60,51 @@ __all__ = [
 ]
 
 
+ErrorType = Literal[
+    "api_error",
+    "circuit_open",
+    "closed",
+    "config_error",
+    "connection_error",
+    "database_error",
+    "dependency_failed",
+    "forbidden_statement",
+    "http_error",
+    "internal_error",
+    "invalid_request",
+    "not_found",
+    "overloaded",
+    "pool_exhausted",
+    "query_error",
+    "rate_limited",
+    "read_only",
+    "result_too_large",
+    "rolled_back",
+    "timeout",
+    "unknown",
+    "unknown_outcome",
+]
+"""Every ``error_type`` a failed Result may carry (a closed set: metric labels
+and client code can rely on it). ``rolled_back``: a batch step undone because
+another step of its atomic batch failed; ``dependency_failed``: a batch step whose
+``$ref`` names a failed step; ``overloaded``: refused by adaptive
+concurrency; ``unknown``: an error class this version does not name."""
+
+ERROR_TYPES: frozenset[str] = frozenset(get_args(ErrorType))
+
+
 class IogateError(Exception):
     """Root of every exception iogate raises."""
 
-    error_type: str = "unknown"
+    error_type: ErrorType = "unknown"
 
 
 class ConfigError(IogateError):
-    error_type = "config_error"
+    error_type: ErrorType = "config_error"
 
 
 class InvalidRequestError(IogateError):
-    error_type = "invalid_request"
+    error_type: ErrorType = "invalid_request"
 
 
 class ParameterError(InvalidRequestError, ValueError):
@@ -78,7 +114,7 @@ class ParameterError(InvalidRequestError, ValueError):
 class ForbiddenStatementError(InvalidRequestError):
     """A guarded statement the caller may not run (docs/security.md)."""
 
-    error_type = "forbidden_statement"
+    error_type: ErrorType = "forbidden_statement"
 
     def __init__(self, message: str, *, kind: str) -> None:
         super().__init__(message)
@@ -92,7 +128,7 @@ class ResultTooLargeError(InvalidRequestError):
     that could be returned (a row may have been cut in half on the wire).
     """
 
-    error_type = "result_too_large"
+    error_type: ErrorType = "result_too_large"
 
     def __init__(self, max_result_bytes: int, detail: str = "") -> None:
         super().__init__(
@@ -104,23 +140,23 @@ class ResultTooLargeError(InvalidRequestError):
 
 
 class ResourceNotFoundError(IogateError, LookupError):
-    error_type = "not_found"
+    error_type: ErrorType = "not_found"
 
 
 class ClosedError(IogateError, RuntimeError):
-    error_type = "closed"
+    error_type: ErrorType = "closed"
 
 
 class DatabaseError(IogateError):
-    error_type = "database_error"
+    error_type: ErrorType = "database_error"
 
 
 class DatabaseConnectionError(DatabaseError, builtins.ConnectionError):
-    error_type = "connection_error"
+    error_type: ErrorType = "connection_error"
 
 
 class QueryError(DatabaseError):
-    error_type = "query_error"
+    error_type: ErrorType = "query_error"
 
     def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
         super().__init__(message)
@@ -128,26 +164,26 @@ class QueryError(DatabaseError):
 
 
 class ReadOnlyError(QueryError):
-    error_type = "read_only"
+    error_type: ErrorType = "read_only"
 
 
 class UnknownOutcomeError(DatabaseError, builtins.ConnectionError):
     """The connection was lost after a write (or its COMMIT) was sent:
     it may or may not have been applied. Never retried automatically."""
 
-    error_type = "unknown_outcome"
+    error_type: ErrorType = "unknown_outcome"
 
 
 class OperationTimeoutError(IogateError, builtins.TimeoutError):
-    error_type = "timeout"
+    error_type: ErrorType = "timeout"
 
 
 class PoolExhaustedError(DatabaseError, builtins.TimeoutError):
-    error_type = "pool_exhausted"
+    error_type: ErrorType = "pool_exhausted"
 
 
 class CircuitOpenError(IogateError):
-    error_type = "circuit_open"
+    error_type: ErrorType = "circuit_open"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -155,15 +191,15 @@ class CircuitOpenError(IogateError):
 
 
 class APIError(IogateError):
-    error_type = "api_error"
+    error_type: ErrorType = "api_error"
 
 
 class APIConnectionError(APIError, builtins.ConnectionError):
-    error_type = "connection_error"
+    error_type: ErrorType = "connection_error"
 
 
 class HTTPStatusError(APIError):
-    error_type = "http_error"
+    error_type: ErrorType = "http_error"
 
     def __init__(self, message: str, *, status_code: int) -> None:
         super().__init__(message)
@@ -171,7 +207,7 @@ class HTTPStatusError(APIError):
 
 
 class RateLimitedError(APIError):
-    error_type = "rate_limited"
+    error_type: ErrorType = "rate_limited"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -179,13 +215,13 @@ class RateLimitedError(APIError):
 
 
 class UpstreamAuthError(HTTPStatusError):
-    error_type = "http_error"
+    error_type: ErrorType = "http_error"
 
 
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # error_type -> the class raised for it; shared codes take the API or the
 # database class depending on where the Result came from.
-_BY_TYPE: dict[str, type[IogateError]] = {
+_BY_TYPE: dict[str | None, type[IogateError]] = {
     "config_error": ConfigError,
     "invalid_request": InvalidRequestError,
     "forbidden_statement": InvalidRequestError,
@@ -199,11 +235,17 @@ _BY_TYPE: dict[str, type[IogateError]] = {
     "pool_exhausted": PoolExhaustedError,
     "timeout": OperationTimeoutError,
     "api_error": APIError,
+    "rolled_back": DatabaseError,  # undone because another step of its batch failed
+    "dependency_failed": IogateError,  # a batch step whose $ref failed: not run
+    "overloaded": IogateError,  # refused by the gateway's adaptive concurrency
+    "internal_error": IogateError,
 }
+# Codes error_for decides itself, before the table.
+_SPECIAL = frozenset({"circuit_open", "rate_limited", "connection_error", "http_error"})
 
 
 def error_for(
-    error_type: str | None,
+    error_type: ErrorType | str | None,
     message: str,
     *,
     status_code: int | None = None,
@@ -228,7 +270,7 @@ def error_for(
         if status in (401, 403):
             return UpstreamAuthError(message, status_code=status)
         return HTTPStatusError(message, status_code=status)
-    cls = _BY_TYPE.get(error_type or "")
+    cls = _BY_TYPE.get(error_type)
     if cls is not None:
         return cls(message)
     return APIError(message) if api else DatabaseError(message)

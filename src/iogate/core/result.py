@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from iogate.core.errors import IogateError, error_for, is_api_outcome
+from iogate.core.errors import ErrorType, IogateError, error_for, is_api_outcome
 
 __all__ = ["Result"]
 
@@ -22,7 +22,7 @@ class Result:
     success: bool
     data: Any = None
     error: str | None = None
-    error_type: str | None = None
+    error_type: ErrorType | None = None
     resource: str | None = None
     operation: str | None = None
     duration_ms: float = 0.0
@@ -73,7 +73,7 @@ class Result:
     def fail(
         cls,
         error: str,
-        error_type: str,
+        error_type: ErrorType,
         *,
         resource: str | None = None,
         operation: str | None = None,

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from iogate.core.deadline import Deadline
 from iogate.gateway.settings import Settings
 from iogate.orchestrator import AsyncOperationOrchestrator
+from iogate.resilience.deadline_headers import DEADLINE_HEADERS, ClientDeadline, parse_timeout
 
 __all__ = [
     "DEADLINE_SCOPE_KEY",
@@ -61,12 +62,41 @@ DEADLINE_SCOPE_KEY = "iogate.deadline"
 
 
 def request_deadline(request: Request) -> Deadline:
-    """One deadline per request (``[gateway] request_timeout``), kept in the scope."""
+    """One deadline per request, kept in the scope.
+
+    ``[gateway] request_timeout``, or less when the client sends its own
+    deadline in ``Request-Timeout`` (seconds) or ``grpc-timeout`` (gRPC's
+    form): the smaller wins, so a client can shorten the request but never
+    lengthen it, and an absurdly large value is simply capped. A malformed
+    or negative value is a 400 naming the header. Calls to upstream APIs made
+    for the request forward what is left in the forms the client used.
+    """
     deadline: Deadline | None = request.scope.get(DEADLINE_SCOPE_KEY)
     if deadline is None:
-        deadline = Deadline(settings_of(request).gateway.request_timeout)
+        deadline = _deadline_of(request.scope, settings_of(request).gateway.request_timeout)
         request.scope[DEADLINE_SCOPE_KEY] = deadline
     return deadline
+
+
+def _deadline_of(scope: Scope, request_timeout: float) -> Deadline:
+    budget = request_timeout
+    forms: list[str] = []
+    for raw_name, raw_value in scope["headers"]:
+        # ASGI header names are lower-case bytes; most requests carry neither.
+        if raw_name != b"request-timeout" and raw_name != b"grpc-timeout":
+            continue
+        name = DEADLINE_HEADERS[raw_name.decode()]
+        if name in forms:
+            raise HTTPException(400, f"{name} may be given only once")
+        try:
+            seconds = parse_timeout(name, raw_value.decode("latin-1"))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        forms.append(name)
+        budget = min(budget, seconds)
+    if not forms:
+        return Deadline(budget)
+    return ClientDeadline(budget, headers=tuple(forms))
 
 
 # -- DirectRoute -------------------------------------------------------------------

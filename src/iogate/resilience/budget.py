@@ -1,13 +1,31 @@
-"""A retry budget: retries stay near a fixed share of requests.
+"""A retry budget: retries stay within a fixed share of requests.
 
 Per-request retry limits multiply load on an upstream that is already
 failing (3 attempts = 3x the traffic exactly when it hurts most). A budget
 (the idea of Finagle's ``RetryBudget`` and gRPC's retry throttling) bounds
 retries across all requests instead: every request deposits ``ratio`` of a
-token, every retry withdraws a whole one. While an upstream fails, retries
-therefore settle at ``ratio`` x requests (about 20 % by default), and a small
-reserve refilled over time (``min_per_second`` up to ``reserve``) lets a
-quiet API still retry an occasional blip. The clock is injectable.
+token, every retry spends a whole one.
+
+A budget made of deposits alone could never retry the first requests of a
+new or quiet client, so it also holds a ``reserve``: up to ``reserve``
+tokens in all (a new budget starts full; deposits beyond the current token
+refill the reserve, so a long healthy period banks no more than that). The
+reserve is a loan, not a gift: a retry it pays for is owed, and the next
+deposits repay it before they pay for anything else. Against an upstream
+that fails every request, the retries over its first ``n`` requests are
+therefore at most ``max(reserve, ratio * n)`` from a new budget (one more
+when a deposited token was waiting), never ``reserve + ratio * n``: from
+``n = reserve / ratio`` (50 requests by default) on, attempts are at most
+``1 + ratio`` times the requests, over the whole run and over every window
+of that many requests. Time refills nothing unless ``min_per_second`` says
+so; a time refill pays for retries no request deposited, so it lifts a slow
+client above ``1 + ratio``.
+
+``deposit()`` once per request, when its first attempt ends (as
+``AsyncAPIManager`` does), then ``try_withdraw()`` per retry: a request's
+own deposit is then in before it asks. One budget is shared by every request
+to one upstream in one process; its methods never await, so asyncio tasks
+cannot interleave inside them. The clock is injectable.
 """
 
 from __future__ import annotations
@@ -17,23 +35,28 @@ from collections.abc import Callable
 
 from iogate.core.errors import ConfigError
 
-__all__ = ["DEFAULT_RETRY_RATIO", "RetryBudget"]
+__all__ = ["DEFAULT_MIN_PER_SECOND", "DEFAULT_RESERVE", "DEFAULT_RETRY_RATIO", "RetryBudget"]
 
 DEFAULT_RETRY_RATIO = 0.2
 DEFAULT_RESERVE = 10.0
-DEFAULT_MIN_PER_SECOND = 1.0
+DEFAULT_MIN_PER_SECOND = 0.0
+# Five deposits of 0.2 add up to 0.9999999999999999 in binary floating point.
+_EPSILON = 1e-9
 
 
 class RetryBudget:
     """Token account shared by every request to one upstream."""
 
     __slots__ = (
-        "_balance",
         "_clock",
+        "_earned",
         "_last_refill",
+        "_owed",
+        "_reserve_left",
         "denied",
         "min_per_second",
         "ratio",
+        "requests",
         "reserve",
         "retries",
     )
@@ -54,33 +77,66 @@ class RetryBudget:
         self.reserve = reserve
         self.min_per_second = min_per_second
         self._clock = clock
-        self._balance = reserve
+        # Deposits not spent yet, up to one token; beyond that they refill
+        # the reserve. ``_earned + _reserve_left`` never exceeds ``reserve``.
+        self._earned = 0.0
+        self._reserve_left = reserve
+        # Tokens lent by the reserve that deposits have not paid back yet.
+        self._owed = 0.0
         self._last_refill = clock()
+        self.requests = 0
         self.retries = 0
         self.denied = 0
 
     def __repr__(self) -> str:
         return (
-            f"<RetryBudget balance={self._balance:.2f} ratio={self.ratio} "
-            f"retries={self.retries} denied={self.denied}>"
+            f"<RetryBudget balance={self.balance:.2f} owed={self._owed:.2f} "
+            f"ratio={self.ratio} requests={self.requests} retries={self.retries} "
+            f"denied={self.denied}>"
         )
 
     @property
     def balance(self) -> float:
+        """Retries that could be paid for now."""
         self._refill()
-        return self._balance
+        return self._earned + self._reserve_left
 
     def deposit(self) -> None:
         """One request was made (its first attempt)."""
-        # Deposits are capped so a long healthy period cannot bank a retry
-        # storm for the next outage.
-        self._balance = min(self._balance + self.ratio, self._cap())
+        self.requests += 1
+        amount = self.ratio
+        owed = self._owed
+        if owed > 0.0:
+            # A loan from the reserve is repaid before anything else is paid for.
+            if amount <= owed:
+                self._owed = owed - amount
+                return
+            self._owed = 0.0
+            amount -= owed
+        # At most ``reserve`` tokens in all, so that no client, new or long
+        # healthy, has more than the reserve to spend when an outage begins.
+        room = self._cap() - self._earned - self._reserve_left
+        if room <= 0.0:
+            return
+        earned = self._earned + min(amount, room)
+        if earned > 1.0:
+            # A whole token nobody spent: the upstream is answering. Kept in
+            # the reserve, where spending it is a loan like any other.
+            self._reserve_left += earned - 1.0
+            earned = 1.0
+        self._earned = earned
 
     def try_withdraw(self) -> bool:
         """Take a token for one retry; False when the budget is spent."""
-        self._refill()
-        if self._balance >= 1.0:
-            self._balance -= 1.0
+        if self._earned >= 1.0 - _EPSILON:
+            self._earned = max(0.0, self._earned - 1.0)
+            self.retries += 1
+            return True
+        if self.min_per_second:
+            self._refill()
+        if self._reserve_left >= 1.0 - _EPSILON:
+            self._reserve_left = max(0.0, self._reserve_left - 1.0)
+            self._owed += 1.0
             self.retries += 1
             return True
         self.denied += 1
@@ -89,7 +145,9 @@ class RetryBudget:
     def snapshot(self) -> dict[str, float | int]:
         return {
             "balance": round(self.balance, 3),
+            "owed": round(self._owed, 3),
             "ratio": self.ratio,
+            "requests": self.requests,
             "retries": self.retries,
             "denied": self.denied,
         }
@@ -101,5 +159,6 @@ class RetryBudget:
         now = self._clock()
         elapsed = now - self._last_refill
         self._last_refill = now
-        if elapsed > 0 and self.min_per_second > 0 and self._balance < self.reserve:
-            self._balance = min(self.reserve, self._balance + elapsed * self.min_per_second)
+        room = self._cap() - self._earned - self._reserve_left
+        if elapsed > 0 and self.min_per_second > 0 and room > 0:
+            self._reserve_left += min(room, elapsed * self.min_per_second)
