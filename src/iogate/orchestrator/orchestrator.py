@@ -19,10 +19,13 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import Unpack
+
 from iogate.backends.base import AsyncDatabaseManager
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, IogateError, ResourceNotFoundError
+from iogate.core.options import APIManagerOptions, DatabaseManagerOptions
 from iogate.core.params import Params
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
@@ -73,7 +76,10 @@ _SQL_TYPES = frozenset({DatabaseType.POSTGRESQL, DatabaseType.SQLITE, DatabaseTy
 
 
 def create_database_manager(
-    name: str, db_type: DatabaseType | str, conn_string: str, **options: Any
+    name: str,
+    db_type: DatabaseType | str,
+    conn_string: str,
+    **options: Unpack[DatabaseManagerOptions],
 ) -> AsyncDatabaseManager:
     """A manager of ``db_type`` for ``conn_string`` (not opened yet)."""
     kind = DatabaseType.parse(db_type)
@@ -174,7 +180,7 @@ class AsyncOperationOrchestrator:
         name: str,
         db_type: DatabaseType | str,
         conn_string: str,
-        **options: Any,
+        **options: Unpack[DatabaseManagerOptions],
     ) -> AsyncDatabaseManager:
         """Create, open and register a database manager.
 
@@ -197,7 +203,9 @@ class AsyncOperationOrchestrator:
         if name in self.databases or name in self.apis:
             raise ConfigError(f"a resource named {name!r} is already registered")
 
-    async def add_api_manager(self, name: str, base_url: str, **options: Any) -> AsyncAPIManager:
+    async def add_api_manager(
+        self, name: str, base_url: str, **options: Unpack[APIManagerOptions]
+    ) -> AsyncAPIManager:
         """Create, open and register an ``AsyncAPIManager`` for ``base_url``."""
         self._check_name(name)
         from iogate.backends.http import AsyncAPIManager
@@ -333,19 +341,46 @@ class AsyncOperationOrchestrator:
         }
 
     async def health_check(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
-        """Ping every resource concurrently; ``{name: {status, latency_ms, ...}}``."""
-        resources: dict[str, Any] = {
-            **self.databases,
-            **{f"{name} (read_url)": m for name, m in self.read_managers.items()},
-            **self.apis,
+        """Ping every resource concurrently; ``{name: {kind, type, status, latency_ms, ...}}``.
+
+        ``kind`` is ``database`` (caches and ``read_url`` pools included) or ``api``.
+        """
+        resources: dict[str, tuple[str, Any]] = {
+            **{name: ("database", m) for name, m in self.databases.items()},
+            **{f"{name} (read_url)": ("database", m) for name, m in self.read_managers.items()},
+            **{name: ("api", m) for name, m in self.apis.items()},
         }
-        checks = await asyncio.gather(*(_check(m, timeout) for m in resources.values()))
+        checks = await asyncio.gather(*(_check(k, m, timeout) for k, m in resources.values()))
         return dict(zip(resources, checks, strict=True))
 
+    async def readiness(
+        self, timeout: float = 2.0, *, include_apis: bool = False
+    ) -> dict[str, Any]:
+        """Whether this process can serve: ``{ready, down, degraded, resources}``.
 
-async def _check(manager: Any, timeout: float) -> dict[str, Any]:
+        The databases (caches and ``read_url`` pools included) must answer. APIs
+        count only with ``include_apis``: otherwise an API that is down, or whose
+        circuit is open or half-open, is listed in ``degraded`` and leaves
+        ``ready`` true, so one failing upstream does not take every instance out
+        of a load balancer while the databases are fine. Each check gains
+        ``required``.
+        """
+        checks = await self.health_check(timeout)
+        down: list[str] = []
+        degraded: list[str] = []
+        for name in sorted(checks):
+            check = checks[name]
+            check["required"] = check["kind"] == "database" or include_apis
+            if check["status"] != "up":
+                (down if check["required"] else degraded).append(name)
+            elif check.get("circuit") in ("open", "half_open"):
+                degraded.append(name)  # answering TCP, but its breaker is still testing
+        return {"ready": not down, "down": down, "degraded": degraded, "resources": checks}
+
+
+async def _check(kind: str, manager: Any, timeout: float) -> dict[str, Any]:
     started = time.perf_counter()
-    entry: dict[str, Any] = {"type": manager.backend}
+    entry: dict[str, Any] = {"kind": kind, "type": manager.backend}
     try:
         await manager.ping(timeout)
     except IogateError as exc:
