@@ -69,7 +69,23 @@ def main() -> None:
             "Gateway under wrk: iogate vs bare Starlette vs Datasette",
             [py, "bench/gateway_bench.py", *(["--duration", "2"] if args.quick else [])],
         ),
+        run(
+            "Logging cost: default log level vs warning",
+            [
+                py,
+                "bench/logging_cost.py",
+                *(["--duration", "2", "--rounds", "3"] if args.quick else []),
+            ],
+        ),
         run("Memory per manager", [py, "bench/memory_bench.py", *quick]),
+        run(
+            "Adaptive concurrency under 5x overload",
+            [
+                py,
+                "bench/overload.py",
+                *(["--duration", "8", "--unloaded", "4"] if args.quick else []),
+            ],
+        ),
     ]
     header = (
         f"# Benchmark run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"

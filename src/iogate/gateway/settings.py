@@ -21,11 +21,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from iogate.core.coerce import PARAM_TYPES
 from iogate.core.errors import ConfigError
+from iogate.resilience.adaptive import AdaptiveConfig
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -65,6 +68,15 @@ class ApiKeySettings(_Strict):
     key_sha256: str | None = None
     scopes: list[str] = Field(default_factory=list)
 
+    @field_validator("scopes")
+    @classmethod
+    def _scope_forms(cls, value: list[str]) -> list[str]:
+        from iogate.gateway.auth import parse_scope  # it imports this module
+
+        for scope in value:
+            parse_scope(scope)
+        return value
+
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKeySettings:
         if (self.key is None) == (self.key_sha256 is None):
@@ -97,6 +109,11 @@ class GatewaySettings(_Strict):
     header_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=30.0, gt=0)
     keep_alive_timeout: float = Field(default=5.0, gt=0)
+    # /ready fails only for what the gateway needs (databases and caches); an
+    # API that is down or whose circuit is open is "degraded" unless this is true.
+    ready_includes_apis: bool = False
+    # SIGTERM: seconds in-flight requests get to finish before they are cancelled.
+    shutdown_timeout: float = Field(default=30.0, gt=0)
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -127,7 +144,15 @@ _URL_SCHEMES = {
 
 
 def _check_url(url: str, schemes: tuple[str, ...]) -> None:
-    """A URL that will parse when the manager opens; the message never echoes it."""
+    """A URL that means what it seems to; the message never echoes it (secrets).
+
+    Drivers are lenient: asyncpg reads ``postgres:/127.0.0.1/db`` as the
+    database ``127.0.0.1/db`` on the default host. So the form is checked
+    here: ``scheme://`` written out, a port that parses, no blanks or
+    control characters, a host (PostgreSQL alone may leave it to its
+    defaults: ``postgresql:///db`` is libpq's local socket), and a path
+    that is one database name (SQL) or a database number (Redis).
+    """
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -138,6 +163,65 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> None:
             f"url scheme must be one of {', '.join(s + '://' for s in schemes)}, "
             f"got {parts.scheme + '://' if parts.scheme else 'none'}"
         )
+    shape = f"{parts.scheme}://"
+    if not url.startswith(shape):
+        raise ValueError(f"url must start with {shape} (the // is missing)")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("url contains blanks or control characters")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// url needs the socket's path")
+        return
+    if not parts.hostname and parts.scheme not in {"postgresql", "postgres"}:
+        raise ValueError(f"url needs a host: {shape}HOST[:PORT]/...")
+    path = parts.path.removeprefix("/")
+    if parts.scheme in {"redis", "rediss"}:
+        if path and not path.isdigit():
+            raise ValueError("a redis url's path is a database number (redis://HOST:6379/0)")
+    elif "/" in path:
+        raise ValueError(f"url path must be one database name ({shape}HOST:PORT/DATABASE)")
+
+
+class AdaptiveConcurrencySettings(_Strict):
+    """``adaptive_concurrency``: ``true``, or a table of these keys (docs/reliability.md)."""
+
+    enabled: bool = True
+    min_limit: int = Field(default=1, ge=1)
+    max_limit: int = Field(default=200, ge=1)
+    initial_limit: int | None = Field(default=None, ge=1)
+    max_queue: int = Field(default=100, ge=0)
+    # Unset: a quarter of the unloaded latency, at most 1 s.
+    max_queue_time: float | None = Field(default=None, gt=0)
+    tolerance: float = Field(default=1.25, gt=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AdaptiveConcurrencySettings:
+        try:
+            self.config()
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("adaptive concurrency: ")) from None
+        return self
+
+    def config(self) -> AdaptiveConfig:
+        return AdaptiveConfig(
+            min_limit=self.min_limit,
+            max_limit=self.max_limit,
+            initial_limit=self.initial_limit,
+            max_queue=self.max_queue,
+            max_queue_time=self.max_queue_time,
+            tolerance=self.tolerance,
+        )
+
+
+def _adaptive_switch(value: Any) -> Any:
+    """``adaptive_concurrency = true`` is the table with its defaults; false is off."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    if not isinstance(value, dict | AdaptiveConcurrencySettings):
+        raise ValueError("must be true, false or a table (min_limit, max_limit, ...)")
+    return value
 
 
 class DatabaseSettings(_Strict):
@@ -152,11 +236,17 @@ class DatabaseSettings(_Strict):
     statement_timeout: float | None = Field(default=None, gt=0)
     max_idle_time: float | None = Field(default=None, gt=0)
     max_lifetime: float | None = Field(default=None, gt=0)
+    idle_check_interval: float | None = Field(default=None, ge=0)  # postgresql, mysql
+    reset_session: bool | None = None  # postgresql, mysql
     busy_timeout: float | None = Field(default=None, gt=0)
     synchronous: Literal["NORMAL", "FULL", "OFF"] | None = None
     read_only: bool = False
     allow_raw_sql: bool = True
     auto_pipeline: bool | None = None
+    # Latency-driven admission in the gateway (off unless set; docs/reliability.md).
+    adaptive_concurrency: AdaptiveConcurrencySettings | None = None
+
+    _adaptive = field_validator("adaptive_concurrency", mode="before")(_adaptive_switch)
 
     @model_validator(mode="after")
     def _location(self) -> DatabaseSettings:
@@ -191,6 +281,8 @@ class DatabaseSettings(_Strict):
             "statement_timeout",
             "max_idle_time",
             "max_lifetime",
+            "idle_check_interval",
+            "reset_session",
         )
         options: dict[str, Any] = {}
         if self.type in {"postgresql", "sqlite", "mysql"}:
@@ -246,6 +338,35 @@ class ApiSettings(_Strict):
     # HTTPS certificate checks; ca_bundle (a PEM file) replaces the system CAs.
     verify_ssl: bool = True
     ca_bundle: str | None = None
+    # Latency-driven admission in the gateway (off unless set; docs/reliability.md).
+    adaptive_concurrency: AdaptiveConcurrencySettings | None = None
+
+    _adaptive = field_validator("adaptive_concurrency", mode="before")(_adaptive_switch)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        from iogate.backends.urls import BaseURL
+
+        try:
+            BaseURL.parse(value)  # the manager's own rule, at load time
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("base_url ")) from None
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            from limits import parse
+
+            try:
+                parse(value)  # what RateLimiter parses it with
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a limit such as '100/second' or '10 per minute'"
+                ) from None
+        return value
 
 
 class OperationCacheSettings(_Strict):
@@ -261,9 +382,22 @@ class OperationSettings(_Strict):
     query: str | None = None
     method: str | None = None
     endpoint: str | None = None
-    params: list[str] = Field(default_factory=list)
+    # Names, or names to types in positional order ({ id = "int" }; core/coerce.py).
+    params: list[str] | dict[str, str] = Field(default_factory=list)
     cache: OperationCacheSettings | None = None
     description: str | None = None
+    # Queued before other work when its resource is at its adaptive limit.
+    interactive: bool = False
+
+    @field_validator("params")
+    @classmethod
+    def _param_types(cls, value: list[str] | dict[str, str]) -> list[str] | dict[str, str]:
+        for name, param_type in value.items() if isinstance(value, dict) else ():
+            if param_type not in PARAM_TYPES:
+                raise ValueError(
+                    f"{name}: unknown type {param_type!r} (one of: {', '.join(PARAM_TYPES)})"
+                )
+        return value
 
     @model_validator(mode="after")
     def _target(self) -> OperationSettings:
@@ -276,11 +410,53 @@ class OperationSettings(_Strict):
         return self
 
 
+class TracingSettings(_Strict):
+    """``[tracing]``: OpenTelemetry spans (needs ``pip install iogate[otel]``)."""
+
+    enabled: bool = False
+    # otlp: OTLP/HTTP to otlp_endpoint (else the OTEL_EXPORTER_OTLP_* variables);
+    # console: span JSON on stdout; file: span JSON lines appended to `file`.
+    exporter: Literal["otlp", "console", "file"] = Field(default="otlp", validate_default=True)
+    otlp_endpoint: str | None = None
+    file: str | None = Field(default=None, validate_default=True)
+    service_name: str = "iogate"
+    # SQL text (db.query.text) and API URLs (url.full); parameter values.
+    record_statements: bool = False
+    record_parameters: bool = False
+
+    @field_validator("exporter")
+    @classmethod
+    def _installed(cls, exporter: str, info: ValidationInfo) -> str:
+        if not info.data.get("enabled"):
+            return exporter
+        from importlib.util import find_spec
+
+        needed = ["opentelemetry.sdk"]
+        if exporter == "otlp":
+            needed.append("opentelemetry.exporter.otlp.proto.http")
+        for module in needed:
+            try:
+                found = find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                raise ValueError(f"needs {module} (pip install 'iogate[otel]')")
+        return exporter
+
+    @field_validator("file")
+    @classmethod
+    def _file_named(cls, file: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("enabled") and info.data.get("exporter") == "file" and not file:
+            raise ValueError('required with exporter = "file"')
+        return file
+
+
 class Settings(_Strict):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
     apis: dict[str, ApiSettings] = Field(default_factory=dict)
     operations: dict[str, OperationSettings] = Field(default_factory=dict)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
@@ -296,7 +472,32 @@ class Settings(_Strict):
                 raise ValueError(
                     f"operations.{name}.cache.database: unknown database {op.cache.database!r}"
                 )
+        self._scope_names()
         return self
+
+    def _scope_names(self) -> None:
+        """Every scope names a configured database, API or operation (or ``*``)."""
+        from iogate.gateway.auth import parse_scope
+        from iogate.orchestrator.operations import python_operations
+
+        known = {
+            "db": ("database", set(self.databases)),
+            "api": ("api", set(self.apis)),
+            # @operation functions imported before the settings are loaded count too.
+            "ops": ("operation", set(self.operations) | python_operations.names()),
+        }
+        for i, key in enumerate(self.gateway.api_keys):
+            for j, scope in enumerate(key.scopes):
+                kind, name = parse_scope(scope)
+                if name is None or name == "*" or kind not in known:
+                    continue
+                what, names = known[kind]
+                if name not in names:
+                    configured = ", ".join(sorted(names)) or "none"
+                    raise ValueError(
+                        f"gateway.api_keys[{i}].scopes[{j}]: {scope!r} names no configured "
+                        f"{what} (configured: {configured})"
+                    )
 
 
 # -- interpolation -------------------------------------------------------------
@@ -361,7 +562,12 @@ def load_settings(path: str | Path | None, *, env: Mapping[str, str] | None = No
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        loc = ".".join(str(part) for part in error["loc"] if part != "__root__")
+        loc = ""
+        for part in error["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            elif part != "__root__":
+                loc += f".{part}" if loc else str(part)
         kind = error["type"]
         if kind == "extra_forbidden":
             message = "unknown key"
@@ -376,4 +582,5 @@ def _describe(exc: ValidationError) -> str:
             ):
                 message += f" (got {error['input']!r})"
         lines.append(f"{loc}: {message}" if loc else message)
-    return "; ".join(lines)
+    # One line: the CLI prints it as is, a reload logs it as one record.
+    return " ".join("; ".join(lines).split("\n"))

@@ -9,11 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from iogate.core.deadline import Deadline
+from iogate.core.result import Result
+from iogate.gateway.admission import Overloaded, admission_of, admitted, overloaded_response
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline
 from iogate.gateway.responses import OPERATION_RESPONSES, result_response
 from iogate.orchestrator import AsyncOperationOrchestrator
+from iogate.resilience.adaptive import Priority
 
 __all__ = ["ApiExecuteRequest", "router"]
 
@@ -59,14 +62,27 @@ async def api_execute(
     audit = audit_of(request)
     audit.touch(f"api:{body.api_name}", "api")
     principal.require(f"api:{body.api_name}")
-    result = await orchestrator.execute_api_operation(
-        body.api_name,
-        body.method,
-        body.endpoint,
-        body.data,
-        body.params,
-        headers=body.headers,
-        deadline=deadline,
-    )
+
+    async def run() -> Result:
+        return await orchestrator.execute_api_operation(
+            body.api_name,
+            body.method,
+            body.endpoint,
+            body.data,
+            body.params,
+            headers=body.headers,
+            deadline=deadline,
+        )
+
+    admission = admission_of(request)  # adaptive concurrency (gateway/admission.py)
+    limiter = admission.limiter(body.api_name)
+    try:
+        if limiter is None:
+            result = await run()
+        else:
+            result = await admitted(admission, limiter, Priority.NORMAL, deadline, run)
+    except Overloaded as exc:
+        audit.error_type = "overloaded"
+        return overloaded_response(exc)
     audit.error_type = result.error_type
     return result_response(result, kind="api")

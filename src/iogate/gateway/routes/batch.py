@@ -10,6 +10,7 @@ operation's Result, whatever each outcome.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 import orjson
@@ -20,6 +21,12 @@ from starlette.responses import Response
 from iogate.core.deadline import Deadline
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
+from iogate.gateway.admission import (
+    Overloaded,
+    admission_of,
+    batch_weights,
+    overloaded_response,
+)
 from iogate.gateway.audit import AuditRecord, audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, request_deadline, settings_of
@@ -36,7 +43,8 @@ from iogate.orchestrator.batch import (
     execute_batch,
     plan_batch,
 )
-from iogate.orchestrator.operations import load_operations
+from iogate.orchestrator.operations import load_operations, registry_of
+from iogate.resilience.adaptive import Priority
 
 __all__ = ["BatchExecuteRequest", "router"]
 
@@ -71,7 +79,7 @@ class BatchExecuteRequest(BaseModel):
 @router.post(
     "/batch/execute",
     summary="Run a mixed batch of operations",
-    responses=declared(BatchResult, problem=(400, 401, 403, 413, 422, 500)),
+    responses=declared(BatchResult, problem=(400, 401, 403, 413, 422, 500, 503)),
 )
 async def batch_execute(
     request: Request,
@@ -118,16 +126,31 @@ async def batch_execute(
     def guard(name: str) -> Access | None:
         return principal.sql_guard(name, settings.databases.get(name))
 
-    results = await execute_batch(
-        orchestrator,
-        body.operations,
+    admission = admission_of(request)
+    weights = batch_weights(
+        admission,
+        steps,
+        registry_of(orchestrator),
         concurrency=body.concurrency,
         atomic=body.atomic,
-        deadline=deadline,
-        max_rows=settings.gateway.max_rows,
-        guard=guard,
-        max_params=max_params,
     )
+    try:
+        # Batch work queues behind every single operation (Priority.BATCH).
+        held = admission.hold(weights, Priority.BATCH, deadline) if weights else nullcontext()
+        async with held:
+            results = await execute_batch(
+                orchestrator,
+                body.operations,
+                concurrency=body.concurrency,
+                atomic=body.atomic,
+                deadline=deadline,
+                max_rows=settings.gateway.max_rows,
+                guard=guard,
+                max_params=max_params,
+            )
+    except Overloaded as exc:
+        audit.error_type = "overloaded"
+        return overloaded_response(exc)
     try:
         return _batch_response(results, audit)
     except orjson.JSONEncodeError:

@@ -13,12 +13,14 @@ from iogate.core.errors import ParameterError
 from iogate.core.params import check_params_limit
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
+from iogate.gateway.admission import Overloaded, admission_of, admitted, overloaded_response
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import DirectRoute, orchestrator_of, request_deadline, settings_of
 from iogate.gateway.responses import OPERATION_RESPONSES, problem, result_response
 from iogate.gateway.settings import DatabaseSettings, Settings
 from iogate.orchestrator import AsyncOperationOrchestrator
+from iogate.resilience.adaptive import Priority
 
 __all__ = ["DatabaseExecuteRequest", "access_kind", "router"]
 
@@ -80,16 +82,29 @@ async def database_execute(
         failure = Result.fail(str(exc), exc.error_type, resource=body.db_name, operation="query")
         audit.error_type = failure.error_type
         return result_response(failure, kind="database")
-    result = await orchestrator.execute_database_operation(
-        body.db_name,
-        body.query,
-        body.params,
-        deadline=deadline,
-        max_rows=settings.gateway.max_rows,
-        max_result_bytes=settings.gateway.max_result_bytes,
-        read_only=read_only,
-        guard=guard,
-    )
+
+    async def run() -> Result:
+        return await orchestrator.execute_database_operation(
+            body.db_name,
+            body.query,
+            body.params,
+            deadline=deadline,
+            max_rows=settings.gateway.max_rows,
+            max_result_bytes=settings.gateway.max_result_bytes,
+            read_only=read_only,
+            guard=guard,
+        )
+
+    admission = admission_of(request)
+    limiter = admission.limiter(body.db_name)
+    try:
+        if limiter is None:
+            result = await run()
+        else:
+            result = await admitted(admission, limiter, Priority.NORMAL, deadline, run)
+    except Overloaded as exc:
+        audit.error_type = "overloaded"
+        return overloaded_response(exc)
     audit.error_type = result.error_type
     return result_response(result, kind="database")
 
