@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-quick bench-tools clean
+.PHONY: run test lint bench bench-quick bench-tools clean soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# make run PORT=9000 (and/or IOGATE_CONFIG=iogate.toml)
 run: $(STAMP)
-	$(BIN)/iogate serve $(if $(IOGATE_CONFIG),--config $(IOGATE_CONFIG),)
+	$(BIN)/iogate serve $(if $(IOGATE_CONFIG),--config $(IOGATE_CONFIG),) $(if $(PORT),--port $(PORT),)
 
 LINT_DIRS := $(wildcard src tests bench examples)
 
@@ -29,6 +30,11 @@ lint: $(STAMP)
 test: lint
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) || true
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The soak of tests/faults/test_soak.py for longer than the 60 s it runs in `make test`.
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest tests/faults/test_soak.py -s $(PYTEST_ARGS)
 
 # wrk (Debian package) drives the gateway benchmark; skipped with a note if it cannot be installed.
 bench-tools:

@@ -13,6 +13,7 @@ from iogate.core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_ACQUIRE_TIMEOUT",
+    "DEFAULT_IDLE_CHECK_INTERVAL",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_IDLE_TIME",
     "DEFAULT_MAX_LIFETIME",
@@ -28,6 +29,7 @@ DEFAULT_STATEMENT_TIMEOUT = 5.0
 DEFAULT_MAX_IDLE_TIME = 300.0
 DEFAULT_MAX_LIFETIME = 3600.0
 DEFAULT_BUSY_TIMEOUT = 5.0
+DEFAULT_IDLE_CHECK_INTERVAL = 2.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -39,6 +41,13 @@ class DatabaseOptions:
     mean no cap. Both caps bound what is read, not only what is returned:
     reading stops at ``max_rows + 1`` rows (``truncated``), and a result
     larger than ``max_result_bytes`` fails with ``result_too_large``.
+
+    ``idle_check_interval`` (PostgreSQL, MySQL): a pooled connection idle
+    longer than this is checked with one round trip before it is handed out,
+    and replaced if the server ended it (0 turns the check off).
+    ``reset_session`` (PostgreSQL, MySQL): reset the session of every
+    connection trusted code used before the next caller gets it, so
+    ``SET search_path``, ``SET ROLE`` and the like do not carry over.
     """
 
     min_connections: int = DEFAULT_MIN_CONNECTIONS
@@ -53,6 +62,8 @@ class DatabaseOptions:
     max_result_bytes: int | None = None
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT  # SQLite only
     synchronous: str = "NORMAL"  # SQLite only: NORMAL | FULL
+    idle_check_interval: float = DEFAULT_IDLE_CHECK_INTERVAL
+    reset_session: bool = False
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -65,6 +76,10 @@ class DatabaseOptions:
         for name in ("acquire_timeout", "max_idle_time", "max_lifetime", "busy_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.idle_check_interval < 0:
+            raise ConfigError(
+                f"idle_check_interval must be 0 (off) or positive, got {self.idle_check_interval}"
+            )
         if self.statement_timeout is not None and self.statement_timeout <= 0:
             raise ConfigError(f"statement_timeout must be positive, got {self.statement_timeout}")
         if self.max_rows is not None and self.max_rows < 1:
