@@ -22,6 +22,19 @@ is set (the smaller of ``timeout`` and the caller's), then attempts run under
 rate limiter before it touches the network. Redirects are followed by hand,
 and only on the base URL's origin.
 
+A call made under a caller's ``Deadline`` (every gateway request has one)
+tells the upstream, on every attempt, how long it has left: in
+``Request-Timeout`` (seconds) by default, or in the forms the caller's
+``ClientDeadline`` came in (``grpc-timeout`` for a gRPC client of the
+gateway), so a chain of services shrinks one deadline instead of starting a
+fresh timeout at each hop (``deadline_header=None`` sends nothing). Retries are bounded three ways:
+the policy's attempts, the deadline (a wait, ``Retry-After`` included, that
+would not end before it means no retry: the upstream's answer is returned at
+once), and the manager's ``RetryBudget`` (attempts stay within 1.2x the
+requests against an upstream that fails everything). aiohttp's own silent
+repeat of an idempotent request on a dropped connection is switched off, so
+that every attempt is one the budget counted.
+
 aiohttp is imported only here; its exceptions are mapped to Results at this
 edge. Configured header values never appear in a Result, an error message or
 the stats: messages are written here from the method and path, never from a
@@ -67,6 +80,7 @@ from iogate.core.errors import (
     CircuitOpenError,
     ClosedError,
     ConfigError,
+    ErrorType,
     InvalidRequestError,
     IogateError,
     OperationTimeoutError,
@@ -79,6 +93,12 @@ from iogate.core.result import Result
 from iogate.core.stats import OperationStats
 from iogate.resilience.breaker import CircuitBreaker, CircuitBreakerConfig
 from iogate.resilience.budget import RetryBudget
+from iogate.resilience.deadline_headers import (
+    DEADLINE_HEADERS,
+    REQUEST_TIMEOUT,
+    ClientDeadline,
+    format_timeout,
+)
 from iogate.resilience.ratelimit import RateLimiter
 from iogate.resilience.retry import (
     Random,
@@ -161,6 +181,8 @@ class AsyncAPIManager:
     ``ca_bundle`` configure HTTPS certificate checks (see module doc).
     ``max_json_depth`` (at most ``DEFAULT_MAX_JSON_DEPTH``) bounds the
     nesting of a JSON reply; deeper is a failed ``http_error`` Result.
+    ``deadline_header`` (``"Request-Timeout"`` or ``"grpc-timeout"``, None
+    for none) carries the time left of a caller's deadline to the upstream.
     """
 
     backend: ClassVar[str] = "http"
@@ -182,6 +204,7 @@ class AsyncAPIManager:
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
+        deadline_header: str | None = REQUEST_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         random: Random = _random.random,
@@ -201,6 +224,14 @@ class AsyncAPIManager:
                 f"got {max_json_depth}"
             )
         self.max_json_depth = max_json_depth
+        if deadline_header is not None and deadline_header.lower() not in DEADLINE_HEADERS:
+            raise ConfigError(
+                f"deadline_header must be one of {', '.join(DEADLINE_HEADERS.values())} "
+                f"or None, got {deadline_header!r}"
+            )
+        self.deadline_header = (
+            None if deadline_header is None else DEADLINE_HEADERS[deadline_header.lower()]
+        )
         self.verify_ssl = verify_ssl
         self.ca_bundle = ca_bundle
         self._ssl = _client_ssl_context(verify_ssl=verify_ssl, ca_bundle=ca_bundle)
@@ -269,6 +300,11 @@ class AsyncAPIManager:
                     trust_env=False,
                     raise_for_status=False,
                 )
+                # aiohttp silently repeats a GET/PUT/DELETE once when its
+                # connection drops (RFC 9112 §9.3.1): an attempt that neither
+                # the retry policy nor the retry budget would see. A test pins
+                # this private switch (aiohttp's own test client sets it too).
+                self._session._retry_connection = False
                 self.state = ManagerState.OPEN
 
     async def close(self) -> None:
@@ -365,10 +401,18 @@ class AsyncAPIManager:
         started = time.perf_counter()
         verb = method.upper() if isinstance(method, str) else "?"
         call = _Call(method=verb, idempotent=False)
+        tracer = events.tracer
+        if tracer is not None:  # the upstream continues the trace (W3C traceparent)
+            span = tracer.start("api", self, verb, endpoint)
+            headers = tracer.inject(headers)
         try:
             result = await self._request(call, endpoint, data, params, headers, deadline)
         except IogateError as exc:
             result = Result.from_exception(exc)
+        except BaseException as exc:
+            if tracer is not None:
+                tracer.finish(span, None, exc)
+            raise
         result.resource = self.name
         result.operation = verb
         duration = time.perf_counter() - started
@@ -389,6 +433,8 @@ class AsyncAPIManager:
                     attempts,
                 )
             )
+        if tracer is not None:
+            tracer.finish(span, result)
         return result
 
     async def _request(
@@ -410,6 +456,16 @@ class AsyncAPIManager:
             if len(self._urls) < _URL_CACHE_SIZE:
                 self._urls[endpoint] = url
         extra_headers = _checked_headers(headers, configured=False) if headers else None
+        deadline_forms = self._deadline_forms(deadline)
+        if extra_headers and deadline_forms:
+            # The time left is ours to tell: a caller's own deadline header
+            # is replaced (a larger value would promise the upstream time
+            # that does not exist), in the form the caller chose.
+            for name in [n for n in extra_headers if n.lower() in DEADLINE_HEADERS]:
+                del extra_headers[name]
+                form = DEADLINE_HEADERS[name.lower()]
+                if form not in deadline_forms:
+                    deadline_forms = (*deadline_forms, form)
         query = _query_params(params)
         body, content_type = _encode_body(data)
         if content_type is not None:
@@ -434,12 +490,19 @@ class AsyncAPIManager:
                 effective = deadline
         if effective.expired():
             raise OperationTimeoutError("deadline passed before the request started")
-        if self.retry_budget is not None:
-            self.retry_budget.deposit()
 
         # A partial, not a closure: one coroutine frame less on the hot path.
         attempt = functools.partial(
-            self._attempt, session, call, url, query, body, extra_headers, effective, mask
+            self._attempt,
+            session,
+            call,
+            url,
+            query,
+            body,
+            extra_headers,
+            effective,
+            mask,
+            deadline_forms,
         )
         return await retry_results(
             attempt,
@@ -450,6 +513,19 @@ class AsyncAPIManager:
             sleep=self._sleep,
             random=self._random,
         )
+
+    def _deadline_forms(self, deadline: Deadline | None) -> tuple[str, ...]:
+        """Headers that tell the upstream how long it has: the client's forms, or ours.
+
+        Only for a call made under a caller's deadline (every gateway request
+        has one): a call bounded by nothing but the manager's own timeout
+        sends none, and pays nothing for it.
+        """
+        if self.deadline_header is None or deadline is None or deadline.expires_at is None:
+            return ()
+        if isinstance(deadline, ClientDeadline):
+            return deadline.headers
+        return (self.deadline_header,)
 
     def _stop_checks(self) -> list[Any]:
         checks: list[Any] = []
@@ -484,6 +560,7 @@ class AsyncAPIManager:
         headers: dict[str, str] | None,
         deadline: Deadline,
         mask: SecretMask,
+        deadline_forms: tuple[str, ...],
     ) -> Result:
         call.attempts += 1
         ticket: int | None = None
@@ -497,12 +574,20 @@ class AsyncAPIManager:
             if breaker is not None and ticket is not None:
                 breaker.release(ticket)
             call.not_sent = call.attempts == 1 or call.not_sent
+            self._deposit(call)
             return Result.from_exception(exc)
         remaining = deadline.remaining()
         if remaining is not None and remaining <= 0:
             if breaker is not None and ticket is not None:
                 breaker.release(ticket)
+            self._deposit(call)
             return Result.fail(f"{call.method}: deadline passed", "timeout")
+        if deadline_forms and remaining is not None:
+            # What is left now, after earlier attempts and waits: each hop of
+            # a chain of services works to the same end point.
+            headers = dict(headers) if headers else {}
+            for name in deadline_forms:
+                headers[name] = format_timeout(name, remaining)
         try:
             result, not_sent = await self._send(
                 session, call, url, query, body, headers, remaining, mask
@@ -517,7 +602,20 @@ class AsyncAPIManager:
                 breaker.record_failure(ticket)
             else:
                 breaker.record_success(ticket)
+        self._deposit(call)
         return result
+
+    def _deposit(self, call: _Call) -> None:
+        """A request's share of the retry budget, paid when its first attempt ends.
+
+        Paid then, not when the request starts, so that a request's own
+        deposit is in before it asks for a retry. Deposits of requests still
+        in flight would otherwise pile up past one token, and what piles up is
+        kept as reserve, which is only lent: a burst of concurrent failures
+        would then get well under the ratio.
+        """
+        if call.attempts == 1 and self.retry_budget is not None:
+            self.retry_budget.deposit()
 
     async def _send(
         self,
@@ -640,10 +738,11 @@ class AsyncAPIManager:
                 status_code=status,
             )
         # Response headers too: an upstream may echo our credentials there.
+        # Names as plain str: aiohttp's are istr, which orjson refuses as keys.
         if mask:
-            headers = {k: mask(v) for k, v in response.headers.items()}
+            headers = {str(k): mask(v) for k, v in response.headers.items()}
         else:
-            headers = dict(response.headers.items())
+            headers = {str(k): v for k, v in response.headers.items()}
         if ok:
             result = Result.ok(data, status_code=status, truncated=truncated)
             result.headers = headers
@@ -651,7 +750,7 @@ class AsyncAPIManager:
         retry_after = (
             parse_retry_after(response.headers.get("Retry-After")) if status in {429, 503} else None
         )
-        error_type = "rate_limited" if status == 429 else "http_error"
+        error_type: ErrorType = "rate_limited" if status == 429 else "http_error"
         result = Result.fail(
             f"{method} {_display_path(url)}: upstream answered {status}",
             error_type,

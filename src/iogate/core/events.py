@@ -15,10 +15,21 @@ field through ``object.__setattr__``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-__all__ = ["OperationEvent", "PoolEvent", "add_hook", "emit", "remove_hook"]
+if TYPE_CHECKING:
+    from iogate.core.result import Result
+
+__all__ = [
+    "OperationEvent",
+    "OperationTracer",
+    "PoolEvent",
+    "add_hook",
+    "emit",
+    "remove_hook",
+    "set_tracer",
+]
 
 logger = logging.getLogger("iogate.events")
 
@@ -69,3 +80,45 @@ def emit(event: Event) -> None:
             hook(event)
         except Exception:  # a broken observer must not break the operation
             logger.exception("instrumentation hook %r failed", hook)
+
+
+# -- tracing -------------------------------------------------------------------------
+
+
+class OperationTracer(Protocol):
+    """Spans around operations, installed by ``iogate.tracing.enable_tracing``.
+
+    Unlike the hooks above, a tracer sees an operation start: its span is the
+    current one while the operation runs (so what the operation calls is its
+    child, and an API call forwards it as ``traceparent``). Emitters read
+    ``events.tracer`` once and do nothing else when it is None, so iogate
+    without tracing never imports OpenTelemetry and pays one attribute load.
+    """
+
+    def start(self, kind: str, target: Any, statement: Any = None, params: Any = None) -> Any:
+        """Open and enter a span: ``kind`` is "database", "api", "batch" or
+        "operation"; ``target`` the manager (or batch steps, operation)."""
+
+    def finish(
+        self,
+        span: Any,
+        result: Result | list[Result] | None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Close and leave ``span`` with the operation's Result (a batch's list
+        of them), or the exception that ended it: a cancellation, a bug."""
+
+    def inject(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        """``headers`` plus the current span's W3C trace context."""
+
+    def route(self, method: str, template: str) -> None:
+        """Name the current HTTP request's span after its route template."""
+
+
+tracer: OperationTracer | None = None
+"""The installed tracer; read it as ``events.tracer``."""
+
+
+def set_tracer(new: OperationTracer | None) -> None:
+    global tracer
+    tracer = new

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -22,7 +24,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response
 
-from iogate.core.errors import IogateError
+from iogate.core.errors import ConfigError, IogateError
+from iogate.gateway.admission import admission_snapshot
 from iogate.gateway.audit import AuditMiddleware
 from iogate.gateway.auth import OBSERVE, Authenticator, Principal, may_observe, principal_of
 from iogate.gateway.browser import (
@@ -31,7 +34,8 @@ from iogate.gateway.browser import (
     allowed_hosts_for,
     cors_options,
 )
-from iogate.gateway.deps import DirectDispatch, orchestrator_of
+from iogate.gateway.deps import DirectDispatch, orchestrator_of, settings_of
+from iogate.gateway.docs import install_docs
 from iogate.gateway.logging import (
     RequestIdMiddleware,
     install_operation_log,
@@ -41,11 +45,13 @@ from iogate.gateway.middleware import BodyLimitMiddleware
 from iogate.gateway.privileges import log_privilege_warnings
 from iogate.gateway.responses import ORJSONResponse, declared, problem
 from iogate.gateway.routes import ROUTERS
+from iogate.gateway.routes.dashboard import start_history, stop_history
+from iogate.gateway.routes.operations import install_operation_schemas
 from iogate.gateway.settings import Settings, load_settings
 from iogate.metrics import MetricsCollector, StatsRegistry
 from iogate.orchestrator import AsyncOperationOrchestrator, create_database_manager
 
-__all__ = ["build_orchestrator", "create_app"]
+__all__ = ["build_orchestrator", "create_app", "load_checked", "validate_resources"]
 
 logger = logging.getLogger("iogate.gateway")
 
@@ -59,7 +65,15 @@ class Readiness(BaseModel):
 
     status: str = Field(description="ready or not_ready (also the HTTP status: 200 or 503)")
     down: list[str] | None = Field(
-        default=None, description="Resources that are down (observe scope only)"
+        default=None,
+        description="Resources the gateway needs that are down (observe scope only)",
+    )
+    degraded: list[str] | None = Field(
+        default=None,
+        description=(
+            "APIs that are down or whose circuit is open or half-open, which do not "
+            "fail readiness unless [gateway] ready_includes_apis (observe scope only)"
+        ),
     )
     resources: dict[str, dict[str, Any]] | None = Field(
         default=None, description="Each resource's check (observe scope only)"
@@ -100,18 +114,96 @@ def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
     return orchestrator
 
 
-async def _open_all(orchestrator: AsyncOperationOrchestrator) -> None:
+def validate_resources(settings: Settings) -> None:
+    """Build every manager the settings describe, without opening any.
+
+    What the settings' own validation cannot see (a database type whose
+    driver is missing, a MySQL URL option, an API header or CA bundle the
+    manager refuses) fails here, at load time, as a ``ConfigError`` naming
+    the resource's key path: ``databases.main: ...``, ``apis.crm: ...``.
+    """
+    from iogate.backends.http import AsyncAPIManager
+
+    for name, db in settings.databases.items():
+        try:
+            for url in (db.connection_string(), db.read_url):
+                if url is not None:
+                    create_database_manager(
+                        name, db.type, url, **db.manager_options(settings.gateway)
+                    )
+        except (ConfigError, ValueError, TypeError) as exc:
+            raise ConfigError(f"databases.{name}: {exc}") from None
+    for name, api in settings.apis.items():
+        try:
+            AsyncAPIManager(
+                api.base_url,
+                name=name,
+                max_connections=api.max_connections,
+                timeout=api.timeout,
+                headers=api.headers,
+                rate_limit=api.rate_limit,
+                verify_ssl=api.verify_ssl,
+                ca_bundle=api.ca_bundle,
+            )
+        except (ConfigError, ValueError, TypeError, OSError) as exc:
+            raise ConfigError(f"apis.{name}: {exc}") from None
+
+
+def load_checked(path: str | Path | None) -> Settings:
+    """``load_settings`` plus :func:`validate_resources`: every config error at load time."""
+    settings = load_settings(path)
+    try:
+        validate_resources(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{path if path is not None else '<embedded default>'}: {exc}") from None
+    return settings
+
+
+# Apps whose lifespan runs: during a reload two generations overlap, and the
+# operation log's hook (one module-level function) must outlive the old one.
+_operation_log_users: weakref.WeakSet[FastAPI] = weakref.WeakSet()
+
+
+# How long start-up waits for resources to open (see _open_all).
+STARTUP_OPEN_WAIT = 1.0
+
+
+async def _open_all(
+    orchestrator: AsyncOperationOrchestrator, within: float = STARTUP_OPEN_WAIT
+) -> None:
+    """Open every resource, concurrently, waiting at most ``within`` seconds.
+
+    A resource that does not answer (a partition, a server still starting)
+    must not hold start-up for its connect timeout: what has not opened by
+    then is left alone (its opening cancelled) and opened on first use,
+    inside that request's deadline; ``/ready`` reports it down meanwhile.
+    """
+
     async def open_one(name: str, opener: Any) -> None:
         try:
             await opener()
         except IogateError as exc:
             logger.warning("%s is not available at start-up: %s", name, exc)
 
-    await asyncio.gather(
-        *(open_one(n, m.initialize_pool) for n, m in orchestrator.databases.items()),
-        *(open_one(n, m.initialize_pool) for n, m in orchestrator.read_managers.items()),
-        *(open_one(n, m.initialize_session) for n, m in orchestrator.apis.items()),
-    )
+    readers = orchestrator.read_managers.items()
+    openers: list[tuple[str, Any]] = [
+        *((n, m.initialize_pool) for n, m in orchestrator.databases.items()),
+        *((f"{n} (read_url)", m.initialize_pool) for n, m in readers),
+        *((n, m.initialize_session) for n, m in orchestrator.apis.items()),
+    ]
+    openings = {asyncio.ensure_future(open_one(n, opener)): n for n, opener in openers}
+    if not openings:
+        return
+    _, pending = await asyncio.wait(openings, timeout=within)
+    for task in pending:
+        logger.warning(
+            "%s did not answer within %gs at start-up; it will be opened on first use",
+            openings[task],
+            within,
+        )
+        task.cancel()
+    if pending:  # cancelled openings end at once; never let one hold start-up
+        await asyncio.wait(pending, timeout=1.0)
 
 
 def create_app(settings: Settings | None = None, *, metrics_dir: str | None = None) -> FastAPI:
@@ -133,27 +225,42 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         collector.watch(orchestrator)
         collector.install()
         operation_stats.install()
+        _operation_log_users.add(app)
         install_operation_log()
         app.state.metrics = collector
         app.state.operation_stats = operation_stats
         await _open_all(orchestrator)
         # In the background: a database that does not answer must not hold start-up.
         probe = asyncio.create_task(log_privilege_warnings(settings, orchestrator))
+        history = start_history(app, started_at)  # the dashboard's last minutes
         try:
             yield
         finally:
             probe.cancel()
-            uninstall_operation_log()
+            await stop_history(history)
+            _operation_log_users.discard(app)
+            if not _operation_log_users:  # a reloaded generation may still log
+                uninstall_operation_log()
             operation_stats.uninstall()
             collector.uninstall()
             await orchestrator.close()
 
+    telemetry = None
+    if settings.tracing.enabled:  # OpenTelemetry is imported only then
+        from iogate.tracing import enable_for_gateway
+
+        telemetry = enable_for_gateway(settings.tracing)
     app = FastAPI(
         title="iogate",
         version="0.1.0",
         description="SQL, cache and HTTP API operations behind one safe endpoint.",
         lifespan=lifespan,
+        telemetry=telemetry,  # type: ignore[arg-type]
+        docs_url=None,  # install_docs: Swagger UI and ReDoc served offline
+        redoc_url=None,
     )
+    install_docs(app)
+    install_operation_schemas(app)
     app.state.settings = settings
     app.state.authenticator = Authenticator.from_settings(settings)
     # Added first = innermost: requests for DirectRoute routes skip FastAPI's
@@ -190,24 +297,29 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         tags=["observability"],
         summary="Readiness: pings every resource",
         description=(
-            "Needs no key. The status for everyone; which resources are down and "
-            "each one's check only for a key with the `observe` scope (or when no "
-            "keys are configured). An unknown key is not refused, just not shown more."
+            "Needs no key. 503 when a database or cache does not answer; an API "
+            "that is down or whose circuit is open is reported as `degraded` and "
+            "keeps the gateway ready, unless `[gateway] ready_includes_apis = true`. "
+            "The status for everyone; what is down or degraded and each resource's "
+            "check only for a key with the `observe` scope (or when no keys are "
+            "configured). An unknown key is not refused, just not shown more."
         ),
         responses={
-            200: {"model": Readiness, "description": "Every resource answers"},
-            503: {"model": Readiness, "description": "A resource is down or its circuit is open"},
+            200: {"model": Readiness, "description": "Every resource the gateway needs answers"},
+            503: {"model": Readiness, "description": "A database or cache is down"},
         },
     )
     async def ready(request: Request) -> Response:
         observer = may_observe(request)
-        checks = await orchestrator_of(request).health_check(timeout=READY_TIMEOUT)
-        down = sorted(name for name, check in checks.items() if check["status"] != "up")
-        body: dict[str, Any] = {"status": "not_ready" if down else "ready"}
+        report = await orchestrator_of(request).readiness(
+            READY_TIMEOUT, include_apis=settings_of(request).gateway.ready_includes_apis
+        )
+        body: dict[str, Any] = {"status": "ready" if report["ready"] else "not_ready"}
         if observer:
-            body["down"] = down
-            body["resources"] = checks
-        return ORJSONResponse(body, status_code=503 if down else 200)
+            body["down"] = report["down"]
+            body["degraded"] = report["degraded"]
+            body["resources"] = report["resources"]
+        return ORJSONResponse(body, status_code=200 if report["ready"] else 503)
 
     @app.get(
         "/stats",
@@ -224,6 +336,7 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
             "uptime_s": round(time.time() - started_at, 3),
             **orchestrator_of(request).get_stats(),
             "operations": request.app.state.operation_stats.snapshot(),
+            "admission": admission_snapshot(request),  # adaptive concurrency, per resource
         }
         return ORJSONResponse(body)
 
@@ -288,12 +401,19 @@ def app_from_environment() -> FastAPI:
 
     The parent process passes the config path in ``IOGATE_CONFIG`` (empty: the
     embedded default), the bind address it was given in ``IOGATE_SERVE_HOST``
-    and ``IOGATE_SERVE_PORT`` (command-line flags override the file), and the
-    shared metrics directory in ``PROMETHEUS_MULTIPROC_DIR``.
+    and ``IOGATE_SERVE_PORT`` (command-line flags override the file), its
+    ``--log-level`` in ``IOGATE_SERVE_LOG_LEVEL`` (a spawned worker starts with
+    no logging set up), and the shared metrics directory in
+    ``PROMETHEUS_MULTIPROC_DIR``.
     """
     import os
 
     settings = load_settings(os.environ.get("IOGATE_CONFIG") or None)
+    log_level = os.environ.get("IOGATE_SERVE_LOG_LEVEL")
+    if log_level:
+        from iogate.gateway.logging import configure_logging, secrets_of
+
+        configure_logging(level=log_level, secrets=secrets_of(settings), background=True)
     bind = {
         "host": os.environ.get("IOGATE_SERVE_HOST") or settings.gateway.host,
         "port": int(os.environ.get("IOGATE_SERVE_PORT") or settings.gateway.port),

@@ -30,6 +30,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from iogate.core import events
+from iogate.gateway.logging import current_request_id, log_line
+
 __all__ = [
     "AUDIT_SCOPE_KEY",
     "AuditMiddleware",
@@ -123,6 +126,11 @@ class AuditMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                tracer = events.tracer
+                if tracer is not None:  # before the response ends the request's span
+                    template = getattr(scope.get("route"), "path", None)
+                    if isinstance(template, str):
+                        tracer.route(scope.get("method", ""), template)
             await send(message)
 
         try:
@@ -151,24 +159,20 @@ def _emit(scope: Scope, record: AuditRecord, status: int, duration_ms: float) ->
         "key": record.key,
         "method": method,
         "path": path,
-        "resources": record.resources,
-        "kinds": record.kinds,
+        # Copies: the writer thread may format the line after the request is gone.
+        "resources": list(record.resources),
+        "kinds": list(record.kinds),
         "status": status,
         "outcome": outcome,
         "error_type": record.error_type,
         "duration_ms": duration_ms,
     }
-    extra: dict[str, Any] = {"fields": fields}
-    request_id = scope.get("iogate.request_id")
-    if request_id is not None:
-        # Set explicitly: outside RequestIdMiddleware the contextvar is gone.
-        extra["request_id"] = request_id
-    audit_logger.info(
+    # The scope's id first: outside RequestIdMiddleware the contextvar is gone.
+    log_line(
+        audit_logger,
+        logging.INFO,
         "%s %s by %s: %s %s",
-        method,
-        path,
-        record.key or "-",
-        status,
-        outcome,
-        extra=extra,
+        (method, path, record.key or "-", status, outcome),
+        fields,
+        scope.get("iogate.request_id") or current_request_id(),
     )

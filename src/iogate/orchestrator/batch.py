@@ -4,6 +4,7 @@ A batch is a list of operations in the seed's dict format::
 
     {"type": "database", "db_name": "main_db", "query": "...", "params": {...}}
     {"type": "api", "api_name": "ext", "method": "POST", "endpoint": "/e", "data": {...}}
+    (``method`` defaults to GET, as on ``POST /api/execute``)
     {"type": "transaction", "db_name": "main_db", "queries": [{"query": ..., "params": ...}]}
     {"type": "operation", "name": "get_user", "params": {"id": 1}}
 
@@ -37,8 +38,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from iogate.core import events
 from iogate.core.deadline import Deadline
-from iogate.core.errors import InvalidRequestError, IogateError
+from iogate.core.errors import ErrorType, InvalidRequestError, IogateError
 from iogate.core.events import OperationEvent, emit
 from iogate.core.params import MAX_PARAMS, check_params_limit
 from iogate.core.result import Result
@@ -80,7 +82,7 @@ OPERATION_TYPES = ("database", "api", "transaction", "operation")
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "database": ("db_name", "query"),
-    "api": ("api_name", "method", "endpoint"),
+    "api": ("api_name", "endpoint"),  # method: GET when absent
     "transaction": ("db_name", "queries"),
     "operation": ("name",),
 }
@@ -186,6 +188,8 @@ def _step(
     for name in _REQUIRED[kind]:
         if raw.get(name) is None:
             return malformed(f"missing field {name!r}", kind)
+    if kind == "api" and "method" not in raw:
+        raw = {**raw, "method": "GET"}  # as POST /api/execute defaults it
     problem = _check_fields(kind, raw, max_params)
     if problem:
         return malformed(problem, kind)
@@ -341,11 +345,21 @@ async def execute_batch(
                 on_result(index, result)
         return refused
     run = _BatchRun(orchestrator, steps, deadline, max_rows, on_result, guard or _trusted)
-    if db_name is not None:
-        await run.atomic(db_name)
-    else:
-        await run.concurrent(concurrency, group)
-    return run.collect()
+    tracer = events.tracer
+    span = tracer.start("batch", steps, atomic) if tracer is not None else None
+    try:
+        if db_name is not None:
+            await run.atomic(db_name)
+        else:
+            await run.concurrent(concurrency, group)
+    except BaseException as exc:
+        if tracer is not None:
+            tracer.finish(span, None, exc)
+        raise
+    results = run.collect()
+    if tracer is not None:
+        tracer.finish(span, results)
+    return results
 
 
 @dataclass(slots=True)
@@ -467,7 +481,7 @@ class _BatchRun:
             return ("sql", db_name, query)
         return None
 
-    def _fail(self, step: Step, message: str, error_type: str) -> Result:
+    def _fail(self, step: Step, message: str, error_type: ErrorType) -> Result:
         return Result.fail(message, error_type, resource=step.resource, operation=step.label)
 
     async def _run_step(self, step: Step) -> None:
@@ -655,10 +669,19 @@ class _BatchRun:
     async def atomic(self, db_name: str) -> None:
         manager = self.orchestrator.databases[db_name]
         failed_at: int | None = None
+        outcome_unknown = False
         started = time.perf_counter()
+        remaining = self.deadline.remaining()
+        # The manager honours the deadline on every step (open, acquire, BEGIN,
+        # statements, COMMIT); this backstop, as in concurrent mode, ends the
+        # batch shortly after it even if some step did not.
+        backstop = asyncio.timeout(None if remaining is None else remaining + _DEADLINE_GRACE)
         try:
             guard = self.guard(db_name)
-            async with manager.transaction(deadline=self.deadline, guard=guard) as tx:
+            async with (
+                backstop,
+                manager.transaction(deadline=self.deadline, guard=guard) as tx,
+            ):
                 for step in self.steps:
                     step_started = time.perf_counter()
                     try:
@@ -689,6 +712,20 @@ class _BatchRun:
                     len(self.steps) - 1,
                 )
                 self.results[failed_at] = failure
+        except TimeoutError:  # the backstop: a step outlived the deadline
+            committed = False
+            running = next((s.index for s in self.steps if self.results[s.index] is None), None)
+            if failed_at is None and running is None:
+                # Every statement had run: it was COMMIT that did not answer.
+                outcome_unknown = True
+            elif failed_at is None and running is not None:
+                failed_at = running
+                self.results[running] = Result.fail(
+                    "the batch deadline passed",
+                    "timeout",
+                    resource=db_name,
+                    operation="transaction",
+                )
         emit(
             OperationEvent(
                 resource=db_name,
@@ -696,9 +733,14 @@ class _BatchRun:
                 backend=manager.backend,
                 operation="transaction",
                 duration_s=time.perf_counter() - started,
-                error_type=None if committed else "rolled_back",
+                error_type=None
+                if committed
+                else ("unknown_outcome" if outcome_unknown else "rolled_back"),
             )
         )
+        if outcome_unknown:
+            self._unknown_outcome(db_name)
+            return
         if committed:
             for step in self.steps:
                 done = self.results[step.index]
@@ -720,6 +762,19 @@ class _BatchRun:
                         "rolled_back",
                     ),
                 )
+
+    def _unknown_outcome(self, db_name: str) -> None:
+        for step in self.steps:
+            self.results[step.index] = None
+            self.finish(
+                step.index,
+                self._fail(
+                    step,
+                    f"the batch deadline passed during COMMIT on {db_name!r}: "
+                    "the transaction may or may not have been applied",
+                    "unknown_outcome",
+                ),
+            )
 
 
 def _trusted(db_name: str) -> Access | None:

@@ -5,6 +5,13 @@ target: a SQL statement on a database, a method + endpoint on an API, or a
 Python coroutine. Callers give parameters by name; a missing or an extra
 one is refused (``invalid_request``, HTTP 422) naming it, before any I/O.
 
+Parameters may declare a type (``params = { id = "int", since = "datetime" }``,
+in the order of ``$1, $2``; the list form ``params = ["id"]`` takes any JSON
+value). A declared value is converted before any I/O (``"42"`` -> 42,
+ISO 8601 text -> datetime, base64 -> bytes; :mod:`iogate.core.coerce`), and
+one that cannot be is a 422 naming the parameter. Types are checked when the
+operation is registered, so a typo fails at config load.
+
 Declared two ways:
 
 - in configuration, ``[operations.NAME]`` (DESIGN §4), loaded with
@@ -32,6 +39,7 @@ import hashlib
 import inspect
 import string
 import time
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,8 +49,10 @@ from urllib.parse import quote
 import orjson
 
 from iogate.backends.kv import RESERVED_PREFIX
+from iogate.core import events
+from iogate.core.coerce import PARAM_TYPES, CoercionError, convert, json_schema
 from iogate.core.deadline import Deadline
-from iogate.core.errors import ConfigError, InvalidRequestError, IogateError
+from iogate.core.errors import ConfigError, InvalidRequestError, IogateError, ResourceNotFoundError
 from iogate.core.events import OperationEvent, emit
 from iogate.core.jsonable import jsonable
 from iogate.core.result import Result
@@ -54,12 +64,14 @@ __all__ = [
     "NamedOperation",
     "OperationCache",
     "OperationRegistry",
+    "build_operation",
     "execute_named_operation",
     "load_operations",
     "operation",
     "python_operations",
     "register_operation",
     "registry_of",
+    "settings_operations",
 ]
 
 OperationFunction = Callable[..., Awaitable[Any]]
@@ -89,6 +101,8 @@ class NamedOperation:
     name: str
     params: tuple[str, ...] = ()
     optional: frozenset[str] = frozenset()
+    # Declared types by parameter name (those not named take any JSON value).
+    param_types: Mapping[str, str] = field(default_factory=dict, hash=False)
     database: str | None = None
     api: str | None = None
     query: str | None = None
@@ -112,6 +126,16 @@ class NamedOperation:
             )
         if len(set(self.params)) != len(self.params):
             raise ConfigError(f"operation {self.name!r}: a parameter name is repeated")
+        for param, param_type in self.param_types.items():
+            if param not in self.params:
+                raise ConfigError(
+                    f"operation {self.name!r}: a type for unknown parameter {param!r}"
+                )
+            if param_type not in PARAM_TYPES:
+                raise ConfigError(
+                    f"operation {self.name!r}: parameter {param!r} has unknown type "
+                    f"{param_type!r} (one of: {', '.join(PARAM_TYPES)})"
+                )
 
     @property
     def kind(self) -> str:
@@ -129,7 +153,10 @@ class NamedOperation:
             "name": self.name,
             "kind": self.kind,
             "resource": self.resource,
-            "params": [{"name": p, "required": p not in self.optional} for p in self.params],
+            "params": [
+                {"name": p, "required": p not in self.optional, "type": self.param_types.get(p)}
+                for p in self.params
+            ],
             "description": self.description,
             "cached": self.cache is not None,
         }
@@ -158,7 +185,26 @@ class NamedOperation:
                 + ", ".join(repr(p) for p in extra)
                 + f" (expected: {', '.join(self.params) or 'none'})"
             )
-        return dict(params)
+        values = dict(params)
+        for param, param_type in self.param_types.items():
+            if param in values:
+                try:
+                    values[param] = convert(param_type, values[param])
+                except CoercionError as exc:
+                    raise InvalidRequestError(
+                        f"operation {self.name!r}: parameter {param!r}: {exc}"
+                    ) from None
+        return values
+
+    def params_schema(self) -> dict[str, Any]:
+        """The JSON Schema of a request body for this operation (OpenAPI)."""
+        return {
+            "title": f"{self.name} parameters",
+            "type": "object",
+            "properties": {p: json_schema(self.param_types.get(p)) for p in self.params},
+            "required": [p for p in self.params if p not in self.optional],
+            "additionalProperties": False,
+        }
 
 
 class OperationRegistry:
@@ -270,20 +316,55 @@ def register_operation(
     query: str | None = None,
     method: str | None = None,
     endpoint: str | None = None,
-    params: Iterable[str] = (),
+    params: Iterable[str] | Mapping[str, str] = (),
     cache: OperationCache | None = None,
     description: str | None = None,
     function: OperationFunction | None = None,
 ) -> NamedOperation:
-    """Register a named operation on ``orchestrator`` (ConfigError if invalid)."""
+    """Register a named operation on ``orchestrator`` (ConfigError if invalid).
+
+    ``params`` is a list of names, or a mapping of names to types
+    (:data:`iogate.core.coerce.PARAM_TYPES`) in positional order.
+    """
+    op = build_operation(
+        name,
+        database=database,
+        api=api,
+        query=query,
+        method=method,
+        endpoint=endpoint,
+        params=params,
+        cache=cache,
+        description=description,
+        function=function,
+    )
+    return registry_of(orchestrator).register(op)
+
+
+def build_operation(
+    name: str,
+    *,
+    database: str | None = None,
+    api: str | None = None,
+    query: str | None = None,
+    method: str | None = None,
+    endpoint: str | None = None,
+    params: Iterable[str] | Mapping[str, str] = (),
+    cache: OperationCache | None = None,
+    description: str | None = None,
+    function: OperationFunction | None = None,
+) -> NamedOperation:
+    """The operation :func:`register_operation` registers (ConfigError if invalid)."""
     optional: frozenset[str] = frozenset()
     names = tuple(params)
+    param_types = dict(params) if isinstance(params, Mapping) else {}
     if function is not None and not names:
         names, optional = _signature_params(function)
-    op = NamedOperation(
+    return NamedOperation(
         name=name,
         params=names,
         optional=optional,
+        param_types=param_types,
         database=database,
         api=api,
         query=query,
@@ -293,14 +374,11 @@ def register_operation(
         description=description,
         function=function,
     )
-    return registry_of(orchestrator).register(op)
 
 
-def load_operations(orchestrator: AsyncOperationOrchestrator, settings: Mapping[str, Any]) -> None:
-    """Register every ``[operations.NAME]`` (OperationSettings) once; idempotent."""
-    registry = registry_of(orchestrator)
-    if registry.loaded_settings:
-        return
+def settings_operations(settings: Mapping[str, Any]) -> list[NamedOperation]:
+    """The operations ``[operations.NAME]`` (OperationSettings by name) describe."""
+    operations = []
     for name, spec in settings.items():
         cache = None
         if spec.cache is not None:
@@ -310,18 +388,29 @@ def load_operations(orchestrator: AsyncOperationOrchestrator, settings: Mapping[
                 tags=tuple(spec.cache.tags),
                 invalidates=tuple(spec.cache.invalidates),
             )
-        register_operation(
-            orchestrator,
-            name,
-            database=spec.database,
-            api=spec.api,
-            query=spec.query,
-            method=spec.method,
-            endpoint=spec.endpoint,
-            params=spec.params,
-            cache=cache,
-            description=spec.description,
+        operations.append(
+            build_operation(
+                name,
+                database=spec.database,
+                api=spec.api,
+                query=spec.query,
+                method=spec.method,
+                endpoint=spec.endpoint,
+                params=spec.params,
+                cache=cache,
+                description=spec.description,
+            )
         )
+    return operations
+
+
+def load_operations(orchestrator: AsyncOperationOrchestrator, settings: Mapping[str, Any]) -> None:
+    """Register every ``[operations.NAME]`` (OperationSettings) once; idempotent."""
+    registry = registry_of(orchestrator)
+    if registry.loaded_settings:
+        return
+    for op in settings_operations(settings):
+        registry.register(op)
     registry.loaded_settings = True
 
 
@@ -340,6 +429,8 @@ async def execute_named_operation(
     if op is None:
         return Result.fail(f"unknown operation {name!r}", "not_found", operation=name)
     started = time.perf_counter()
+    tracer = events.tracer
+    span = tracer.start("operation", name) if tracer is not None else None
     try:
         values = op.check_params(params)
         result = await _cached_run(orchestrator, op, values, deadline or Deadline.never())
@@ -347,6 +438,10 @@ async def execute_named_operation(
         result = Result.from_exception(exc, resource=op.resource)
     except Exception as exc:  # a user function's bug is its own failed Result
         result = Result.from_exception(exc, resource=op.resource)
+    except BaseException as exc:
+        if tracer is not None:
+            tracer.finish(span, None, exc)
+        raise
     duration = time.perf_counter() - started
     result.operation = name
     result.resource = result.resource or op.resource
@@ -360,7 +455,10 @@ async def execute_named_operation(
             error_type=result.error_type,
         )
     )
-    return result.with_timing(duration * 1000, result.attempts)
+    result = result.with_timing(duration * 1000, result.attempts)
+    if tracer is not None:
+        tracer.finish(span, result)
+    return result
 
 
 async def _cached_run(
@@ -403,12 +501,17 @@ async def _run(
 ) -> Result:
     if op.database is not None:
         assert op.query is not None
+        args = [values.get(p) for p in op.params]
+        if op.param_types:
+            args = _for_database(orchestrator, op.database, args)
         return await orchestrator.execute_database_operation(
-            op.database, op.query, [values.get(p) for p in op.params], deadline=deadline
+            op.database, op.query, args, deadline=deadline
         )
     if op.api is not None:
         assert op.method is not None
         assert op.endpoint is not None
+        if op.param_types:  # typed values back to their JSON form, now checked
+            values = {k: jsonable(v) for k, v in values.items()}
         endpoint, rest = _fill_endpoint(op.endpoint, values)
         method = op.method.upper()
         if method in _BODYLESS_METHODS:
@@ -424,6 +527,28 @@ async def _run(
     if isinstance(output, Result):
         return output
     return Result.ok(output, resource=op.resource)
+
+
+def _for_database(
+    orchestrator: AsyncOperationOrchestrator, database: str, args: list[Any]
+) -> list[Any]:
+    """Converted values as the database's driver binds them.
+
+    asyncpg and asyncmy take dates, Decimals and bytes as they are; SQLite
+    stores text, numbers and blobs, so dates become ISO 8601 text, Decimals
+    their exact text and intervals seconds (the forms iogate answers with).
+    """
+    try:
+        backend = orchestrator.get_manager(database).backend
+    except ResourceNotFoundError:
+        return args  # execute_database_operation reports the unknown name
+    if backend == "postgresql":
+        return args
+    if backend == "mysql":
+        return [str(v) if isinstance(v, uuid.UUID) else v for v in args]
+    if backend == "sqlite":
+        return [v if isinstance(v, bytes | bool | int | float) else jsonable(v) for v in args]
+    return [jsonable(v) for v in args]
 
 
 def _fill_endpoint(template: str, values: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -460,7 +585,9 @@ def _cache_key(op: NamedOperation, values: Mapping[str, Any]) -> str:
 def _definition_digest(op: NamedOperation) -> str:
     function = op.function
     target = f"{function.__module__}.{function.__qualname__}" if function is not None else None
-    definition = [op.resource, op.query, op.method, op.endpoint, list(op.params), target]
+    definition: list[Any] = [op.resource, op.query, op.method, op.endpoint, list(op.params), target]
+    if op.param_types:  # a changed type may change what a cached value means
+        definition.append(dict(op.param_types))
     return hashlib.sha256(orjson.dumps(definition)).hexdigest()[:16]
 
 
