@@ -8,6 +8,7 @@ files the user has.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -67,10 +68,20 @@ def test_make_run_takes_a_port() -> None:
         pytest.fail("make is not installed")  # `make test` needs it anyway
 
     def dry_run(*args: str) -> str:
+        # Under `make test` this is a nested make: drop the parent's flags and
+        # its "Entering directory" lines, keep the recipe's command.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
         done = subprocess.run(
-            ["make", "-n", "run", *args], cwd=ROOT, capture_output=True, text=True, check=True
+            ["make", "-n", "--no-print-directory", "run", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
         )
-        return done.stdout.splitlines()[-1]
+        commands = [line for line in done.stdout.splitlines() if "iogate" in line]
+        assert commands, done.stdout
+        return commands[-1]
 
     assert "make run PORT=9000" in README.read_text()
     command = dry_run("PORT=9123")

@@ -284,6 +284,7 @@ def test_sigterm_drain_is_bounded_by_shutdown_timeout(
     assert cut.status_code == 500, cut.text  # uvicorn's answer for a cancelled request
 
 
+@pytest.mark.timeout(420)  # two rolling restarts of two workers: minutes on a loaded machine
 def test_workers_reload_on_sighup_and_refuse_a_bad_config(serve: Callable[..., Served]) -> None:
     """With --workers, uvicorn's supervisor replaces each worker on SIGHUP;
     iogate validates the config first, so a bad one replaces nothing.
