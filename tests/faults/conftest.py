@@ -41,32 +41,29 @@ def throwaway_redis() -> Iterator[ThrowawayRedis]:
         server.close()
 
 
-@pytest.fixture
-async def pg_fault(postgres_url: str) -> AsyncIterator[FaultProxy]:
-    """A fault proxy in front of the shared PostgreSQL; ``pg_fault.url(postgres_url)``."""
-    proxy = FaultProxy.for_url(postgres_url, 5432)
+async def _proxy_for(url: str, default_port: int) -> AsyncIterator[FaultProxy]:
+    proxy = FaultProxy.for_url(url, default_port)
     await proxy.start()
     try:
         yield proxy
     finally:
         await proxy.close()
+
+
+@pytest.fixture
+async def pg_fault(postgres_url: str) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the shared PostgreSQL; ``pg_fault.url(postgres_url)``."""
+    async for proxy in _proxy_for(postgres_url, 5432):
+        yield proxy
 
 
 @pytest.fixture
 async def redis_fault(redis_url: str) -> AsyncIterator[FaultProxy]:
-    proxy = FaultProxy.for_url(redis_url, 6379)
-    await proxy.start()
-    try:
+    async for proxy in _proxy_for(redis_url, 6379):
         yield proxy
-    finally:
-        await proxy.close()
 
 
 @pytest.fixture
 async def mysql_fault(mysql_url: str) -> AsyncIterator[FaultProxy]:
-    proxy = FaultProxy.for_url(mysql_url, 3306)
-    await proxy.start()
-    try:
+    async for proxy in _proxy_for(mysql_url, 3306):
         yield proxy
-    finally:
-        await proxy.close()

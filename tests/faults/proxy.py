@@ -118,6 +118,13 @@ class FaultProxy:
         for writer in list(self._writers):
             _rst(writer)
 
+    async def wait_accepted(self, count: int = 1, within: float = 5.0) -> None:
+        """Until ``count`` connections have been accepted (a client is connecting)."""
+        deadline = asyncio.get_running_loop().time() + within
+        while self.accepted < count:
+            assert asyncio.get_running_loop().time() < deadline, f"{self.accepted} accepted"
+            await asyncio.sleep(0.005)
+
     @property
     def live(self) -> int:
         return len(self._tasks)

@@ -187,7 +187,7 @@ async def test_cold_pool_keeps_the_deadline(mysql_fault: FaultProxy, mysql_url: 
         first = asyncio.ensure_future(
             timed(manager.execute_query("SELECT 1", deadline=Deadline(DEADLINE)))
         )
-        await asyncio.sleep(0.3)  # the opening is under way
+        await mysql_fault.wait_accepted(mysql_fault.accepted + 1)  # the opening is under way
         took, result = await timed(manager.execute_query("SELECT 1", deadline=Deadline(DEADLINE)))
         assert result.error_type == "connection_error", result
         assert took <= DEADLINE + SLACK, took

@@ -202,7 +202,7 @@ async def test_cold_pool_keeps_the_deadline(pg_fault: FaultProxy, postgres_url: 
         first = asyncio.ensure_future(
             timed(manager.execute_query("SELECT 1", deadline=Deadline(DEADLINE)))
         )
-        await asyncio.sleep(0.3)  # the opening is under way
+        await pg_fault.wait_accepted(pg_fault.accepted + 1)  # the opening is under way
         took, result = await timed(manager.execute_query("SELECT 1", deadline=Deadline(DEADLINE)))
         assert result.error_type == "connection_error", result
         assert took <= DEADLINE + SLACK, took
@@ -341,7 +341,12 @@ async def test_write_loss_inside_transaction_is_connection_error(
         reset_soon(pg_fault),
     )
     assert result.error_type == "connection_error", result
-    await asyncio.sleep(0.3)  # the server notices the reset and rolls back
+    # The server notices the reset and rolls back; the backend may linger a moment.
+    gone = f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO {table}%'"
+    for _ in range(250):  # at most 5 s
+        if not await pg_raw.fetchval(gone):
+            break
+        await asyncio.sleep(0.02)
     assert await pg_raw.fetchval(f"SELECT count(*) FROM {table}") == 0
 
 
