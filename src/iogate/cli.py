@@ -200,18 +200,24 @@ def _serve_workers(
 ) -> None:
     """Several uvicorn workers sharing one Prometheus multiprocess directory.
 
-    SIGHUP: the parent validates the config, then uvicorn's supervisor
-    starts a new worker per old one (each reads the config afresh) and
-    stops the old one once the new one answers; SIGTERM drains each worker.
+    SIGHUP: the parent validates the config and keeps the text it validated
+    in a private snapshot, then uvicorn's supervisor starts a new worker per
+    old one (each reads the snapshot) and stops the old one once the new one
+    answers; SIGTERM drains each worker. A worker restarted after a crash
+    reads the snapshot too, never a file caught half-edited or invalid.
     """
     import tempfile
 
     from iogate.gateway.app import load_checked
     from iogate.gateway.server import build_config, run
+    from iogate.gateway.settings import read_config_text
 
     metrics_dir = tempfile.mkdtemp(prefix="iogate-metrics-")
+    private_dir = tempfile.mkdtemp(prefix="iogate-config-")  # mode 0700: holds secrets
+    snapshot = Path(private_dir) / "iogate.toml"
     # Read by the workers (and by prometheus-client at import) before they start.
     os.environ["IOGATE_CONFIG"] = str(path.resolve()) if path else ""
+    os.environ["IOGATE_CONFIG_SNAPSHOT"] = str(snapshot)
     # --host/--port given on the command line: the workers' Host allow-list
     # default depends on the bind address, so they must see the same one.
     os.environ["IOGATE_SERVE_HOST"] = settings.gateway.host
@@ -221,14 +227,18 @@ def _serve_workers(
     bound = settings.gateway
 
     def check_reload() -> None:
-        fresh = load_checked(path)
+        """Validate the config file; keep its text for the workers if it is good."""
+        text = read_config_text(path)
+        fresh = load_checked(path, text=text)
         if not bound.is_loopback() and not fresh.gateway.api_keys:
             raise ConfigError(
                 f"gateway.api_keys: the gateway listens on {bound.host}, a non-loopback "
                 "host, so the config needs keys ([[gateway.api_keys]])"
             )
+        _write_private(snapshot, text)
 
     try:
+        check_reload()  # the workers' first snapshot
         server_config = build_config(
             "iogate.gateway.app:app_from_environment",
             settings.gateway,
@@ -241,6 +251,16 @@ def _serve_workers(
         import shutil
 
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def _write_private(target: Path, text: str) -> None:
+    """Replace ``target`` with ``text`` at once (readers see old or new), mode 0600."""
+    partial = target.with_suffix(".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(partial, target)
 
 
 @app.command()

@@ -318,3 +318,42 @@ def test_workers_reload_on_sighup_and_refuse_a_bad_config(serve: Callable[..., S
         assert served.sql("lite", "SELECT 1 AS one", TWO).status_code == 200
     served.signal(signal.SIGTERM)
     assert served.process.wait(timeout=30) == 0, served.output()
+
+
+@pytest.mark.timeout(420)  # a worker replaced after a crash: minutes on a loaded machine
+def test_a_worker_restarted_after_a_crash_keeps_the_validated_config(
+    serve: Callable[..., Served],
+) -> None:
+    """A worker replaced by the supervisor (it died) reads the config the
+    parent last validated, not a file edited since: before, the replacement
+    read a broken file, failed to start, and uvicorn stopped the gateway."""
+    served = serve(key_toml("one", ONE) + LITE, "--workers", "2")
+    deadline = time.monotonic() + WORKERS_SECONDS
+    while len(_worker_pids(served)) < 2:  # both workers up before one is killed
+        assert time.monotonic() < deadline, served.output()
+        time.sleep(0.1)
+    victim = _worker_pids(served)[0]
+
+    served.write(key_toml("two", TWO) + "[databases.lite\n")  # edited, broken, no SIGHUP
+    os.kill(victim, signal.SIGKILL)
+    served.wait_for_log(f"Child process [{victim}] died", timeout=WORKERS_SECONDS)
+    deadline = time.monotonic() + WORKERS_SECONDS
+    while len(_worker_pids(served)) < 3:  # the replacement has started serving
+        assert time.monotonic() < deadline, served.output()
+        time.sleep(0.1)
+    assert "invalid TOML" not in served.output()
+    for _ in range(6):  # whichever worker answers: the validated config, key one
+        assert served.sql("lite", "SELECT 1 AS one", ONE).status_code == 200
+    assert served.process.poll() is None
+    served.signal(signal.SIGTERM)
+    assert served.process.wait(timeout=30) == 0, served.output()
+
+
+def _worker_pids(served: Served) -> list[int]:
+    """Workers that finished start-up, in order, from uvicorn's log lines."""
+    pids = []
+    for line in served.output().splitlines():
+        if "Started server process [" in line:
+            pid = int(line.split("Started server process [", 1)[1].split("]", 1)[0])
+            pids.append(pid)
+    return pids

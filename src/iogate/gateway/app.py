@@ -47,7 +47,13 @@ from iogate.gateway.responses import ORJSONResponse, declared, problem
 from iogate.gateway.routes import ROUTERS
 from iogate.gateway.routes.dashboard import start_history, stop_history
 from iogate.gateway.routes.operations import install_operation_schemas
-from iogate.gateway.settings import Settings, load_settings
+from iogate.gateway.settings import (
+    Settings,
+    config_source,
+    load_settings,
+    parse_settings,
+    read_config_text,
+)
 from iogate.metrics import MetricsCollector, StatsRegistry
 from iogate.orchestrator import AsyncOperationOrchestrator, create_database_manager
 
@@ -149,13 +155,19 @@ def validate_resources(settings: Settings) -> None:
             raise ConfigError(f"apis.{name}: {exc}") from None
 
 
-def load_checked(path: str | Path | None) -> Settings:
-    """``load_settings`` plus :func:`validate_resources`: every config error at load time."""
-    settings = load_settings(path)
+def load_checked(path: str | Path | None, *, text: str | None = None) -> Settings:
+    """``load_settings`` plus :func:`validate_resources`: every config error at load time.
+
+    ``text``: the config's text already read (errors still name ``path``).
+    """
+    source = config_source(path)
+    if text is None:
+        text = read_config_text(path)
+    settings = parse_settings(text, source=source)
     try:
         validate_resources(settings)
     except ConfigError as exc:
-        raise ConfigError(f"{path if path is not None else '<embedded default>'}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
     return settings
 
 
@@ -400,15 +412,25 @@ def app_from_environment() -> FastAPI:
     """App factory for ``uvicorn --factory`` workers started by ``iogate serve --workers N``.
 
     The parent process passes the config path in ``IOGATE_CONFIG`` (empty: the
-    embedded default), the bind address it was given in ``IOGATE_SERVE_HOST``
-    and ``IOGATE_SERVE_PORT`` (command-line flags override the file), its
+    embedded default) and, in ``IOGATE_CONFIG_SNAPSHOT``, a private copy of
+    the text it last validated: a worker started later (a replacement after
+    a crash, or during a SIGHUP) reads that copy, never a config file being
+    edited, so a bad edit cannot stop a worker from starting. The bind
+    address it was given is in ``IOGATE_SERVE_HOST`` and
+    ``IOGATE_SERVE_PORT`` (command-line flags override the file), its
     ``--log-level`` in ``IOGATE_SERVE_LOG_LEVEL`` (a spawned worker starts with
     no logging set up), and the shared metrics directory in
     ``PROMETHEUS_MULTIPROC_DIR``.
     """
     import os
 
-    settings = load_settings(os.environ.get("IOGATE_CONFIG") or None)
+    path = os.environ.get("IOGATE_CONFIG") or None
+    snapshot = os.environ.get("IOGATE_CONFIG_SNAPSHOT")
+    settings = (
+        parse_settings(read_config_text(snapshot), source=config_source(path))
+        if snapshot
+        else load_settings(path)
+    )
     log_level = os.environ.get("IOGATE_SERVE_LOG_LEVEL")
     if log_level:
         from iogate.gateway.logging import configure_logging, secrets_of

@@ -38,9 +38,11 @@ __all__ = [
     "GatewaySettings",
     "OperationSettings",
     "Settings",
+    "config_source",
     "interpolate",
     "load_settings",
     "parse_settings",
+    "read_config_text",
 ]
 
 DEFAULT_CONFIG = """\
@@ -547,16 +549,25 @@ def parse_settings(
         raise ConfigError(where + _describe(exc)) from None
 
 
-def load_settings(path: str | Path | None, *, env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``path``, or the embedded default when ``path`` is None."""
+def read_config_text(path: str | Path | None) -> str:
+    """The TOML text of ``path``, or the embedded default when ``path`` is None."""
     if path is None:
-        return parse_settings(DEFAULT_CONFIG, env=env, source="<embedded default>")
+        return DEFAULT_CONFIG
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read config file ({exc.strerror})") from None
-    return parse_settings(text, env=env, source=str(file))
+
+
+def config_source(path: str | Path | None) -> str:
+    """How errors name the config: its path, or ``<embedded default>``."""
+    return "<embedded default>" if path is None else str(path)
+
+
+def load_settings(path: str | Path | None, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``path``, or the embedded default when ``path`` is None."""
+    return parse_settings(read_config_text(path), env=env, source=config_source(path))
 
 
 def _describe(exc: ValidationError) -> str:
