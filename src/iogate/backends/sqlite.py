@@ -52,11 +52,13 @@ import asyncio
 import base64
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import queue
 import re
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -307,15 +309,24 @@ def _fetch_within(cursor: sqlite3.Cursor, max_rows: int | None, max_bytes: int) 
     each value (a string or BLOB's length plus a small header; a number's
     fixed size) and :data:`_ROW_BYTES` for the row; nothing is serialised.
     """
-    wanted = -1 if max_rows is None else max_rows + 1
-    rows: list[Any] = []
-    size = 0
-    for row in cursor:
+    # The first two rows by hand: a point query's one row costs two calls.
+    row = cursor.fetchone()
+    if row is None:
+        return []
+    size = _ROW_BYTES + sum(map(getsizeof, row))
+    if size > max_bytes:
+        raise ResultTooLargeError(max_bytes)
+    row2 = cursor.fetchone()
+    if row2 is None:
+        return [row]
+    rows = [row]
+    wanted = sys.maxsize if max_rows is None else max_rows + 1
+    for row in itertools.chain((row2,), cursor):
         size += _ROW_BYTES + sum(map(getsizeof, row))
         if size > max_bytes:
             raise ResultTooLargeError(max_bytes)
         rows.append(row)
-        if len(rows) == wanted:
+        if len(rows) >= wanted:
             break
     return rows
 

@@ -29,6 +29,7 @@ from iogate.gateway.admission import admission_snapshot
 from iogate.gateway.audit import AuditMiddleware
 from iogate.gateway.auth import OBSERVE, Authenticator, Principal, may_observe, principal_of
 from iogate.gateway.browser import (
+    HostCheck,
     HostCheckMiddleware,
     ProblemCORSMiddleware,
     allowed_hosts_for,
@@ -278,15 +279,21 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     # Added first = innermost: requests for DirectRoute routes skip FastAPI's
     # router, still inside the body limit, the audit record and the request id.
     app.add_middleware(DirectDispatch)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
+    # Outside CORS, auth and the body: a foreign Host (DNS rebinding) is
+    # refused before anything else runs; inside the audit record. Without
+    # CORS (the default) the body-limit layer checks it in its header pass.
+    allowed_hosts = allowed_hosts_for(settings.gateway)
+    hosts = HostCheck(allowed_hosts) if allowed_hosts is not None else None
     cors = cors_options(settings.gateway)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.gateway.max_body_bytes,
+        hosts=hosts if cors is None else None,
+    )
     if cors is not None:
         app.add_middleware(ProblemCORSMiddleware, **cors)
-    # Outside CORS, auth and the body: a foreign Host (DNS rebinding) is
-    # refused before anything else runs; inside the audit record.
-    allowed_hosts = allowed_hosts_for(settings.gateway)
-    if allowed_hosts is not None:
-        app.add_middleware(HostCheckMiddleware, allowed=allowed_hosts)
+        if hosts is not None:
+            app.add_middleware(HostCheckMiddleware, check=hosts)
     app.add_middleware(AuditMiddleware)
     # Added last = outermost: every response carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)

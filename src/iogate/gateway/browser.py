@@ -51,6 +51,7 @@ __all__ = [
     "CORS_METHODS",
     "LOOPBACK_HOSTS",
     "HostAllowList",
+    "HostCheck",
     "HostCheckMiddleware",
     "ProblemCORSMiddleware",
     "allowed_hosts_for",
@@ -143,45 +144,31 @@ def allowed_hosts_for(gateway: GatewaySettings) -> HostAllowList | None:
     return HostAllowList(entries)
 
 
-class HostCheckMiddleware:
-    """Refuse a request whose ``Host`` is not in the allow-list, before the app.
+class HostCheck:
+    """The Host allow-list applied to a request's headers.
 
-    Add it outside everything that authenticates, reads the body or routes.
     Accepted raw values are remembered (up to a bound), so a request pays a
-    dictionary lookup, not a parse.
+    dictionary lookup, not a parse. Used by :class:`HostCheckMiddleware`, and
+    by the body-limit middleware's single pass over the headers when no CORS
+    layer has to sit between the two (the default).
     """
 
-    def __init__(self, app: ASGIApp, *, allowed: HostAllowList) -> None:
-        self.app = app
-        self.allowed = allowed
-        self._accepted: set[bytes] = set()
+    __slots__ = ("accepted", "allowed")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+    def __init__(self, allowed: HostAllowList) -> None:
+        self.allowed = allowed
+        self.accepted: set[bytes] = set()
+
+    def refusal(self, headers: list[tuple[bytes, bytes]]) -> Response | None:
+        """None when the request's one ``Host`` is allowed, else the answer."""
         host: bytes | None = None
         repeated = False
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"host":
                 repeated = host is not None
                 host = value
-        if host is not None and not repeated and host in self._accepted:
-            await self.app(scope, receive, send)
-            return
-        refusal = self._refusal(host, repeated)
-        if refusal is None:
-            assert host is not None
-            if len(self._accepted) < _MAX_REMEMBERED:
-                self._accepted.add(host)
-            await self.app(scope, receive, send)
-            return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})  # policy violation
-            return
-        await refusal(scope, receive, send)
-
-    def _refusal(self, host: bytes | None, repeated: bool) -> Response | None:
+        if host is not None and not repeated and host in self.accepted:
+            return None
         if host is None or repeated:
             what = "no Host header" if host is None else "more than one Host header"
             return problem(400, "Bad Request", f"the request has {what}")
@@ -189,6 +176,8 @@ class HostCheckMiddleware:
         if _parse(text.lower()) is None:
             return problem(400, "Bad Request", "the Host header is not a host name")
         if self.allowed.allows(text):
+            if len(self.accepted) < _MAX_REMEMBERED:
+                self.accepted.add(host)
             return None
         shown = text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
         return problem(
@@ -196,6 +185,32 @@ class HostCheckMiddleware:
             "Misdirected Request",
             f"this gateway does not answer for the host {shown!r} (see [gateway] allowed_hosts)",
         )
+
+    async def refuse(self, refusal: Response, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send ``refusal``; a WebSocket is closed (policy violation) instead."""
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await refusal(scope, receive, send)
+
+
+class HostCheckMiddleware:
+    """Refuse a request whose ``Host`` is not in the allow-list, before the app.
+
+    Add it outside everything that authenticates, reads the body or routes.
+    """
+
+    def __init__(self, app: ASGIApp, *, check: HostCheck) -> None:
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            refusal = self.check.refusal(scope["headers"])
+            if refusal is not None:
+                await self.check.refuse(refusal, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class ProblemCORSMiddleware(CORSMiddleware):

@@ -61,6 +61,10 @@ def settings_of(request: Request) -> Settings:
 DEADLINE_SCOPE_KEY = "iogate.deadline"
 
 
+# The deadline headers as ASGI names them (lower-case bytes).
+_DEADLINE_NAMES = frozenset(name.encode() for name in DEADLINE_HEADERS)
+
+
 def request_deadline(request: Request) -> Deadline:
     """One deadline per request, kept in the scope.
 
@@ -79,11 +83,15 @@ def request_deadline(request: Request) -> Deadline:
 
 
 def _deadline_of(scope: Scope, request_timeout: float) -> Deadline:
+    raw = scope["headers"]
+    # Most requests carry neither header: one lookup per header, in C.
+    if _DEADLINE_NAMES.isdisjoint(dict(raw)):
+        return Deadline(request_timeout)
     budget = request_timeout
     forms: list[str] = []
-    for raw_name, raw_value in scope["headers"]:
-        # ASGI header names are lower-case bytes; most requests carry neither.
-        if raw_name != b"request-timeout" and raw_name != b"grpc-timeout":
+    for raw_name, raw_value in raw:
+        # ASGI header names are lower-case bytes.
+        if raw_name not in _DEADLINE_NAMES:
             continue
         name = DEADLINE_HEADERS[raw_name.decode()]
         if name in forms:

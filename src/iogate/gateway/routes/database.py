@@ -76,8 +76,10 @@ async def database_execute(
             "Raw SQL not allowed",
             f"database {body.db_name!r} accepts only named operations (allow_raw_sql = false)",
         )
+    params = body.params
     try:
-        check_params_limit(body.params, settings.gateway.max_params)
+        if type(params) is not list or len(params) > settings.gateway.max_params:
+            check_params_limit(params, settings.gateway.max_params)
     except ParameterError as exc:
         # As the database's own parameter errors answer: a failed Result, 422.
         failure = Result.fail(str(exc), exc.error_type, resource=body.db_name, operation="query")
@@ -89,7 +91,7 @@ async def database_execute(
         orchestrator.execute_database_operation,
         body.db_name,
         body.query,
-        body.params,
+        params,
         deadline=deadline,
         max_rows=settings.gateway.max_rows,
         max_result_bytes=settings.gateway.max_result_bytes,
