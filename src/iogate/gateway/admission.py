@@ -327,10 +327,26 @@ def overloaded_response(exc: Overloaded) -> Response:
     )
 
 
-def admission_of(request: Request) -> Admission:
+def admission_of(request: Request, settings: Settings | None = None) -> Admission:
     """The app's Admission, built on first use and rebuilt if the settings
-    object changes (a reload), keeping limiters whose configuration did not."""
-    state = request.app.state
+    object changes (a reload), keeping limiters whose configuration did not.
+
+    ``settings``: the app's settings when the caller has them already (a
+    route's dependency); the Admission is then found on the app object in
+    two attribute reads, since ``app.state`` reads go through a Python
+    ``__getattr__``.
+    """
+    app = request.scope["app"]
+    if settings is not None:
+        cached: Admission | None = getattr(app, "_iogate_admission", None)
+        if cached is not None and cached.settings is settings:
+            return cached
+    admission = _admission_of_state(app.state)
+    app._iogate_admission = admission
+    return admission
+
+
+def _admission_of_state(state: Any) -> Admission:
     admission: Admission | None = getattr(state, "admission", None)
     settings: Settings = state.settings
     if admission is None or admission.settings is not settings:

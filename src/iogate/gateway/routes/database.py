@@ -98,7 +98,7 @@ async def database_execute(
         read_only=read_only,
         guard=guard,
     )
-    admission = admission_of(request)
+    admission = admission_of(request, settings)
     limiter = admission.limiter(body.db_name)
     if limiter is None:
         result = await run()
