@@ -36,6 +36,7 @@ __all__ = [
     "ApiSettings",
     "DatabaseSettings",
     "GatewaySettings",
+    "JobsSettings",
     "OperationSettings",
     "Settings",
     "config_source",
@@ -91,6 +92,10 @@ class GatewaySettings(_Strict):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_batch_operations: int = Field(default=100, gt=0)
+    # A Redis URL shared by every gateway process (docs/deployment.md): rate
+    # limits counted across them, cache invalidations and breaker openings
+    # broadcast. Empty: each process keeps its own state.
+    shared_state: str = ""
     max_rows: int = Field(default=1000, gt=0)
     request_timeout: float = Field(default=30.0, gt=0)
     api_keys: list[ApiKeySettings] = Field(default_factory=list)
@@ -453,8 +458,47 @@ class TracingSettings(_Strict):
         return file
 
 
+class JobsSettings(_Strict):
+    """``[jobs]``: durable batch jobs (docs/jobs.md).
+
+    ``store``: the SQL job store, ``sqlite:///PATH`` (embedded, the default)
+    or ``postgresql://...`` (shared by gateways and workers on several
+    machines). ``broker``: empty runs chunks inside the gateway; otherwise
+    ``nats://HOST:PORT`` (JetStream) or ``amqp://USER:PASS@HOST:PORT/``
+    (RabbitMQ), and ``iogate worker`` processes run them.
+    """
+
+    enabled: bool = True
+    store: str = "sqlite:///iogate-jobs.db"
+    broker: str = ""
+    # The broker's stream (NATS) or queue (RabbitMQ) name.
+    queue: str = Field(default="iogate-jobs", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    chunk_size: int = Field(default=250, ge=1, le=10_000)
+    max_operations: int = Field(default=1_000_000, ge=1)
+    # Chunks one runner (a worker, or the gateway without a broker) runs at once.
+    worker_chunks: int = Field(default=2, ge=1, le=64)
+    # Seconds the broker waits for a chunk's acknowledgement before it
+    # redelivers it; a runner still working on the chunk extends it.
+    ack_wait: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, store: str) -> str:
+        if not store.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///PATH or postgresql://...")
+        return store
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, broker: str) -> str:
+        if broker and not broker.startswith(("nats://", "amqp://", "amqps://")):
+            raise ValueError("must be empty (in-process), nats://... or amqp://...")
+        return broker
+
+
 class Settings(_Strict):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
     databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
     apis: dict[str, ApiSettings] = Field(default_factory=dict)
     operations: dict[str, OperationSettings] = Field(default_factory=dict)
