@@ -7,10 +7,11 @@ Operations never raise for an operation failure: they return a failed
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from iogate.core.errors import ErrorType, IogateError, error_for, is_api_outcome
+from iogate.core.errors import ERROR_TYPES, ErrorType, IogateError, error_for, is_api_outcome
 
 __all__ = ["Result"]
 
@@ -146,6 +147,34 @@ class Result:
 
     def with_timing(self, duration_ms: float, attempts: int = 1) -> Result:
         return replace(self, duration_ms=round(duration_ms, 3), attempts=attempts)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        """The Result that :meth:`to_dict` gave ``data`` (a stored or served one).
+
+        Unknown keys are ignored and missing ones take their defaults; an
+        ``error_type`` outside :data:`iogate.errors.ERROR_TYPES` becomes
+        ``"unknown"``.
+        """
+        error_type = data.get("error_type")
+        headers = data.get("headers")
+        return cls(
+            success=bool(data.get("success")),
+            data=data.get("data"),
+            error=data.get("error"),
+            error_type=(error_type if error_type in ERROR_TYPES else "unknown")
+            if error_type is not None
+            else None,
+            resource=data.get("resource"),
+            operation=data.get("operation"),
+            duration_ms=float(data.get("duration_ms") or 0.0),
+            attempts=int(data.get("attempts") or 1),
+            rows_affected=data.get("rows_affected"),
+            status_code=data.get("status_code"),
+            truncated=bool(data.get("truncated")),
+            headers=dict(headers) if isinstance(headers, Mapping) else None,
+            last_insert_id=data.get("last_insert_id"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape served by the gateway (``headers`` only when set)."""

@@ -320,8 +320,14 @@ async def execute_batch(
     group: bool = True,
     guard: GuardFor | None = None,
     max_params: int = MAX_PARAMS,
+    finished: Mapping[int, Result] | None = None,
 ) -> list[Result]:
     """One Result per operation, in order; never raises for an operation failure.
+
+    ``finished``: operations that already ran (a job's chunk delivered
+    again), by index: they are not run again, their Results are returned as
+    given and serve the references of the others; ``on_result`` is not
+    called for them. Not with ``atomic``.
 
     ``on_result(index, result)`` is called as each operation finishes (for a
     progress display). ``group=False`` turns off pipelining/grouping.
@@ -344,7 +350,11 @@ async def execute_batch(
             for index, result in enumerate(refused):
                 on_result(index, result)
         return refused
+    if finished and atomic:
+        raise InvalidRequestError("an atomic batch runs whole: finished operations cannot be given")
     run = _BatchRun(orchestrator, steps, deadline, max_rows, on_result, guard or _trusted)
+    if finished:
+        run.prefill(finished)
     tracer = events.tracer
     span = tracer.start("batch", steps, atomic) if tracer is not None else None
     try:
@@ -396,6 +406,15 @@ class _BatchRun:
         self.done = {i: asyncio.Event() for i in referenced}
         self.ids = {s.step_id: s.index for s in steps if s.step_id is not None}
 
+    def prefill(self, finished: Mapping[int, Result]) -> None:
+        """Results of operations that ran before; they are not run again."""
+        for index, result in finished.items():
+            if 0 <= index < len(self.results):
+                self.results[index] = result
+                event = self.done.get(index)
+                if event is not None:
+                    event.set()
+
     def finish(self, index: int, result: Result) -> None:
         if self.results[index] is not None:
             return
@@ -440,6 +459,8 @@ class _BatchRun:
         singles: list[_Unit] = []
         groups: dict[tuple[str, ...], list[_Group]] = {}
         for step in self.steps:
+            if self.results[step.index] is not None:  # prefilled: ran before
+                continue
             key = self._group_key(step) if group else None
             if key is None:
                 singles.append(step.index)

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from typing_extensions import Unpack
 
@@ -107,6 +107,12 @@ def current_orchestrator() -> AsyncOperationOrchestrator:
     return _current
 
 
+class JobSubmitter(Protocol):
+    """What :meth:`AsyncOperationOrchestrator.submit_batch_job` hands jobs to."""
+
+    async def submit_from(self, operations: Sequence[Any], options: Mapping[str, Any]) -> Any: ...
+
+
 class AsyncOperationOrchestrator:
     """Named resources and the operations run on them (seed 000)."""
 
@@ -117,6 +123,8 @@ class AsyncOperationOrchestrator:
         # least-privilege role, so the database's grants refuse any write.
         self.read_managers: dict[str, AsyncDatabaseManager] = {}
         self.apis: dict[str, AsyncAPIManager] = {}
+        # The job service attached by iogate.jobs.JobService (durable jobs).
+        self.jobs: JobSubmitter | None = None
         self._closed = False
         _current = self
 
@@ -306,6 +314,25 @@ class AsyncOperationOrchestrator:
         return await execute_batch(
             self, operations, concurrency=concurrency, atomic=atomic, deadline=deadline
         )
+
+    def attach_jobs(self, service: JobSubmitter | None) -> None:
+        """Set (or, with None, remove) the service behind :meth:`submit_batch_job`."""
+        self.jobs = service
+
+    async def submit_batch_job(self, operations: Sequence[Any], **options: Any) -> Any:
+        """Submit ``operations`` as a durable job; returns a ``JobHandle``
+        (``wait()``, ``progress()``, ``cancel()``, ``results()``).
+
+        Needs a job service: ``await iogate.jobs.JobService.start(orchestrator,
+        store=..., broker=...)`` attaches one (docs/jobs.md). ``options``:
+        ``concurrency``, ``max_rows``, ``guards``.
+        """
+        if self.jobs is None:
+            raise ConfigError(
+                "no job service: start one with "
+                "`await iogate.jobs.JobService.start(orchestrator, store=...)` (docs/jobs.md)"
+            )
+        return await self.jobs.submit_from(operations, options)
 
     async def execute_transaction(
         self, db_name: str, queries: Sequence[Any], *, deadline: Deadline | None = None

@@ -39,6 +39,7 @@ __all__ = [
     "Reference",
     "StepReferenceError",
     "collect_references",
+    "rebase",
     "resolve",
 ]
 
@@ -247,3 +248,58 @@ def lookup(ref: Reference, results: Sequence[Result | None]) -> Any:
 
 def _is_index(part: str) -> bool:
     return _INDEX.fullmatch(part) is not None
+
+
+def rebase(value: Any, offset: int) -> Any:
+    """``value`` with each reference by step *index* moved down by ``offset``.
+
+    For running operations ``offset..`` of a batch as a batch of their own
+    (a job's chunk): ``{"$ref": "251.data"}`` becomes ``{"$ref": "1.data"}``
+    for offset 250, in ``$fmt`` fields too; references by ``id`` are left as
+    they are. The references were validated when the whole batch was (none
+    points before ``offset`` in a chunk: the chunking keeps them together).
+    ``value`` is unchanged; containers on the way are copied.
+    """
+    if offset == 0 or not _may_hold_references(value):
+        return value
+    root: list[Any] = [value]
+    pending: list[tuple[Any, Any, Any]] = [(root, 0, value)]
+    while pending:
+        container, slot, item = pending.pop()
+        if isinstance(item, Mapping):
+            marker = _marker(item)
+            if marker == REF_KEY and isinstance(item[REF_KEY], str):
+                container[slot] = {REF_KEY: _rebased_path(item[REF_KEY], offset)}
+            elif marker == FMT_KEY and isinstance(item[FMT_KEY], str):
+                container[slot] = {FMT_KEY: _rebased_template(item[FMT_KEY], offset)}
+            else:
+                copy = dict(item)
+                container[slot] = copy
+                pending.extend((copy, k, v) for k, v in copy.items())
+        elif isinstance(item, list | tuple):
+            items = list(item)
+            container[slot] = items if isinstance(item, list) else item
+            if isinstance(item, list):
+                pending.extend((items, i, v) for i, v in enumerate(items))
+    return root[0]
+
+
+def _rebased_path(text: str, offset: int) -> str:
+    head, dot, rest = text.strip().partition(".")
+    if head.isascii() and head.isdigit() and len(head) <= _STEP_DIGITS:
+        return f"{int(head) - offset}{dot}{rest}"
+    return text
+
+
+def _rebased_template(template: str, offset: int) -> str:
+    out: list[str] = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is not None:
+            out.append("{" + _rebased_path(field, offset))
+            if conversion:
+                out.append("!" + conversion)
+            if spec:
+                out.append(":" + spec)
+            out.append("}")
+    return "".join(out)
