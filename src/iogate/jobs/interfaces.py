@@ -23,23 +23,38 @@ ChunkHandler = Callable[[ChunkTask], Awaitable[None]]
 
 
 class StoredJob(Protocol):
-    """A job's record as the runner needs it."""
+    """A job's record as the runner needs it (read-only: records may be frozen)."""
 
-    job_id: str
-    concurrency: int
-    max_rows: int | None
-    guards: dict[str, str]
-    cancelled: bool
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def max_rows(self) -> int | None: ...
+    @property
+    def guards(self) -> dict[str, str]: ...
+    @property
+    def cancelled(self) -> bool: ...
+    @property
+    def submitted_by(self) -> str | None: ...
 
 
 class StoredChunk(Protocol):
-    """One chunk: its place in the job and its operations."""
+    """One chunk: its place in the job and its operations (read-only)."""
 
-    job_id: str
-    chunk: int
-    start: int  # index of its first operation in the job
-    operations: list[Any]
-    finished: bool
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def chunk(self) -> int: ...
+    @property
+    def start(self) -> int:
+        """Index of its first operation in the job."""
+        ...
+
+    @property
+    def operations(self) -> list[Any]: ...
+    @property
+    def finished(self) -> bool: ...
 
 
 class JobStore(Protocol):
