@@ -8,16 +8,20 @@ one, and each ``pipeline``/``transaction`` as a whole, is atomic with respect
 to other tasks.
 
 Expiry is exact on access (an expired key is never returned) and time comes
-from an injectable ``clock``. Memory is bounded by ``max_keys``: when full,
+from an injectable ``clock``. ``on_delete``, when set, hears the keys of every
+``delete`` run through the manager (alone or in a pipeline or transaction):
+the gateway relays them so other processes drop their copies
+(``iogate.gateway.shared_state``). Memory is bounded by ``max_keys``: when full,
 expired keys are purged first, then the least recently used key is evicted
 (Redis's ``allkeys-lru``, done exactly with an ordered dict).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NoReturn
 
@@ -36,6 +40,8 @@ from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 
 __all__ = ["DEFAULT_MAX_KEYS", "AsyncMemoryManager", "MemoryStore"]
+
+logger = logging.getLogger("iogate.memory")
 
 DEFAULT_MAX_KEYS = 100_000
 _WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
@@ -64,6 +70,13 @@ class MemoryStore:
     def clear(self) -> None:
         self._data.clear()
         self._expires.clear()
+
+    def drop_prefix(self, prefix: str) -> int:
+        """Remove every key starting with ``prefix``; the number removed."""
+        keys = [key for key in self._data if key.startswith(prefix)]
+        for key in keys:
+            self._remove(key)
+        return len(keys)
 
     def apply(self, command: Command) -> Any:
         """Run one command; raises QueryError as Redis would answer an error."""
@@ -314,6 +327,8 @@ class AsyncMemoryManager(AsyncDatabaseManager):
         if conn_string not in ("", "memory://", "memory:"):
             raise ConfigError(f"a memory database takes no connection string, got {conn_string!r}")
         self.store = MemoryStore(clock=clock, max_keys=max_keys)
+        # Told (name, keys) after each delete; never for what store.apply does directly.
+        self.on_delete: Callable[[str, Sequence[str]], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -349,11 +364,30 @@ class AsyncMemoryManager(AsyncDatabaseManager):
         if guard is not None:
             check_unreserved(command)  # untrusted: not iogate's own keys
         if command.op in ("pipeline", "transaction"):
-            return batch_result(command, self.store.apply_many(command))
-        try:
-            return Result.ok(self.store.apply(command), operation=command.op)
-        except IogateError as exc:
-            return Result.from_exception(exc, operation=command.op)
+            result = batch_result(command, self.store.apply_many(command))
+        else:
+            try:
+                result = Result.ok(self.store.apply(command), operation=command.op)
+            except IogateError as exc:
+                result = Result.from_exception(exc, operation=command.op)
+        if self.on_delete is not None:
+            self._announce_deletes(command)
+        return result
+
+    def _announce_deletes(self, command: Command) -> None:
+        """Tell ``on_delete`` the keys ``command`` deleted (or tried to: a miss is news too)."""
+        nested = command.op in ("pipeline", "transaction")
+        keys = [
+            key
+            for sub in (command.commands if nested else (command,))
+            if sub.op == "delete"
+            for key in sub.keys
+        ]
+        if keys and self.on_delete is not None:
+            try:
+                self.on_delete(self.name, keys)
+            except Exception:  # a listener must not fail the delete
+                logger.exception("memory database %r: on_delete listener failed", self.name)
 
     def _transaction(
         self, *, read_only: bool, deadline: Deadline, guard: Access | None = None

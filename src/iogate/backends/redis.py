@@ -39,6 +39,12 @@ certificate), so one URL means the same in both modes and in redis-py. The
 certificate and host name are verified by default. The context is built
 when the manager is created: a missing CA file is a ``ConfigError`` then.
 
+Pub/sub: ``subscribe(*channels)`` opens a connection of its own (redis.asyncio's
+``PubSub``), bounded by ``connect_timeout``; ``RedisSubscription.get(timeout)``
+waits at most ``timeout`` for a message and pings a connection that has been
+quiet for ``ping_interval``, so a server that stops answering is found within
+``command_timeout`` rather than waited on for ever.
+
 Driver exceptions are mapped to iogate errors here and nowhere else; no
 message carries the URL's password.
 """
@@ -46,6 +52,7 @@ message carries the URL's password.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import ssl
 from collections import deque
@@ -56,6 +63,7 @@ from typing import Any, NoReturn, cast
 import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
+from redis.asyncio.client import PubSub
 from redis.asyncio.connection import (
     RedisSSLContext,
     SSLConnection,
@@ -95,6 +103,7 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_REDIS_CONNECTIONS",
     "AsyncRedisManager",
+    "RedisSubscription",
 ]
 
 DEFAULT_REDIS_CONNECTIONS = 10
@@ -112,6 +121,8 @@ _TLS_QUERY_PARAMS = (
 # paying a connect attempt (a cache in front of a dead Redis stays fast).
 _BACKOFF_INITIAL = 0.05
 _BACKOFF_MAX = 1.0
+# A subscription quiet this long is pinged (see RedisSubscription.get).
+DEFAULT_PING_INTERVAL = 5.0
 
 
 # -- commands and replies -------------------------------------------------------
@@ -533,6 +544,8 @@ class AsyncRedisManager(AsyncDatabaseManager):
                 blocks = [hiredis.pack_command(("MULTI",)), *blocks]
                 blocks.append(hiredis.pack_command(("EXEC",)))
             raw = await _wait(conn.send(b"".join(blocks), len(blocks)), deadline)
+            if len(blocks) == 1:  # a block of one reply is answered with that reply
+                raw = [raw]
             replies = _exec_replies(raw) if transaction else raw
         return [_shape_or_error(c, r) for c, r in zip(commands, replies, strict=True)]
 
@@ -557,6 +570,49 @@ class AsyncRedisManager(AsyncDatabaseManager):
         reply = await self._run(("PING",), Deadline.never())
         if reply != "PONG":
             raise DatabaseError(f"{self.name}: unexpected PING reply")
+
+    # -- pub/sub --------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(
+        self, *channels: str, ping_interval: float = DEFAULT_PING_INTERVAL
+    ) -> AsyncIterator[RedisSubscription]:
+        """A connection of its own, subscribed to ``channels`` for the block.
+
+        Connecting and subscribing take at most ``connect_timeout``; failures
+        are ``DatabaseConnectionError`` or ``OperationTimeoutError``. After an
+        error, subscribe again: pub/sub delivers only to whoever listens at
+        the time, so messages published meanwhile are not seen.
+        """
+        if not channels:
+            raise InvalidRequestError("subscribe needs at least one channel")
+        if self.state is ManagerState.CLOSED:
+            raise ClosedError(f"{self.name}: manager is closed")
+        kwargs: dict[str, Any] = {
+            k: v for k, v in self._target.items() if k != "connection_class"
+        } | {
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_timeout": self.command_timeout,
+            "decode_responses": True,
+            "encoding_errors": "replace",
+        }
+        pool = aioredis.ConnectionPool(
+            max_connections=1,
+            connection_class=self._target.get("connection_class", aioredis.Connection),
+            **kwargs,
+        )
+        pubsub = PubSub(pool, ignore_subscribe_messages=True)
+        try:
+            await self._guard(pubsub.subscribe(*channels), Deadline(self.connect_timeout))
+            yield RedisSubscription(self, pubsub, ping_interval=ping_interval)
+        finally:
+            # Bounded: closing only drops the socket, but never wait on a dead peer.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.command_timeout):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.command_timeout):
+                    await pool.aclose()
 
     def pool_stats(self) -> dict[str, int]:
         if not self.auto_pipeline:
@@ -743,6 +799,55 @@ class AsyncRedisManager(AsyncDatabaseManager):
             raise DatabaseConnectionError(
                 f"{self.name}: redis at {self._where()}: {type(exc).__name__}"
             ) from exc
+
+
+class RedisSubscription:
+    """The messages on the channels an ``AsyncRedisManager.subscribe`` block named."""
+
+    def __init__(self, manager: AsyncRedisManager, pubsub: PubSub, *, ping_interval: float) -> None:
+        self._manager = manager
+        self._pubsub = pubsub
+        self.ping_interval = ping_interval
+        loop = asyncio.get_running_loop()
+        self._time = loop.time
+        self._heard_at = loop.time()
+        self._ping_sent_at: float | None = None
+        self.received = 0
+
+    def __repr__(self) -> str:
+        return f"<RedisSubscription {self._manager.name!r} received={self.received}>"
+
+    async def get(self, timeout: float) -> tuple[str, str] | None:
+        """The next ``(channel, message)``, or None when none came within ``timeout``.
+
+        A connection quiet for ``ping_interval`` is pinged; one that then
+        says nothing for ``command_timeout`` raises ``OperationTimeoutError``.
+        """
+        manager = self._manager
+        now = self._time()
+        if self._ping_sent_at is None:
+            if now - self._heard_at >= self.ping_interval:
+                await manager._guard(self._pubsub.ping(), Deadline(manager.command_timeout))
+                self._ping_sent_at = now
+        elif now - self._ping_sent_at > manager.command_timeout:
+            raise OperationTimeoutError(
+                f"{manager.name}: redis at {manager._where()} stopped answering on a subscription"
+            )
+        ends = now + timeout
+        while True:  # until a message or the timeout: control replies do not count
+            left = max(0.0, ends - self._time())
+            message = await manager._guard(
+                self._pubsub.get_message(timeout=left),
+                Deadline(left + manager.command_timeout),
+            )
+            if message is not None:
+                self._heard_at = self._time()
+                self._ping_sent_at = None
+                if message.get("type") == "message":
+                    self.received += 1
+                    return str(message["channel"]), str(message["data"])
+            if left <= 0:
+                return None
 
 
 class _BlockingPool(aioredis.BlockingConnectionPool):

@@ -13,6 +13,17 @@ Each call gets a *generation* ticket from ``acquire()``; an outcome reported
 with a ticket from an earlier state (a slow call that started before the
 breaker opened) is ignored, so it cannot close or re-open the wrong state.
 
+Peers (other gateway processes guarding the same resource) may share their
+openings: ``on_open`` is called when this breaker opens on its own evidence,
+and ``open_for_peer(duration)`` lets a peer's opening open it. Each breaker
+still decides for itself: a peer's opening counts only while this breaker is
+CLOSED (so it is honoured at most once per open period, and never extends
+one), lasts at most this breaker's own ``recovery_timeout``, and ends in this
+breaker's own half-open probe. When that probe succeeds, the peer was wrong
+about this process's path to the resource, and peer openings are ignored for
+the next ``recovery_timeout``: a peer that keeps failing cannot hold this
+breaker open for more than half of the time.
+
 Written here rather than taken from a library: pybreaker, circuitbreaker and
 aiobreaker count consecutive failures only; purgatory offers a threshold and
 an open TTL around raised exceptions, while iogate's failures are Results and
@@ -23,6 +34,7 @@ clock (see docs/apis-and-resilience.md).
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +61,8 @@ DEFAULT_FAILURE_RATIO = 0.5
 DEFAULT_WINDOW = 10.0
 DEFAULT_MINIMUM_CALLS = 20
 DEFAULT_HALF_OPEN_MAX_CALLS = 1
+
+logger = logging.getLogger("iogate.resilience")
 
 
 class BreakerState(enum.StrEnum):
@@ -159,11 +173,19 @@ class CircuitBreaker:
         self._generation = 0
         self._consecutive_failures = 0
         self._opened_at = 0.0
+        # How long the current open period lasts: recovery_timeout, or less
+        # when a peer's shorter opening was honoured.
+        self._open_for = self.config.recovery_timeout
+        self._opened_by_peer = False
+        self._peer_quiet_until = -math.inf
         self._probes_started = 0
         self._probes_succeeded = 0
         self._window = _Window(self.config.window)
         self.times_opened = 0
         self.rejected = 0
+        self.peer_openings = 0  # peers' openings honoured
+        # Called when this breaker opens on its own evidence (not a peer's).
+        self.on_open: Callable[[CircuitBreaker], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -173,17 +195,14 @@ class CircuitBreaker:
 
     @property
     def state(self) -> BreakerState:
-        if (
-            self._state is BreakerState.OPEN
-            and self._clock() - self._opened_at >= self.config.recovery_timeout
-        ):
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._open_for:
             self._transition(BreakerState.HALF_OPEN)
         return self._state
 
     def retry_after(self) -> float:
         """Seconds until the breaker lets a probe through (0 when it would now)."""
         if self.state is BreakerState.OPEN:
-            return max(0.0, self._opened_at + self.config.recovery_timeout - self._clock())
+            return max(0.0, self._opened_at + self._open_for - self._clock())
         return 0.0
 
     def allows(self) -> bool:
@@ -243,6 +262,24 @@ class CircuitBreaker:
         if ticket == self._generation and self._state is BreakerState.HALF_OPEN:
             self._probes_started = max(0, self._probes_started - 1)
 
+    def open_for_peer(self, duration: float) -> bool:
+        """Open because a peer's breaker for the same resource opened; True if honoured.
+
+        Honoured only while CLOSED and outside the quiet time that follows a
+        peer's opening refuted by this breaker's own probe; the open period
+        lasts ``duration`` capped at this breaker's ``recovery_timeout``.
+        ``on_open`` is not called: the opening is the peer's, not news.
+        """
+        if duration <= 0 or self.state is not BreakerState.CLOSED:
+            return False
+        if self._clock() < self._peer_quiet_until:
+            return False
+        self._transition(
+            BreakerState.OPEN, open_for=min(duration, self.config.recovery_timeout), by_peer=True
+        )
+        self.peer_openings += 1
+        return True
+
     def snapshot(self) -> dict[str, Any]:
         calls, failures = self._window.totals(self._clock())
         return {
@@ -253,6 +290,7 @@ class CircuitBreaker:
             "times_opened": self.times_opened,
             "rejected": self.rejected,
             "retry_after": round(self.retry_after(), 3),
+            "peer_openings": self.peer_openings,
         }
 
     def _ratio_tripped(self, now: float) -> bool:
@@ -262,14 +300,26 @@ class CircuitBreaker:
         calls, failures = self._window.totals(now)
         return calls >= self.config.minimum_calls and failures / calls >= ratio
 
-    def _transition(self, state: BreakerState) -> None:
+    def _transition(
+        self, state: BreakerState, *, open_for: float | None = None, by_peer: bool = False
+    ) -> None:
         self._state = state
         self._generation += 1
         self._probes_started = 0
         self._probes_succeeded = 0
         if state is BreakerState.OPEN:
             self._opened_at = self._clock()
+            self._open_for = self.config.recovery_timeout if open_for is None else open_for
+            self._opened_by_peer = by_peer
             self.times_opened += 1
+            if not by_peer and self.on_open is not None:
+                try:
+                    self.on_open(self)
+                except Exception:  # a listener must not break the call that tripped it
+                    logger.exception("circuit breaker %r: on_open listener failed", self.name)
         elif state is BreakerState.CLOSED:
+            if self._opened_by_peer:  # our probe refuted the peer's opening
+                self._peer_quiet_until = self._clock() + self.config.recovery_timeout
+                self._opened_by_peer = False
             self._consecutive_failures = 0
             self._window.clear()

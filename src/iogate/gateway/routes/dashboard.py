@@ -11,9 +11,10 @@ keys configured, ``/stats`` needs one with the ``observe`` scope: on a 401 or
 History: the gateway samples its statistics every ``HISTORY_INTERVAL_S`` into
 a ring of ``HISTORY_SAMPLES`` (five minutes; fixed memory: a few numbers per
 resource per sample), and ``GET /dashboard/history`` returns it, so a page
-opened cold draws the last minutes at once and then goes on live. Each
-worker of ``iogate serve --workers N`` keeps its own ring, as it keeps its
-own ``/stats``.
+opened cold draws the last minutes at once and then goes on live. With
+``iogate serve --workers N`` (or ``[gateway] shared_state``) each worker's
+ring samples the aggregate of every worker, as ``/stats`` answers with it,
+so the page does not flip between workers.
 """
 
 from __future__ import annotations
@@ -164,17 +165,23 @@ class StatsHistory:
             await asyncio.sleep(interval)
 
 
-def start_history(app: FastAPI, started_at: float) -> asyncio.Task[None]:
-    """Sample ``app.state.orchestrator`` into ``app.state.stats_history``; cancel to stop.
+def start_history(
+    app: FastAPI,
+    started_at: float,
+    *,
+    stats: Callable[[], Mapping[str, Any]] | None = None,
+) -> asyncio.Task[None]:
+    """Sample ``stats()`` into ``app.state.stats_history``; cancel to stop.
 
-    The orchestrator is looked up at every sample, so one that is replaced
-    (a config reload) is followed; ``uptime_s`` is on ``/stats``'s clock.
+    By default ``app.state.orchestrator``'s statistics, looked up at every
+    sample, so one that is replaced (a config reload) is followed;
+    ``uptime_s`` is on ``/stats``'s clock.
     """
     history = StatsHistory()
     app.state.stats_history = history
     return asyncio.create_task(
         history.run(
-            lambda: app.state.orchestrator.get_stats(),
+            stats or (lambda: app.state.orchestrator.get_stats()),
             lambda: time.time() - started_at,
         ),
         name="iogate-dashboard-history",

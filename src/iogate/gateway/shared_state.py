@@ -1,0 +1,830 @@
+"""Gateways that share their state through Redis: ``[gateway] shared_state``.
+
+Several gateway processes (``iogate serve --workers N``, or N gateways behind
+a load balancer) are stateless apart from what this module shares through
+the Redis named by ``shared_state``:
+
+- rate limits: every configured ``rate_limit`` is counted in Redis
+  (:func:`rate_limit_storage`; ``iogate.resilience.ratelimit`` counts locally
+  while Redis is down);
+- cache invalidations: every ``delete`` on a ``memory`` database (the named
+  operations' tag invalidations included) is published on
+  ``iogate:invalidate``; the other processes delete the same keys, and for a
+  tag set (``iogate:tag:...``) the entries their own set lists. A process
+  that lost its subscription (Redis down) may have missed some, so when it
+  subscribes again it drops its cached named-operation entries (keys under
+  ``iogate:``), never the rest of a memory database;
+- breaker openings: a breaker that opens on its own evidence is published on
+  ``iogate:breaker``; the others open theirs for the same resource when the
+  message is fresh, under the rules of ``CircuitBreaker.open_for_peer``
+  (each process still decides: its own half-open probe closes it);
+- statistics: each process publishes its ``/stats`` snapshot every second
+  (a Redis hash ``iogate:stats:<host>:<pid>`` with a TTL, or, without
+  ``shared_state``, a file in the Prometheus multiprocess directory that
+  ``--workers`` already share), and ``/stats`` answers with their aggregate
+  and a ``workers`` list.
+
+A process ignores its own messages, and messages from a deployment on
+another Redis database number (pub/sub channels are server-wide). Nothing
+here can fail a request: publishing is queued and bounded, and every Redis
+call has a deadline. Written here rather than taken from a library: what is
+shared (memory-cache keys, breaker openings, stats snapshots) is iogate's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+
+from iogate.backends.kv import RESERVED_PREFIX, parse_command
+from iogate.backends.memory import AsyncMemoryManager
+from iogate.core.deadline import Deadline
+from iogate.core.errors import IogateError
+from iogate.resilience.retry import backoff_delay
+
+if TYPE_CHECKING:
+    from iogate.backends.redis import AsyncRedisManager
+    from iogate.gateway.settings import Settings
+    from iogate.orchestrator.orchestrator import AsyncOperationOrchestrator
+    from iogate.resilience.breaker import CircuitBreaker
+
+__all__ = [
+    "BREAKER_CHANNEL",
+    "INVALIDATE_CHANNEL",
+    "PEER_MAX_AGE",
+    "STATS_INTERVAL",
+    "STATS_TTL",
+    "FileStatsBoard",
+    "GatewaySharing",
+    "PeerLink",
+    "RedisStatsBoard",
+    "SharedState",
+    "StatsBoard",
+    "WorkerStats",
+    "memory_cache_warning",
+    "merge_stats",
+    "rate_limit_storage",
+]
+
+logger = logging.getLogger("iogate.gateway.shared_state")
+
+INVALIDATE_CHANNEL = "iogate:invalidate"
+BREAKER_CHANNEL = "iogate:breaker"
+# A peer's breaker opening older than this (wall clock, seconds) is ignored.
+PEER_MAX_AGE = 1.0
+_PEER_MAX_SKEW = 1.0  # a message "from the future" by more is ignored too
+STATS_INTERVAL = 1.0
+STATS_TTL = 5.0  # a worker silent this long is gone from /stats
+# Every Redis call made here: connect and answer within this many seconds.
+REDIS_TIMEOUT = 1.0
+_MAX_QUEUED = 1000  # messages waiting to be published; the oldest are dropped
+_TAG_PREFIX = f"{RESERVED_PREFIX}tag:"
+_MESSAGE_VERSION = 1
+
+
+def rate_limit_storage(shared_state: str) -> str | None:
+    """The ``limits`` storage URI for a ``shared_state`` Redis URL (None when empty)."""
+    if not shared_state:
+        return None
+    if shared_state.startswith("unix://"):
+        return "async+redis+unix://" + shared_state.removeprefix("unix://")
+    return "async+" + shared_state
+
+
+def memory_cache_warning(settings: Settings, *, workers: int) -> str | None:
+    """Why ``memory`` databases will serve stale reads, or None when they will not."""
+    if settings.gateway.shared_state or workers < 2:
+        return None
+    names = sorted(n for n, db in settings.databases.items() if db.type == "memory")
+    if not names:
+        return None
+    return (
+        f"databases {', '.join(names)}: a memory database is per process, so with "
+        f"{workers} workers a cache entry invalidated in one may still be served by "
+        "another; set [gateway] shared_state to a Redis URL to broadcast invalidations "
+        "(or use a redis cache)"
+    )
+
+
+def _redis_db(url: str) -> str:
+    path = urlsplit(url).path.strip("/")
+    return path or "0"
+
+
+# -- what processes tell each other ---------------------------------------------------------
+
+Send = Callable[[str, dict[str, Any]], None]
+
+
+class PeerLink:
+    """One process's side of the invalidation and breaker messages; no I/O.
+
+    ``attach(orchestrator)`` hooks every memory database's ``on_delete`` and
+    every API breaker's ``on_open`` to ``send(channel, message)``;
+    ``receive(channel, payload)`` applies what a peer sent. ``clock`` is the
+    wall clock messages are stamped with (peers on other machines compare it).
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        origin: str | None = None,
+        scope: str = "0",
+        clock: Callable[[], float] = time.time,
+        max_age: float = PEER_MAX_AGE,
+    ) -> None:
+        self._send = send
+        self.origin = origin or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.scope = scope
+        self._clock = clock
+        self.max_age = max_age
+        self._orchestrator: AsyncOperationOrchestrator | None = None
+        self.counts: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"<PeerLink {self.origin!r} {dict(self.counts)}>"
+
+    def attach(self, orchestrator: AsyncOperationOrchestrator) -> None:
+        self._orchestrator = orchestrator
+        for manager in orchestrator.databases.values():
+            if isinstance(manager, AsyncMemoryManager):
+                manager.on_delete = self.deleted
+        for breaker in _breakers(orchestrator).values():
+            breaker.on_open = self.opened
+
+    def detach(self) -> None:
+        orchestrator, self._orchestrator = self._orchestrator, None
+        if orchestrator is None:
+            return
+        for manager in orchestrator.databases.values():
+            if isinstance(manager, AsyncMemoryManager) and manager.on_delete == self.deleted:
+                manager.on_delete = None
+        for breaker in _breakers(orchestrator).values():
+            if breaker.on_open == self.opened:
+                breaker.on_open = None
+
+    # -- outgoing ------------------------------------------------------------------
+
+    def deleted(self, database: str, keys: Sequence[str]) -> None:
+        """A memory database's ``on_delete``: tell the peers."""
+        self.counts["invalidations_sent"] += 1
+        self._send(INVALIDATE_CHANNEL, self._stamp({"database": database, "keys": list(keys)}))
+
+    def opened(self, breaker: CircuitBreaker) -> None:
+        """A breaker's ``on_open``: tell the peers for how long it opened."""
+        self.counts["openings_sent"] += 1
+        message = {"resource": breaker.name, "open_for": breaker.retry_after()}
+        self._send(BREAKER_CHANNEL, self._stamp(message))
+
+    def _stamp(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "v": _MESSAGE_VERSION,
+            "origin": self.origin,
+            "scope": self.scope,
+            "sent_at": self._clock(),
+            **body,
+        }
+
+    # -- incoming ------------------------------------------------------------------
+
+    def receive(self, channel: str, payload: str | bytes) -> None:
+        """Apply one peer message; ours, another scope's or a malformed one is ignored."""
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict) or message.get("v") != _MESSAGE_VERSION:
+            self.counts["malformed"] += 1
+            return
+        if message.get("origin") == self.origin or message.get("scope") != self.scope:
+            return
+        orchestrator = self._orchestrator
+        if orchestrator is None:
+            return
+        try:
+            if channel == INVALIDATE_CHANNEL:
+                self._invalidate(orchestrator, message)
+            elif channel == BREAKER_CHANNEL:
+                self._open(orchestrator, message)
+        except (IogateError, KeyError, TypeError, ValueError):  # fields of the wrong shape
+            self.counts["malformed"] += 1
+
+    def _invalidate(
+        self, orchestrator: AsyncOperationOrchestrator, message: dict[str, Any]
+    ) -> None:
+        manager = orchestrator.databases.get(str(message["database"]))
+        keys = [str(key) for key in message["keys"]]
+        if not isinstance(manager, AsyncMemoryManager) or not keys:
+            return
+        store = manager.store
+        doomed = list(keys)
+        for key in keys:
+            if key.startswith(_TAG_PREFIX):  # a tag: the entries *our* set lists
+                with contextlib.suppress(IogateError):  # not a set here: nothing to add
+                    doomed += store.apply(parse_command(key, {"operation": "smembers"}))
+        # Straight to the store: a peer's delete is not announced again.
+        store.apply(parse_command(doomed[0], {"operation": "delete", "keys": doomed}))
+        self.counts["invalidations_applied"] += 1
+
+    def _open(self, orchestrator: AsyncOperationOrchestrator, message: dict[str, Any]) -> None:
+        breaker = _breakers(orchestrator).get(str(message["resource"]))
+        if breaker is None:
+            return
+        age = self._clock() - float(message["sent_at"])
+        if not -_PEER_MAX_SKEW <= age <= self.max_age:
+            self.counts["openings_stale"] += 1
+            return
+        if breaker.open_for_peer(float(message["open_for"]) - max(age, 0.0)):
+            self.counts["openings_honoured"] += 1
+            logger.info(
+                "%s: circuit opened because gateway %s opened its own",
+                breaker.name,
+                message["origin"],
+            )
+        else:
+            self.counts["openings_ignored"] += 1
+
+    def drop_cached_entries(self) -> int:
+        """Drop iogate's own entries from every memory database (missed invalidations)."""
+        orchestrator = self._orchestrator
+        if orchestrator is None:
+            return 0
+        return sum(
+            manager.store.drop_prefix(RESERVED_PREFIX)
+            for manager in orchestrator.databases.values()
+            if isinstance(manager, AsyncMemoryManager)
+        )
+
+
+def _breakers(orchestrator: AsyncOperationOrchestrator) -> dict[str, CircuitBreaker]:
+    found: dict[str, CircuitBreaker] = {}
+    for name, manager in orchestrator.apis.items():
+        breaker = getattr(manager, "breaker", None)
+        if breaker is not None:
+            found[name] = breaker
+    return found
+
+
+# -- the Redis side -------------------------------------------------------------------------
+
+
+class SharedState:
+    """A :class:`PeerLink` over Redis pub/sub, for one app's lifespan.
+
+    ``async with SharedState(url) as shared: shared.attach(orchestrator)``.
+    Publishing never blocks a request: messages are queued (at most
+    ``_MAX_QUEUED``) and sent by one task; an invalidation that cannot be
+    sent waits for Redis to come back, a breaker opening is dropped (it
+    would be stale by then). The subscriber reconnects with backoff.
+    """
+
+    def __init__(self, url: str, *, origin: str | None = None) -> None:
+        from iogate.backends.redis import AsyncRedisManager
+
+        self.url = url
+        self.redis: AsyncRedisManager = AsyncRedisManager(
+            url,
+            name="shared_state",
+            connect_timeout=REDIS_TIMEOUT,
+            command_timeout=REDIS_TIMEOUT,
+        )
+        self.link = PeerLink(self._queue, origin=origin, scope=_redis_db(url))
+        self._outbox: deque[tuple[str, dict[str, Any]]] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.subscribed = asyncio.Event()
+        self.dropped = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<SharedState {self.link.origin!r} subscribed={self.subscribed.is_set()} "
+            f"queued={len(self._outbox)} dropped={self.dropped}>"
+        )
+
+    async def __aenter__(self) -> SharedState:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="iogate-shared-listen"),
+            asyncio.create_task(self._publish_queued(), name="iogate-shared-publish"),
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def attach(self, orchestrator: AsyncOperationOrchestrator) -> None:
+        self.link.attach(orchestrator)
+
+    async def aclose(self) -> None:
+        """Stop listening and publishing; idempotent. Queued messages are dropped."""
+        self.link.detach()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.redis.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "subscribed": self.subscribed.is_set(),
+            "queued": len(self._outbox),
+            "dropped": self.dropped,
+            **self.link.counts,
+        }
+
+    def _queue(self, channel: str, message: dict[str, Any]) -> None:
+        if len(self._outbox) >= _MAX_QUEUED:
+            self._outbox.popleft()
+            self.dropped += 1
+        self._outbox.append((channel, message))
+        self._wake.set()
+
+    def _receive(self, channel: str, payload: str) -> None:
+        try:
+            self.link.receive(channel, payload)
+        except Exception:  # a bug applying one message must not end the subscription
+            logger.exception("shared state: a message on %s could not be applied", channel)
+
+    async def _publish_queued(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                channel, message = self._outbox[0]
+                result = await self.redis.execute_query(
+                    channel,
+                    {
+                        "operation": "publish",
+                        "channel": channel,
+                        "message": orjson.dumps(message).decode(),
+                    },
+                    deadline=Deadline(REDIS_TIMEOUT),
+                )
+                if result.success:
+                    self._outbox.popleft()
+                    if failures:
+                        logger.info("shared state: publishing to redis again")
+                    failures = 0
+                    continue
+                failures += 1
+                if failures == 1:
+                    logger.warning(
+                        "shared state: cannot publish to redis (%s); other gateways will "
+                        "hear of this process's invalidations when it is back",
+                        result.error,
+                    )
+                # Breaker openings go stale; invalidations wait for Redis.
+                kept = [(c, m) for c, m in self._outbox if c == INVALIDATE_CHANNEL]
+                self.dropped += len(self._outbox) - len(kept)
+                self._outbox = deque(kept)
+                await asyncio.sleep(_backoff(failures))
+
+    async def _listen(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with self.redis.subscribe(INVALIDATE_CHANNEL, BREAKER_CHANNEL) as sub:
+                    if failures:
+                        dropped = self.link.drop_cached_entries()
+                        logger.info(
+                            "shared state: subscribed again; dropped %d cached entries "
+                            "whose invalidation may have been missed",
+                            dropped,
+                        )
+                    failures = 0
+                    self.subscribed.set()
+                    while True:
+                        message = await sub.get(timeout=STATS_INTERVAL)
+                        if message is not None:
+                            self._receive(*message)
+            except Exception as exc:  # iogate's errors, or a bug: subscribe again
+                self.subscribed.clear()
+                failures += 1
+                if failures == 1:
+                    logger.warning(
+                        "shared state: not subscribed to redis (%s); invalidations and "
+                        "breaker openings stay local until it is back",
+                        exc,
+                    )
+            await asyncio.sleep(_backoff(failures))
+
+
+def _backoff(failures: int) -> float:
+    return max(0.05, backoff_delay(failures, initial=0.1, maximum=5.0))
+
+
+# -- statistics of every worker ---------------------------------------------------------------
+
+
+class StatsBoard(Protocol):
+    """Where workers leave their latest ``/stats`` snapshot for each other."""
+
+    async def publish(self, worker: Mapping[str, Any]) -> None: ...
+
+    async def collect(self) -> list[dict[str, Any]]: ...
+
+    async def withdraw(self, worker_id: str) -> None: ...
+
+
+class RedisStatsBoard:
+    """``iogate:stats:<worker-id>`` hashes with a TTL, listed in ``iogate:workers``."""
+
+    def __init__(
+        self,
+        redis: AsyncRedisManager,
+        *,
+        prefix: str = RESERVED_PREFIX,
+        ttl: float = STATS_TTL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl = ttl
+        self._clock = clock
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}workers"
+
+    def key(self, worker_id: str) -> str:
+        return f"{self.prefix}stats:{worker_id}"
+
+    async def _run(self, key: str, operations: list[dict[str, Any]]) -> list[Any]:
+        result = await self.redis.execute_query(
+            key,
+            {"operation": "pipeline", "operations": operations},
+            deadline=Deadline(REDIS_TIMEOUT),
+        )
+        if not result.success:
+            raise _BoardError(result.error or "redis failed")
+        return list(result.data)
+
+    async def publish(self, worker: Mapping[str, Any]) -> None:
+        key = self.key(worker["id"])
+        fields = {"worker": orjson.dumps(worker).decode()}
+        await self._run(
+            key,
+            [
+                {"operation": "hset", "key": key, "mapping": fields},
+                {"operation": "expire", "key": key, "ttl": self.ttl},
+                {
+                    "operation": "hset",
+                    "key": self.index,
+                    "field": worker["id"],
+                    "value": str(worker["published_at"]),
+                },
+            ],
+        )
+
+    async def collect(self) -> list[dict[str, Any]]:
+        index = (await self._run(self.index, [{"operation": "hgetall", "key": self.index}]))[0]
+        if not isinstance(index, dict):
+            index = {}
+        now = self._clock()
+        live = [w for w, at in index.items() if _float(at) > now - self.ttl]
+        gone = [w for w in index if w not in live]
+        operations: list[dict[str, Any]] = [
+            {"operation": "hgetall", "key": self.key(w)} for w in live
+        ]
+        if gone:
+            operations.append({"operation": "hdel", "key": self.index, "fields": gone})
+        replies = await self._run(self.index, operations) if operations else []
+        workers = []
+        for reply in replies[: len(live)]:
+            if isinstance(reply, dict) and "worker" in reply:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    workers.append(orjson.loads(reply["worker"]))
+        return workers
+
+    async def withdraw(self, worker_id: str) -> None:
+        await self._run(
+            self.index,
+            [
+                {"operation": "delete", "key": self.key(worker_id)},
+                {"operation": "hdel", "key": self.index, "field": worker_id},
+            ],
+        )
+
+
+class FileStatsBoard:
+    """``iogate-stats-<pid>.json`` files in a directory the workers share (one host)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        ttl: float = STATS_TTL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = Path(directory)
+        self.ttl = ttl
+        self._clock = clock
+
+    def _file(self, pid: int) -> Path:
+        return self.directory / f"iogate-stats-{pid}.json"
+
+    async def publish(self, worker: Mapping[str, Any]) -> None:
+        target = self._file(int(worker["pid"]))
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(orjson.dumps(worker))
+        os.replace(partial, target)  # readers see the old file or the new one
+
+    async def collect(self) -> list[dict[str, Any]]:
+        workers = []
+        now = self._clock()
+        for file in self.directory.glob("iogate-stats-*.json"):
+            try:
+                worker = orjson.loads(file.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                continue  # removed meanwhile, or being replaced
+            if not isinstance(worker, dict):
+                continue
+            if _float(worker.get("published_at")) <= now - self.ttl:
+                if not _alive(int(worker.get("pid", 0))):
+                    file.unlink(missing_ok=True)
+                continue
+            workers.append(worker)
+        return workers
+
+    async def withdraw(self, worker_id: str) -> None:
+        self._file(os.getpid()).unlink(missing_ok=True)
+
+
+class _BoardError(IogateError):
+    """The stats board did not answer (internal: /stats then shows this worker only)."""
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WorkerStats:
+    """This worker's ``/stats`` snapshot on a :class:`StatsBoard`, and everyone's aggregate.
+
+    ``snapshot()`` returns this worker's ``/stats`` body (without
+    ``workers``); ``run()`` publishes it every ``interval`` and keeps the
+    others' latest for :meth:`aggregate_now` (the dashboard's history).
+    """
+
+    def __init__(
+        self,
+        board: StatsBoard | None,
+        snapshot: Callable[[], dict[str, Any]],
+        *,
+        interval: float = STATS_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.board = board
+        self._snapshot = snapshot
+        self.interval = interval
+        self._clock = clock
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.id = f"{self.host}:{self.pid}"
+        self._peers: list[dict[str, Any]] = []
+        self._failing = False
+
+    def __repr__(self) -> str:
+        return f"<WorkerStats {self.id!r} peers={len(self._peers)}>"
+
+    def describe(self, stats: Mapping[str, Any]) -> dict[str, Any]:
+        """This worker's entry of the ``workers`` list."""
+        return {
+            "id": self.id,
+            "pid": self.pid,
+            "host": self.host,
+            "published_at": round(self._clock(), 3),
+            **stats,
+        }
+
+    async def run(self) -> None:
+        """Publish every ``interval`` until cancelled; then withdraw (bounded)."""
+        if self.board is None:
+            return
+        try:
+            while True:
+                await self._exchange()
+                await asyncio.sleep(self.interval)
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(REDIS_TIMEOUT):
+                    await self.board.withdraw(self.id)
+
+    async def _exchange(self) -> None:
+        assert self.board is not None
+        try:
+            await self.board.publish(self.describe(self._snapshot()))
+            self._peers = [w for w in await self.board.collect() if w.get("id") != self.id]
+        except Exception as exc:  # the loop must outlive a bad snapshot or a board down
+            self._peers = []
+            if not self._failing:
+                logger.warning("stats of the other workers are unavailable: %s", exc)
+            self._failing = True
+            return
+        if self._failing:
+            logger.info("stats of the other workers are available again")
+        self._failing = False
+
+    async def gather(self, own: dict[str, Any]) -> dict[str, Any]:
+        """``own`` merged with every other live worker's latest, plus ``workers``."""
+        mine = self.describe(own)
+        if self.board is None:
+            return {**own, "workers": [mine], "workers_complete": True}
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                peers = [w for w in await self.board.collect() if w.get("id") != self.id]
+            complete = True
+        except (IogateError, OSError, TimeoutError):
+            peers, complete = [], False
+        workers = sorted([mine, *peers], key=lambda w: (str(w.get("host")), _float(w.get("pid"))))
+        body = merge_stats([own, *peers]) if peers else dict(own)
+        body["uptime_s"] = own.get("uptime_s")
+        body["workers"] = workers
+        body["workers_complete"] = complete
+        return body
+
+    def aggregate_now(self, own: dict[str, Any]) -> dict[str, Any]:
+        """``own`` merged with the others' snapshots last collected (no I/O)."""
+        return merge_stats([own, *self._peers]) if self._peers else own
+
+
+class GatewaySharing:
+    """What one gateway app shares with the other processes, for its lifespan.
+
+    With ``shared_state``: a :class:`SharedState` hooked to the orchestrator
+    and stats on a :class:`RedisStatsBoard`; without it but with
+    ``metrics_dir`` (``--workers``): stats on a :class:`FileStatsBoard`;
+    otherwise only this process's stats, with a one-entry ``workers`` list.
+    ``snapshot`` returns this process's ``/stats`` body.
+    """
+
+    def __init__(
+        self,
+        shared_state: str,
+        snapshot: Callable[[], dict[str, Any]],
+        *,
+        metrics_dir: str | None = None,
+    ) -> None:
+        self.shared = SharedState(shared_state) if shared_state else None
+        board: StatsBoard | None = None
+        if self.shared is not None:
+            board = RedisStatsBoard(self.shared.redis)
+        elif metrics_dir is not None:
+            board = FileStatsBoard(metrics_dir)
+        self._snapshot = snapshot
+        self.stats = WorkerStats(board, snapshot)
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<GatewaySharing shared={self.shared!r} {self.stats!r}>"
+
+    async def start(self, orchestrator: AsyncOperationOrchestrator) -> None:
+        if self.shared is not None:
+            await self.shared.__aenter__()
+            self.shared.attach(orchestrator)
+        self._task = asyncio.create_task(self.stats.run(), name="iogate-worker-stats")
+
+    async def aclose(self) -> None:
+        """Stop publishing and listening; idempotent, bounded."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.shared is not None:
+            await self.shared.aclose()
+
+    async def stats_body(self, own: dict[str, Any]) -> dict[str, Any]:
+        """``/stats``: every worker's aggregate, ``workers``, and the link's counters."""
+        body = await self.stats.gather(own)
+        if self.shared is not None:
+            body["shared_state"] = self.shared.snapshot()
+        return body
+
+    def history_sample(self) -> dict[str, Any]:
+        """The dashboard history's sample: every worker's aggregate, no I/O."""
+        return self.stats.aggregate_now(self._snapshot())
+
+
+# -- merging snapshots -------------------------------------------------------------------------
+
+# Numbers that do not add up across workers: the largest is kept.
+_LARGEST = frozenset(
+    {
+        "retry_after",
+        "uptime_s",
+        "p50",
+        "p95",
+        "p99",
+        "max",
+        "latency_ms",
+        "baseline_ms",
+        "queue_timeout_ms",
+        "loop_lag_ms",
+    }
+)
+# Per-worker settings, the same everywhere: the most common value is kept.
+_SETTING = frozenset({"ratio"})
+_BREAKER_SEVERITY = {"closed": 0, "disabled": 0, "half_open": 1, "open": 2}
+
+
+def merge_stats(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One ``/stats``-shaped body for several workers' snapshots.
+
+    Counts, throughputs and pool sizes add up; a resource's success rate is
+    recomputed from its counts and its mean latency weighted by them; its
+    percentiles are the largest worker's (an upper bound: the sketches
+    themselves are not shared); a circuit shows its worst state; other
+    differing strings show the most common value.
+    """
+    merged = _merge_dicts(list(snapshots), None, weights=None)
+    return merged
+
+
+def _merge_dicts(
+    dicts: list[Mapping[str, Any]], parent: str | None, *, weights: list[float] | None
+) -> dict[str, Any]:
+    keys: list[str] = []
+    for d in dicts:
+        keys.extend(k for k in d if k not in keys)
+    counts = [_float(d.get("count")) for d in dicts]
+    has_counts = all("count" in d for d in dicts)
+    out: dict[str, Any] = {}
+    for key in keys:
+        present = [d for d in dicts if key in d]
+        values = [d[key] for d in present]
+        child_weights = [_float(d.get("count")) for d in present] if has_counts else weights
+        out[key] = _merge_values(values, key, parent, child_weights)
+    if has_counts and "success_rate" in out:
+        total, errors = sum(counts), _float(out.get("errors"))
+        out["success_rate"] = None if total == 0 else (total - errors) / total
+    return out
+
+
+def _merge_values(
+    values: list[Any], key: str, parent: str | None, weights: list[float] | None
+) -> Any:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, Mapping):
+        dicts = [v for v in present if isinstance(v, Mapping)]
+        return _merge_dicts(dicts, key, weights=weights if len(dicts) == len(values) else None)
+    if isinstance(first, bool):
+        return any(bool(v) for v in present)
+    if isinstance(first, int | float):
+        numbers = [v for v in present if isinstance(v, int | float) and not isinstance(v, bool)]
+        if key == "mean" and weights is not None and len(weights) == len(numbers):
+            total = sum(weights)
+            if total > 0:
+                return round(sum(v * w for v, w in zip(numbers, weights, strict=True)) / total, 3)
+        if key in _LARGEST or key == "mean":
+            return max(numbers)
+        if key in _SETTING:
+            return Counter(numbers).most_common(1)[0][0]
+        total_number = sum(numbers)
+        return round(total_number, 3) if isinstance(total_number, float) else total_number
+    if isinstance(first, str):
+        strings = [str(v) for v in present]
+        if key == "state" and parent == "circuit":
+            return max(strings, key=lambda s: _BREAKER_SEVERITY.get(s, 0))
+        return Counter(strings).most_common(1)[0][0]
+    if isinstance(first, list):
+        return _unique(item for v in present if isinstance(v, list) for item in v)
+    return first
+
+
+def _unique(items: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
