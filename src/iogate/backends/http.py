@@ -953,7 +953,9 @@ def _request_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     """A caller's own header values, where the name says they are credentials."""
     secrets: list[str] = []
     for name, value in headers.items():
-        if _SENSITIVE_HEADER.search(name):
+        # Idempotency-Key names a "key" but is no credential: a job sends a new
+        # one with every call, and masking it would compile a mask per call.
+        if _SENSITIVE_HEADER.search(name) and name.lower() != _IDEMPOTENCY_KEY:
             secrets.extend(_credential_forms(value))
     return tuple(secrets)
 
