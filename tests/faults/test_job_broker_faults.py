@@ -1,0 +1,91 @@
+"""A runner whose broker connection drops takes chunks again once it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from iogate import AsyncOperationOrchestrator
+from iogate.jobs.dispatch import open_dispatcher
+from iogate.jobs.service import JobService
+from iogate.jobs.store import SQLJobStore
+from tests.conftest import port_open, unavailable
+from tests.faults.proxy import FaultProxy
+
+BROKERS = {
+    "nats": (os.environ.get("IOGATE_TEST_NATS_URL", "nats://127.0.0.1:4222"), 4222),
+    "amqp": (
+        os.environ.get("IOGATE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+        5672,
+    ),
+}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["nats", "amqp"])
+async def test_chunks_are_taken_again_after_the_broker_connection_drops(
+    kind: str, tmp_path: Path
+) -> None:
+    url, port = BROKERS[kind]
+    if not port_open(url, port):
+        unavailable(f"no {kind} broker at {url}")
+    queue = f"iogate-test-{uuid.uuid4().hex[:12]}"
+    async with FaultProxy.for_url(url, port) as proxy, AsyncOperationOrchestrator() as orch:
+        await orch.add_database_manager("lite", "sqlite", str(tmp_path / "t.db"))
+        dispatcher = open_dispatcher(proxy.url(url), queue=queue, ack_wait=5)
+        service = JobService(
+            orch,
+            SQLJobStore.from_url(f"sqlite:///{tmp_path / 'jobs.db'}"),
+            dispatcher,
+            run_chunks=True,
+            resume=False,
+        )
+        await service.open()
+        try:
+            ops = [{"type": "database", "db_name": "lite", "query": "SELECT 1 AS one"}] * 10
+            first = await service.submit(ops)
+            assert (await first.wait(timeout=30)).done == 10
+            await proxy.reset()  # every connection to the broker dies
+            await asyncio.sleep(0.5)  # the client notices the reset
+            await proxy.restore()
+            started = time.monotonic()
+            second = None
+            while second is None:  # publishing reconnects once the broker is back
+                try:
+                    second = await service.submit(ops)
+                except Exception:
+                    assert time.monotonic() - started < 30
+                    await asyncio.sleep(0.2)  # waiting for the client to reconnect
+            assert (await second.wait(timeout=60)).done == 10
+        finally:
+            await service.aclose()
+            await _drop(kind, url, queue)
+
+
+async def _drop(kind: str, url: str, queue: str) -> None:
+    if kind == "nats":
+        import nats
+
+        client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+        try:
+            await client.jetstream().delete_stream(queue)
+        except Exception:  # already gone
+            pass
+        finally:
+            await client.close()
+    else:
+        import aio_pika
+
+        connection = await aio_pika.connect(url, timeout=2)
+        try:
+            channel = await connection.channel()
+            await channel.queue_delete(queue)
+        except Exception:  # already gone
+            pass
+        finally:
+            await connection.close()
