@@ -99,7 +99,8 @@ def serve(
         int,
         typer.Option(
             help="Worker processes; with more than one, /metrics sums them all "
-            "(Prometheus multiprocess mode) and /stats describes the answering worker.",
+            "(Prometheus multiprocess mode) and /stats sums them too, listing each under "
+            "workers.",
             min=1,
         ),
     ] = 1,
@@ -148,6 +149,13 @@ def serve(
     from iogate.gateway.logging import configure_logging, secrets_of
 
     configure_logging(level=log_level, secrets=secrets_of(settings), background=True)
+    from iogate.gateway.shared_state import memory_cache_warning
+
+    stale = memory_cache_warning(settings, workers=workers)
+    if stale is not None:  # once, here, rather than once per worker
+        import logging
+
+        logging.getLogger("iogate.gateway").warning(stale)
     if workers > 1:
         _serve_workers(path, settings, workers, log_level, sock)
         return
@@ -292,16 +300,62 @@ def run(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write every Result as JSON here.")
     ] = None,
+    job: Annotated[
+        bool,
+        typer.Option(
+            "--job",
+            help="Submit it as a durable job ([jobs] store and broker) and follow it; "
+            "run again after Ctrl+C to pick the display up.",
+        ),
+    ] = False,
 ) -> None:
     """Run a batch file with a progress bar and a summary table.
 
     Exit 0 when every operation succeeded, 1 when some failed (the --output
     file holds every Result either way), 2 when the config or the file is
-    unusable.
+    unusable. With --job the batch becomes a durable job (docs/jobs.md):
+    FILE.iogate-job holds its id until it ends, so an interrupted run
+    follows the same job when started again instead of submitting it twice.
     """
-    from iogate.run_command import run_batch_file
+    from iogate.run_command import run_batch_file, run_job_file
 
-    raise typer.Exit(run_batch_file(file, _load(config), output))
+    settings = _load(config)
+    if job:
+        raise typer.Exit(run_job_file(file, settings, output))
+    raise typer.Exit(run_batch_file(file, settings, output))
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    chunks: Annotated[
+        int | None,
+        typer.Option(help="Chunks run at once (overrides [jobs] worker_chunks).", min=1, max=64),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run chunks of durable jobs from [jobs] broker until SIGTERM or Ctrl+C.
+
+    Start any number, on any machine, with the same config as the gateways
+    ([jobs] store on PostgreSQL when they are on several machines). A chunk
+    in flight when the worker stops is handed to another worker, which runs
+    only the operations without a stored result. Exit 0 after a signal, 2
+    for a config error, 3 when the store or the broker cannot be reached.
+    """
+    import asyncio
+
+    settings = _load(config)
+    if not settings.jobs.broker:
+        raise fail(
+            "config error",
+            "jobs.broker: iogate worker takes chunks from a broker (nats://... or amqp://...); "
+            "with none, `iogate serve` runs jobs itself",
+        )
+    from iogate.gateway.logging import configure_logging, secrets_of
+    from iogate.worker_command import run_worker
+
+    configure_logging(level=log_level, secrets=secrets_of(settings))
+    raise typer.Exit(asyncio.run(run_worker(settings, chunks=chunks)))
 
 
 @app.command()

@@ -183,3 +183,151 @@ def _summary(console: Console, results: list[Result], duration: float) -> None:
         table.add_row(f"[red]failed: {error_type}[/]", str(count))
     table.add_row("duration", f"{duration:.3f} s")
     console.print(table)
+
+
+# -- iogate run FILE --job -------------------------------------------------------
+
+JOB_STATE_SUFFIX = ".iogate-job"
+FOLLOW_POLL = 0.25  # seconds between progress reads
+
+
+def _read_state(state: Path) -> str:
+    try:
+        return state.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def job_state_path(path: Path) -> Path:
+    """Where ``--job`` keeps the id of the job it follows for ``path``."""
+    return path.with_name(path.name + JOB_STATE_SUFFIX)
+
+
+def run_job_file(
+    path: Path,
+    settings: Settings,
+    output: Path | None,
+    *,
+    console: Console | None = None,
+) -> int:
+    """Submit ``path`` as a durable job (or resume following the job an
+    interrupted run submitted for it) and follow it to the end."""
+    console = console or Console()
+    try:
+        batch = load_batch_file(path)
+        if batch.atomic:
+            raise ValueError(f"{path}: a job cannot be atomic; use `iogate run` without --job")
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_UNUSABLE
+    state = job_state_path(path)
+    followed: list[str] = []
+    try:
+        return asyncio.run(_follow_job(batch, settings, output, state, console, followed))
+    except KeyboardInterrupt:
+        where = (
+            "the workers go on with it"
+            if settings.jobs.broker
+            else "it resumes when you run this command again"
+        )
+        job = followed[0] if followed else "the job"
+        console.print(
+            f"\nstopped following {job}: {where} (`iogate run {escape(str(path))} --job` "
+            "picks the display up again)",
+            highlight=False,
+        )
+        return 130
+
+
+async def _follow_job(
+    batch: BatchFile,
+    settings: Settings,
+    output: Path | None,
+    state: Path,
+    console: Console,
+    followed: list[str],
+) -> int:
+    from iogate.core.errors import IogateError
+    from iogate.gateway.app import build_orchestrator
+    from iogate.jobs.model import JobNotFoundError
+    from iogate.jobs.service import JobService
+
+    jobs = settings.jobs
+    orchestrator = build_orchestrator(settings)
+    async with orchestrator:
+        load_operations(orchestrator, settings.operations)
+        try:
+            service = await JobService.start(
+                orchestrator,
+                store=jobs.store,
+                broker=jobs.broker,
+                queue=jobs.queue,
+                ack_wait=jobs.ack_wait,
+                chunk_size=jobs.chunk_size,
+                max_operations=jobs.max_operations,
+                max_params=settings.gateway.max_params,
+                runner_chunks=jobs.worker_chunks,
+            )
+        except IogateError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            return EXIT_UNUSABLE
+        async with service:
+            job_id = await asyncio.to_thread(_read_state, state)
+            if job_id:
+                try:
+                    await service.progress(job_id)
+                    console.print(f"resuming the display of job {job_id}", highlight=False)
+                except JobNotFoundError:
+                    job_id = ""
+            if not job_id:
+                try:
+                    handle = await service.submit(
+                        batch.operations,
+                        concurrency=batch.concurrency,
+                        max_rows=settings.gateway.max_rows,
+                    )
+                except IogateError as exc:
+                    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+                    return EXIT_UNUSABLE
+                job_id = handle.job_id
+                await asyncio.to_thread(state.write_text, job_id + "\n")
+                console.print(f"submitted job {job_id}", highlight=False)
+            followed.append(job_id)
+            started = time.perf_counter()
+            progress = await service.progress(job_id)
+            with Progress(
+                TextColumn(f"[bold]job {job_id[:8]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[failed]} failed"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as bar:
+                task = bar.add_task("job", total=progress.total, failed=progress.failed)
+                while True:
+                    bar.update(task, completed=progress.done, failed=progress.failed)
+                    if progress.finished:
+                        break
+                    await asyncio.sleep(FOLLOW_POLL)  # the runner may be another process
+                    progress = await service.progress(job_id)
+            results = [
+                Result.from_dict(stored.result)
+                async for stored in service.iter_results(job_id, page=1000)
+            ]
+            await asyncio.to_thread(state.unlink, missing_ok=True)
+    _summary(console, results, time.perf_counter() - started)
+    if progress.status != "done":
+        console.print(f"job {job_id} was {progress.status}", highlight=False)
+    if output is not None:
+        try:
+            await asyncio.to_thread(output.write_bytes, encode_results(results))
+        except OSError as exc:
+            console.print(
+                f"[bold red]error:[/] {escape(str(output))}: cannot write ({exc.strerror})",
+                highlight=False,
+            )
+            return EXIT_UNUSABLE
+        console.print(f"results written to {escape(str(output))}", highlight=False)
+    ok = progress.status == "done" and all(r.success for r in results)
+    return EXIT_OK if ok else EXIT_FAILURES

@@ -37,6 +37,7 @@ from iogate.gateway.browser import (
 )
 from iogate.gateway.deps import DirectDispatch, orchestrator_of, settings_of
 from iogate.gateway.docs import install_docs
+from iogate.gateway.jobs_state import GatewayJobs
 from iogate.gateway.logging import (
     RequestIdMiddleware,
     install_operation_log,
@@ -55,6 +56,7 @@ from iogate.gateway.settings import (
     parse_settings,
     read_config_text,
 )
+from iogate.gateway.shared_state import GatewaySharing, rate_limit_storage
 from iogate.metrics import MetricsCollector, StatsRegistry
 from iogate.orchestrator import AsyncOperationOrchestrator, create_database_manager
 
@@ -114,6 +116,8 @@ def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
                 if api.circuit_breaker
                 else None,
                 rate_limit=api.rate_limit,
+                # With [gateway] shared_state: counted across every gateway.
+                rate_limit_storage=rate_limit_storage(settings.gateway.shared_state),
                 verify_ssl=api.verify_ssl,
                 ca_bundle=api.ca_bundle,
             )
@@ -245,12 +249,26 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         await _open_all(orchestrator)
         # In the background: a database that does not answer must not hold start-up.
         probe = asyncio.create_task(log_privilege_warnings(settings, orchestrator))
-        history = start_history(app, started_at)  # the dashboard's last minutes
+        # Rate limits, invalidations, breaker openings and /stats across processes.
+        sharing = GatewaySharing(
+            settings.gateway.shared_state,
+            lambda: _own_stats(app, started_at),
+            metrics_dir=metrics_dir,
+        )
+        await sharing.start(orchestrator)
+        app.state.sharing = sharing
+        # The dashboard's last minutes, of every worker.
+        history = start_history(app, started_at, stats=sharing.history_sample)
+        jobs = GatewayJobs(settings.jobs, orchestrator, settings.gateway.max_params)
+        app.state.jobs = jobs
+        jobs.start_in_background()
         try:
             yield
         finally:
             probe.cancel()
+            await jobs.aclose()
             await stop_history(history)
+            await sharing.aclose()
             _operation_log_users.discard(app)
             if not _operation_log_users:  # a reloaded generation may still log
                 uninstall_operation_log()
@@ -289,6 +307,7 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         BodyLimitMiddleware,
         max_body_bytes=settings.gateway.max_body_bytes,
         hosts=hosts if cors is None else None,
+        path_limits={"/batch/jobs": settings.jobs.max_body_bytes},
     )
     if cors is not None:
         app.add_middleware(ProblemCORSMiddleware, **cors)
@@ -357,6 +376,9 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
             "operations": request.app.state.operation_stats.snapshot(),
             "admission": admission_snapshot(request),  # adaptive concurrency, per resource
         }
+        sharing: GatewaySharing | None = getattr(request.app.state, "sharing", None)
+        if sharing is not None:  # every worker's aggregate, and a `workers` list
+            body = await sharing.stats_body(body)
         return ORJSONResponse(body)
 
     @app.get(
@@ -379,6 +401,17 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         return Response(body, media_type=content_type)
 
     return app
+
+
+def _own_stats(app: FastAPI, started_at: float) -> dict[str, Any]:
+    """This process's ``/stats`` body outside a request (what other workers are shown)."""
+    admission = getattr(app.state, "admission", None)  # built on the first request
+    return {
+        "uptime_s": round(time.time() - started_at, 3),
+        **app.state.orchestrator.get_stats(),
+        "operations": app.state.operation_stats.snapshot(),
+        "admission": admission.snapshot() if admission is not None else {},
+    }
 
 
 def _install_error_handlers(app: FastAPI) -> None:

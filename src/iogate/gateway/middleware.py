@@ -117,9 +117,12 @@ class BodyLimitMiddleware:
         max_json_depth: int | None = None,
         max_string_bytes: int | None = None,
         hosts: HostCheck | None = None,
+        path_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Routes allowed a larger body than max_body_bytes (POST /batch/jobs).
+        self.path_limits = path_limits or {}
         self.max_json_depth = max_json_depth
         self.max_string_bytes = max_string_bytes
         self.hosts = hosts
@@ -149,14 +152,15 @@ class BodyLimitMiddleware:
         if scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
         length = headers.get(b"content-length")
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
                 declared = -1
-            if declared > self.max_body_bytes:
-                await self._refuse(scope, receive, send)
+            if declared > limit:
+                await self._refuse(scope, receive, send, limit)
                 return
         content_type = headers.get(b"content-type")
         chunks: list[bytes] = []
@@ -168,8 +172,8 @@ class BodyLimitMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._refuse(scope, receive, send)
+            if size > limit:
+                await self._refuse(scope, receive, send, limit)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -211,13 +215,14 @@ class BodyLimitMiddleware:
                 self.max_string_bytes = gateway.max_string_bytes
         return self.max_json_depth, self.max_string_bytes
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        setting = "max_body_bytes" if limit == self.max_body_bytes else "jobs.max_body_bytes"
         response = problem(
             413,
             "Request body too large",
-            f"the body exceeds max_body_bytes ({self.max_body_bytes} bytes)",
+            f"the body exceeds {setting} ({limit} bytes)",
             headers={"Connection": "close"},
-            limit="max_body_bytes",
+            limit=setting,
         )
         await response(scope, receive, send)
 

@@ -122,6 +122,13 @@ class GatewaySettings(_Strict):
     # SIGTERM: seconds in-flight requests get to finish before they are cancelled.
     shutdown_timeout: float = Field(default=30.0, gt=0)
 
+    @field_validator("shared_state")
+    @classmethod
+    def _shared_state_url(cls, value: str) -> str:
+        if value:
+            _check_url(value, _URL_SCHEMES["redis"])  # the messages never echo the URL
+        return value
+
     @field_validator("allowed_hosts")
     @classmethod
     def _host_entries(cls, value: list[str] | None) -> list[str] | None:
@@ -475,6 +482,8 @@ class JobsSettings(_Strict):
     queue: str = Field(default="iogate-jobs", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     chunk_size: int = Field(default=250, ge=1, le=10_000)
     max_operations: int = Field(default=1_000_000, ge=1)
+    # The body of POST /batch/jobs ([gateway] max_body_bytes is for the rest).
+    max_body_bytes: int = Field(default=128 * 1_048_576, gt=0)
     # Chunks one runner (a worker, or the gateway without a broker) runs at once.
     worker_chunks: int = Field(default=2, ge=1, le=64)
     # Seconds the broker waits for a chunk's acknowledgement before it

@@ -105,6 +105,10 @@ class JobStore(Protocol):
         """Cancel a job not yet finished; False when it is unknown or finished."""
         ...
 
+    async def delete(self, job_id: str) -> bool:
+        """Remove a job and everything recorded for it; False when unknown."""
+        ...
+
     async def unfinished(self) -> list[ChunkTask]:
         """Chunks of jobs neither done nor cancelled whose chunk is not finished
         (for the embedded runner to resume after a restart)."""

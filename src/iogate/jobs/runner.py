@@ -168,7 +168,9 @@ class ChunkRunner:
         flusher = asyncio.create_task(writer.run())
         try:
             while True:
-                done, _ = await asyncio.wait({batch, flusher}, timeout=CANCEL_POLL)
+                done, _ = await asyncio.wait(
+                    {batch, flusher}, timeout=CANCEL_POLL, return_when=asyncio.FIRST_COMPLETED
+                )
                 if flusher in done:
                     flusher.result()  # the store failed: raise (the chunk is redelivered)
                 if batch in done:

@@ -6,13 +6,14 @@ running app only through ``iogate.gateway.deps``.
 
 from fastapi import APIRouter
 
-from iogate.gateway.routes import api, batch, dashboard, database
+from iogate.gateway.routes import api, batch, dashboard, database, jobs
 
 ROUTERS: list[APIRouter] = [
     database.router,
     api.router,
     dashboard.router,
     batch.router,
+    jobs.router,
 ]
 
 __all__ = ["ROUTERS"]

@@ -1,0 +1,106 @@
+"""The gateway's job service: started on first use, or at start-up to resume.
+
+With the embedded default (SQLite store, no broker) the gateway runs job
+chunks itself. Its store file is created by the first job, not by every
+start, and a gateway whose store already exists (or that uses PostgreSQL or
+a broker) starts the service at start-up, in the background, so unfinished
+chunks of jobs submitted before a restart resume (embedded) and the broker
+connection is ready (a broker or store that does not answer never holds
+start-up: the first job request retries and answers 503 meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from starlette.requests import Request
+
+from iogate.core.errors import IogateError
+from iogate.gateway.settings import JobsSettings
+from iogate.jobs.model import JobError
+from iogate.jobs.service import JobService
+from iogate.orchestrator import AsyncOperationOrchestrator
+
+__all__ = ["GatewayJobs", "jobs_of"]
+
+logger = logging.getLogger("iogate.jobs")
+
+
+class GatewayJobs:
+    """One app's job service, opened once."""
+
+    def __init__(
+        self, settings: JobsSettings, orchestrator: AsyncOperationOrchestrator, max_params: int
+    ) -> None:
+        self.settings = settings
+        self.orchestrator = orchestrator
+        self.max_params = max_params
+        self._service: JobService | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._warmup: asyncio.Task[None] | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return not self.settings.broker
+
+    def sqlite_path(self) -> Path | None:
+        store = self.settings.store
+        return Path(store.removeprefix("sqlite:///")) if store.startswith("sqlite:///") else None
+
+    def start_in_background(self) -> None:
+        """At start-up: open now when there is something to resume or connect to."""
+        path = self.sqlite_path()
+        if not self.settings.enabled or (path is not None and not path.exists() and self.embedded):
+            return
+        self._warmup = asyncio.create_task(self._warm(), name="iogate-jobs-start")
+
+    async def _warm(self) -> None:
+        try:
+            await self.service()
+        except IogateError as exc:
+            logger.warning("job service not started yet (retried on the next job request): %s", exc)
+
+    async def service(self) -> JobService:
+        if self._service is not None:
+            return self._service
+        async with self._lock:
+            if self._service is None:
+                if self._closed:
+                    raise JobError("the gateway is shutting down")
+                if not self.settings.enabled:
+                    raise JobError("durable jobs are disabled ([jobs] enabled = false)")
+                self._service = await JobService.start(
+                    self.orchestrator,
+                    store=self.settings.store,
+                    broker=self.settings.broker,
+                    queue=self.settings.queue,
+                    ack_wait=self.settings.ack_wait,
+                    chunk_size=self.settings.chunk_size,
+                    max_operations=self.settings.max_operations,
+                    max_params=self.max_params,
+                    runner_chunks=self.settings.worker_chunks,
+                )
+            return self._service
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._warmup is not None:
+            self._warmup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warmup
+        async with self._lock:
+            if self._service is not None:
+                await self._service.aclose()
+                self._service = None
+
+
+async def jobs_of(request: Request) -> JobService:
+    """The app's job service, started if need be (JobError when it cannot be)."""
+    holder: GatewayJobs | None = getattr(request.app.state, "jobs", None)
+    if holder is None:
+        raise JobError("durable jobs are not set up in this app")
+    return await holder.service()

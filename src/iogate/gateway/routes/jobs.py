@@ -1,0 +1,223 @@
+"""Durable batch jobs over HTTP: ``/batch/jobs`` (see docs/jobs.md).
+
+``POST /batch/jobs`` takes the operations of ``/batch/execute`` (up to
+``[jobs] max_operations``, in a body up to ``[jobs] max_body_bytes``),
+records the job and answers 202 with its id once it is durable.
+``GET /batch/jobs/{id}`` answers its progress and a page of results
+(``?after=N&limit=M``), or every result as NDJSON with
+``Accept: application/x-ndjson``. ``DELETE /batch/jobs/{id}`` cancels it.
+
+A job needs the ``jobs`` scope plus the scope of every operation in it, as a
+batch does; only the key that submitted a job can read or cancel it (another
+key gets 404, as for a job that does not exist). Raw SQL in a job runs with
+the access the submitting key had, wherever a worker runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from iogate.core.errors import InvalidRequestError
+from iogate.gateway.audit import audit_of
+from iogate.gateway.auth import Principal, principal_of
+from iogate.gateway.deps import orchestrator_of, settings_of
+from iogate.gateway.jobs_state import jobs_of
+from iogate.gateway.responses import ORJSONResponse, problem
+from iogate.gateway.routes.batch import MAX_CONCURRENCY, note_steps, scope_of
+from iogate.gateway.settings import Settings
+from iogate.jobs.model import JobError, JobNotFoundError, JobProgress
+from iogate.jobs.service import JobService
+from iogate.orchestrator import AsyncOperationOrchestrator
+from iogate.orchestrator.batch import DEFAULT_CONCURRENCY, BatchRefusedError, plan_batch
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["jobs"])
+NDJSON = "application/x-ndjson"
+MAX_PAGE = 1000
+
+
+def _unavailable(exc: Exception) -> Response:
+    return problem(
+        503,
+        "Job store or broker unavailable",
+        str(exc),
+        headers={"Retry-After": "1"},
+    )
+
+
+def _not_found(job_id: str) -> Response:
+    return problem(404, "Job not found", f"no job {job_id!r} for this key")
+
+
+def _links(job_id: str) -> dict[str, str]:
+    return {"self": f"/batch/jobs/{job_id}"}
+
+
+@router.post(
+    "/batch/jobs",
+    status_code=202,
+    summary="Submit a durable batch job",
+    responses={202: {"description": "The job is recorded; its id and links"}},
+)
+async def submit_job(
+    request: Request,
+    orchestrator: Annotated[AsyncOperationOrchestrator, Depends(orchestrator_of)],
+    settings: Annotated[Settings, Depends(settings_of)],
+    principal: Annotated[Principal, Depends(principal_of)],
+) -> Response:
+    audit = audit_of(request)
+    audit.touch(None, "jobs")
+    principal.require("jobs")
+    raw = await request.body()
+    try:
+        # A large job is parsed off the event loop.
+        large = len(raw) > 1 << 20
+        body = await asyncio.to_thread(orjson.loads, raw) if large else orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return problem(400, "Invalid JSON", f"the body is not JSON: {exc}")
+    if not isinstance(body, dict) or set(body) - {"operations", "concurrency"}:
+        return problem(
+            422,
+            "Invalid job",
+            'the body must be {"operations": [...], "concurrency": N} (concurrency optional)',
+        )
+    operations = body.get("operations")
+    concurrency = body.get("concurrency", DEFAULT_CONCURRENCY)
+    if not isinstance(operations, list) or not operations:
+        return problem(422, "Invalid job", "operations must be a non-empty list")
+    if type(concurrency) is not int or not 1 <= concurrency <= MAX_CONCURRENCY:
+        return problem(
+            422, "Invalid job", f"concurrency must be an integer from 1 to {MAX_CONCURRENCY}"
+        )
+    limit = settings.jobs.max_operations
+    if len(operations) > limit:
+        return problem(
+            422,
+            "Job too large",
+            f"{len(operations)} operations; at most {limit} per job ([jobs] max_operations)",
+            limit="max_operations",
+        )
+    try:
+        steps = await asyncio.to_thread(
+            plan_batch, operations, max_params=settings.gateway.max_params
+        )
+    except BatchRefusedError as exc:
+        return problem(422, "Job refused", str(exc))
+    note_steps(audit, steps, settings)
+    for step in steps:
+        if step.error is None:
+            principal.require(scope_of(step.kind, step.spec))
+        if step.error is None and step.kind in ("database", "transaction"):
+            db = settings.databases.get(str(step.spec.get("db_name")))
+            if db is not None and not db.allow_raw_sql:
+                return problem(
+                    403,
+                    "Raw SQL not allowed",
+                    f"operation {step.index}: database {db.type} {step.spec.get('db_name')!r} "
+                    "accepts only named operations (allow_raw_sql = false)",
+                )
+    guards = {name: principal.sql_guard(name, db) for name, db in settings.databases.items()}
+    try:
+        service = await jobs_of(request)
+        job = await service.submit(
+            operations,
+            concurrency=concurrency,
+            max_rows=settings.gateway.max_rows,
+            guards=guards,
+            submitted_by=principal.name if principal.authenticated else None,
+        )
+    except (BatchRefusedError, InvalidRequestError) as exc:
+        return problem(422, "Job refused", str(exc))
+    except JobError as exc:
+        return _unavailable(exc)
+    location = f"/batch/jobs/{job.job_id}"
+    return ORJSONResponse(
+        {
+            "job_id": job.job_id,
+            "status": "queued",
+            "total": job.total,
+            "links": _links(job.job_id),
+        },
+        status_code=202,
+        headers={"Location": location},
+    )
+
+
+async def _owned(request: Request, principal: Principal, job_id: str) -> JobService | Response:
+    """The service, when ``job_id`` exists and belongs to ``principal``."""
+    principal.require("jobs")
+    try:
+        service = await jobs_of(request)
+        job = await service.store.job(job_id)
+    except JobError as exc:
+        return _unavailable(exc)
+    if job is None:
+        return _not_found(job_id)
+    if principal.authenticated and job.submitted_by != principal.name:
+        return _not_found(job_id)
+    return service
+
+
+@router.get("/batch/jobs/{job_id}", summary="A job's progress and a page of its results")
+async def job_status(
+    request: Request,
+    job_id: str,
+    principal: Annotated[Principal, Depends(principal_of)],
+    after: Annotated[int, Query(ge=-1, description="results with a larger index")] = -1,
+    limit: Annotated[int, Query(ge=0, le=MAX_PAGE, description="results in the page")] = 100,
+) -> Response:
+    audit_of(request).touch(None, "jobs")
+    found = await _owned(request, principal, job_id)
+    if isinstance(found, Response):
+        return found
+    service = found
+    try:
+        progress = await service.progress(job_id)
+        if NDJSON in request.headers.get("accept", ""):
+            return StreamingResponse(_ndjson(service, job_id, after), media_type=NDJSON)
+        page = await service.results(job_id, after=after, limit=limit) if limit else []
+    except JobNotFoundError:
+        return _not_found(job_id)
+    except JobError as exc:
+        return _unavailable(exc)
+    body: dict[str, Any] = progress.to_dict()
+    body["results"] = [{"index": r.index, **r.result} for r in page]
+    body["next_after"] = page[-1].index if len(page) == limit and page else None
+    body["links"] = _links(job_id)
+    return ORJSONResponse(body)
+
+
+async def _ndjson(service: JobService, job_id: str, after: int) -> AsyncIterator[bytes]:
+    while True:
+        page = await service.results(job_id, after=after, limit=MAX_PAGE)
+        if page:
+            yield b"".join(orjson.dumps({"index": r.index, **r.result}) + b"\n" for r in page)
+            after = page[-1].index
+        if len(page) < MAX_PAGE:
+            return
+
+
+@router.delete("/batch/jobs/{job_id}", summary="Cancel a job")
+async def cancel_job(
+    request: Request,
+    job_id: str,
+    principal: Annotated[Principal, Depends(principal_of)],
+) -> Response:
+    audit_of(request).touch(None, "jobs")
+    found = await _owned(request, principal, job_id)
+    if isinstance(found, Response):
+        return found
+    try:
+        progress: JobProgress = await found.cancel(job_id)
+    except JobNotFoundError:
+        return _not_found(job_id)
+    except JobError as exc:
+        return _unavailable(exc)
+    return ORJSONResponse({**progress.to_dict(), "links": _links(job_id)})
