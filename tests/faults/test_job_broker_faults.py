@@ -12,6 +12,7 @@ import pytest
 
 from iogate import AsyncOperationOrchestrator
 from iogate.jobs.dispatch import open_dispatcher
+from iogate.jobs.model import JobError
 from iogate.jobs.service import JobService
 from iogate.jobs.store import SQLJobStore
 from tests.conftest import port_open, unavailable
@@ -89,3 +90,34 @@ async def _drop(kind: str, url: str, queue: str) -> None:
             pass
         finally:
             await connection.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["nats", "amqp"])
+async def test_a_job_that_cannot_be_published_is_not_kept(kind: str, tmp_path: Path) -> None:
+    url, port = BROKERS[kind]
+    if not port_open(url, port):
+        unavailable(f"no {kind} broker at {url}")
+    queue = f"iogate-test-{uuid.uuid4().hex[:12]}"
+    async with FaultProxy.for_url(url, port) as proxy, AsyncOperationOrchestrator() as orch:
+        await orch.add_database_manager("lite", "sqlite", str(tmp_path / "t.db"))
+        store = SQLJobStore.from_url(f"sqlite:///{tmp_path / 'jobs.db'}")
+        service = JobService(
+            orch,
+            store,
+            open_dispatcher(proxy.url(url), queue=queue, ack_wait=5),
+            run_chunks=False,
+        )
+        await service.open()
+        try:
+            await proxy.blackhole()  # the broker stops answering
+            ops = [{"type": "database", "db_name": "lite", "query": "SELECT 1 AS one"}] * 3
+            started = time.monotonic()
+            with pytest.raises(JobError):
+                await service.submit(ops)
+            assert time.monotonic() - started < 15  # publish and reconnect are bounded
+            assert await store.unfinished() == []  # the job was deleted again
+        finally:
+            await proxy.restore()
+            await service.aclose()
+            await _drop(kind, url, queue)
