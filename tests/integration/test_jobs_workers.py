@@ -1,6 +1,7 @@
 """``iogate serve`` + ``iogate worker`` processes on a real broker and a
-PostgreSQL job store: a job runs every operation, and a worker SIGKILLed in
-the middle of its chunks loses nothing and duplicates no write."""
+PostgreSQL job store: a job runs every operation, and a worker and the
+gateway SIGKILLed in the middle of the job lose nothing and duplicate no
+write."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def operations(table: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", ["nats", "amqp"])
-def test_a_killed_worker_loses_nothing_and_duplicates_no_write(
+def test_killed_worker_and_gateway_lose_nothing_and_duplicate_no_write(
     kind: str,
     tmp_path: Path,
     postgres_url: str,
@@ -173,6 +174,10 @@ def test_a_killed_worker_loses_nothing_and_duplicates_no_write(
             time.sleep(0.05)  # polling other processes
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
+        # The gateway too: the job is in the store and on the broker already.
+        gateway.signal(signal.SIGKILL)
+        gateway.process.wait(timeout=30)
+        gateway = serve(body)
 
         deadline = time.monotonic() + 180
         while (progress := status())["status"] != "done":
