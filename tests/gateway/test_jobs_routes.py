@@ -82,6 +82,9 @@ base_url = "{upstream[0]}"
         await orchestrator.execute_database_operation(
             "lite", "CREATE TABLE items (id INTEGER PRIMARY KEY, v INTEGER UNIQUE)"
         )
+        await orchestrator.execute_database_operation(
+            "lite", "CREATE TABLE keyed (k TEXT PRIMARY KEY, v INTEGER)"
+        )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             yield http
@@ -159,6 +162,28 @@ async def test_references_work_across_a_chunk_and_api_calls_get_idempotency_keys
     page = (await client.get(f"/batch/jobs/{job_id}?after=54&limit=1", headers=auth(WRITER))).json()
     assert page["results"][0]["data"] == [{"seen": 1}]
     assert upstream[1] == [f"iogate-{job_id}-60"]
+
+
+async def test_sql_writes_can_record_their_idempotency_key(client: httpx.AsyncClient) -> None:
+    """``{"$idempotency_key": null}`` is the operation's key: a unique column makes
+    a write replayed after a crash a no-op (docs/jobs.md)."""
+    ops = [
+        {
+            "type": "database",
+            "db_name": "lite",
+            "query": "INSERT INTO keyed (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING "
+            "RETURNING k",
+            "params": [{"$idempotency_key": None}, i],
+        }
+        for i in range(3)
+    ]
+    reply = await client.post("/batch/jobs", json={"operations": ops}, headers=auth(WRITER))
+    job_id = reply.json()["job_id"]
+    assert (await wait_done(client, job_id, WRITER))["failed"] == 0
+    page = (await client.get(f"/batch/jobs/{job_id}", headers=auth(WRITER))).json()
+    assert [r["data"] for r in page["results"]] == [
+        [{"k": f"iogate-{job_id}-{i}"}] for i in range(3)
+    ]
 
 
 async def test_scopes_and_ownership(client: httpx.AsyncClient) -> None:

@@ -156,3 +156,17 @@ async def test_prefilled_operations_do_not_run_and_serve_references(tmp_path: Pa
         assert seen == [1]
         rows = await orchestrator.execute_database_operation("main", "SELECT count(*) AS n FROM t")
         assert rows.data == [{"n": 0}]  # the prefilled INSERT did not run
+
+
+def test_the_idempotency_key_marker_is_replaced_everywhere() -> None:
+    marker = {"$idempotency_key": None}
+    operations = [
+        {"type": "database", "db_name": "m", "query": "INSERT ...", "params": [marker, 1]},
+        {"type": "database", "db_name": "r", "query": marker, "params": {"operation": "set"}},
+        {"type": "database", "db_name": "m", "query": "SELECT 1", "params": [{"a": marker}]},
+    ]
+    prepared = prepare_chunk(operations, job_id="j", start=10)
+    assert prepared[0]["params"] == ["iogate-j-10", 1]
+    assert prepared[1]["query"] == "iogate-j-11"
+    assert prepared[2]["params"] == [{"a": "iogate-j-12"}]
+    assert operations[0]["params"][0] is marker  # the stored operations are unchanged

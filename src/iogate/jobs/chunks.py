@@ -19,13 +19,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from iogate.core.params import MAX_PARAMS
 from iogate.orchestrator.batch import BatchRefusedError, plan_batch
 from iogate.orchestrator.refs import rebase
 
-__all__ = ["IDEMPOTENCY_HEADER", "idempotency_key", "plan_chunks", "prepare_chunk"]
+__all__ = ["IDEMPOTENCY_HEADER", "KEY_MARKER", "idempotency_key", "plan_chunks", "prepare_chunk"]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# {"$idempotency_key": null} anywhere in an operation: its key, as a string.
+KEY_MARKER = "$idempotency_key"
 # A chunk grows past chunk_size only to keep references together, up to this.
 MAX_CHUNK_FACTOR = 10
 
@@ -84,11 +88,13 @@ def idempotency_key(job_id: str, index: int) -> str:
 
 def prepare_chunk(operations: Sequence[Any], *, job_id: str, start: int) -> list[Any]:
     """The chunk's operations ready for ``execute_batch``: references moved to
-    the chunk's numbering, and every API call given an ``Idempotency-Key``
-    header derived from (job, index) unless it sets one itself."""
+    the chunk's numbering, ``{"$idempotency_key": null}`` replaced by the
+    operation's key (for SQL and Redis writes to record it), and every API
+    call given an ``Idempotency-Key`` header unless it sets one itself."""
     prepared: list[Any] = []
     for offset, operation in enumerate(operations):
         operation = rebase(operation, start)
+        operation = _with_key(operation, idempotency_key(job_id, start + offset))
         if isinstance(operation, Mapping) and operation.get("type") == "api":
             headers = operation.get("headers")
             if headers is None or isinstance(headers, Mapping):
@@ -103,3 +109,26 @@ def prepare_chunk(operations: Sequence[Any], *, job_id: str, start: int) -> list
                     }
         prepared.append(operation)
     return prepared
+
+
+def _with_key(value: Any, key: str) -> Any:
+    """``value`` with every ``{"$idempotency_key": ...}`` object replaced by
+    ``key``; containers on the way are copied, ``value`` is unchanged."""
+    if KEY_MARKER not in orjson.dumps(value, default=str).decode():
+        return value
+    root: list[Any] = [value]
+    pending: list[tuple[Any, Any, Any]] = [(root, 0, value)]
+    while pending:
+        container, slot, item = pending.pop()
+        if isinstance(item, Mapping):
+            if len(item) == 1 and KEY_MARKER in item:
+                container[slot] = key
+                continue
+            copy = dict(item)
+            container[slot] = copy
+            pending.extend((copy, k, v) for k, v in copy.items())
+        elif isinstance(item, list):
+            items = list(item)
+            container[slot] = items
+            pending.extend((items, i, v) for i, v in enumerate(items))
+    return root[0]
