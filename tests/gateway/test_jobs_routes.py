@@ -299,3 +299,16 @@ async def test_cancel_stops_a_running_job(client: httpx.AsyncClient) -> None:
     after = (await client.get(f"/batch/jobs/{job_id}?limit=0", headers=auth(WRITER))).json()
     assert after["status"] == "cancelled"
     assert after["done"] == settled["done"] < 400
+
+
+async def test_disabled_jobs_answer_404_and_open_no_store(tmp_path: Path) -> None:
+    config = f'[jobs]\nenabled = false\nstore = "sqlite:///{tmp_path / "jobs.db"}"\n'
+    app = create_app(parse_settings(config, env={}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            reply = await http.post("/batch/jobs", json={"operations": inserts(1)})
+            assert reply.status_code == 404
+            assert "enabled = false" in reply.json()["detail"]
+            assert (await http.get("/batch/jobs/abc")).status_code == 404
+    assert not (tmp_path / "jobs.db").exists()

@@ -24,9 +24,13 @@ from iogate.jobs.model import JobError
 from iogate.jobs.service import JobService
 from iogate.orchestrator import AsyncOperationOrchestrator
 
-__all__ = ["GatewayJobs", "jobs_of"]
+__all__ = ["GatewayJobs", "JobsDisabledError", "jobs_of"]
 
 logger = logging.getLogger("iogate.jobs")
+
+
+class JobsDisabledError(JobError):
+    """``[jobs] enabled = false``: the job routes answer 404."""
 
 
 class GatewayJobs:
@@ -72,7 +76,7 @@ class GatewayJobs:
                 if self._closed:
                     raise JobError("the gateway is shutting down")
                 if not self.settings.enabled:
-                    raise JobError("durable jobs are disabled ([jobs] enabled = false)")
+                    raise JobsDisabledError("durable jobs are disabled ([jobs] enabled = false)")
                 self._service = await JobService.start(
                     self.orchestrator,
                     store=self.settings.store,

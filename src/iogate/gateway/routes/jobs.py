@@ -27,7 +27,7 @@ from iogate.core.errors import InvalidRequestError
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, settings_of
-from iogate.gateway.jobs_state import jobs_of
+from iogate.gateway.jobs_state import JobsDisabledError, jobs_of
 from iogate.gateway.responses import ORJSONResponse, problem
 from iogate.gateway.routes.batch import MAX_CONCURRENCY, note_steps, scope_of
 from iogate.gateway.settings import Settings
@@ -35,15 +35,20 @@ from iogate.jobs.model import JobError, JobNotFoundError, JobProgress
 from iogate.jobs.service import JobService
 from iogate.orchestrator import AsyncOperationOrchestrator
 from iogate.orchestrator.batch import DEFAULT_CONCURRENCY, BatchRefusedError, plan_batch
+from iogate.orchestrator.operations import load_operations
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["jobs"])
 NDJSON = "application/x-ndjson"
 MAX_PAGE = 1000
+# The largest index a job store can hold (BIGINT): a larger ``after`` is a 422.
+MAX_INDEX = 2**63 - 1
 
 
 def _unavailable(exc: Exception) -> Response:
+    if isinstance(exc, JobsDisabledError):
+        return problem(404, "Jobs disabled", str(exc))
     return problem(
         503,
         "Job store or broker unavailable",
@@ -58,6 +63,31 @@ def _not_found(job_id: str) -> Response:
 
 def _links(job_id: str) -> dict[str, str]:
     return {"self": f"/batch/jobs/{job_id}"}
+
+
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/*+json``, as every other route requires."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    main, _, sub = media_type.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def _wants_ndjson(accept: str) -> bool:
+    """Whether ``accept`` lists NDJSON (media types are case-insensitive; ``q=0``
+    refuses it)."""
+    for item in accept.split(","):
+        media_type, *params = item.split(";")
+        if media_type.strip().lower() != NDJSON:
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
 
 
 @router.post(
@@ -75,6 +105,15 @@ async def submit_job(
     audit = audit_of(request)
     audit.touch(None, "jobs")
     principal.require("jobs")
+    # A JSON body needs a CORS preflight, so a page on another origin cannot
+    # submit a job to a keyless loopback gateway with a text/plain form post;
+    # and only JSON bodies get the max_json_depth/max_string_bytes checks.
+    if not _is_json(request.headers.get("content-type")):
+        return problem(
+            415,
+            "Unsupported Media Type",
+            "the body of POST /batch/jobs must be sent as application/json",
+        )
     raw = await request.body()
     try:
         # A large job is parsed off the event loop.
@@ -111,6 +150,8 @@ async def submit_job(
     except BatchRefusedError as exc:
         return problem(422, "Job refused", str(exc))
     note_steps(audit, steps, settings)
+    # The runner in this process finds [operations.NAME] in the registry.
+    load_operations(orchestrator, settings.operations)
     for step in steps:
         if step.error is None:
             principal.require(scope_of(step.kind, step.spec))
@@ -120,8 +161,8 @@ async def submit_job(
                 return problem(
                     403,
                     "Raw SQL not allowed",
-                    f"operation {step.index}: database {db.type} {step.spec.get('db_name')!r} "
-                    "accepts only named operations (allow_raw_sql = false)",
+                    f"operation {step.index}: database {step.spec.get('db_name')!r} accepts "
+                    "only named operations (allow_raw_sql = false)",
                 )
     guards = {name: principal.sql_guard(name, db) for name, db in settings.databases.items()}
     try:
@@ -170,7 +211,9 @@ async def job_status(
     request: Request,
     job_id: str,
     principal: Annotated[Principal, Depends(principal_of)],
-    after: Annotated[int, Query(ge=-1, description="results with a larger index")] = -1,
+    after: Annotated[
+        int, Query(ge=-1, le=MAX_INDEX, description="results with a larger index")
+    ] = -1,
     limit: Annotated[int, Query(ge=0, le=MAX_PAGE, description="results in the page")] = 100,
 ) -> Response:
     audit_of(request).touch(None, "jobs")
@@ -180,7 +223,7 @@ async def job_status(
     service = found
     try:
         progress = await service.progress(job_id)
-        if NDJSON in request.headers.get("accept", ""):
+        if _wants_ndjson(request.headers.get("accept", "")):
             return StreamingResponse(_ndjson(service, job_id, after), media_type=NDJSON)
         page = await service.results(job_id, after=after, limit=limit) if limit else []
     except JobNotFoundError:
