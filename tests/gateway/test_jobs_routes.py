@@ -312,3 +312,14 @@ async def test_disabled_jobs_answer_404_and_open_no_store(tmp_path: Path) -> Non
             assert "enabled = false" in reply.json()["detail"]
             assert (await http.get("/batch/jobs/abc")).status_code == 404
     assert not (tmp_path / "jobs.db").exists()
+
+
+async def test_reading_a_job_before_any_was_submitted_creates_no_store(tmp_path: Path) -> None:
+    config = f'[jobs]\nstore = "sqlite:///{tmp_path / "jobs.db"}"\n'
+    app = create_app(parse_settings(config, env={}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            assert (await http.get("/batch/jobs/abc")).status_code == 404
+            assert (await http.delete("/batch/jobs/abc")).status_code == 404
+    assert not (tmp_path / "jobs.db").exists()

@@ -24,7 +24,7 @@ from iogate.jobs.model import JobError
 from iogate.jobs.service import JobService
 from iogate.orchestrator import AsyncOperationOrchestrator
 
-__all__ = ["GatewayJobs", "JobsDisabledError", "jobs_of"]
+__all__ = ["GatewayJobs", "JobsDisabledError", "jobs_of", "jobs_to_read"]
 
 logger = logging.getLogger("iogate.jobs")
 
@@ -68,6 +68,11 @@ class GatewayJobs:
         except IogateError as exc:
             logger.warning("job service not started yet (retried on the next job request): %s", exc)
 
+    def nothing_recorded(self) -> bool:
+        """True while the embedded store does not exist: no job to read yet."""
+        path = self.sqlite_path()
+        return self._service is None and path is not None and not path.exists()
+
     async def service(self) -> JobService:
         if self._service is not None:
             return self._service
@@ -102,9 +107,22 @@ class GatewayJobs:
                 self._service = None
 
 
-async def jobs_of(request: Request) -> JobService:
-    """The app's job service, started if need be (JobError when it cannot be)."""
+def _holder(request: Request) -> GatewayJobs:
     holder: GatewayJobs | None = getattr(request.app.state, "jobs", None)
     if holder is None:
         raise JobError("durable jobs are not set up in this app")
+    return holder
+
+
+async def jobs_of(request: Request) -> JobService:
+    """The app's job service, started if need be (JobError when it cannot be)."""
+    return await _holder(request).service()
+
+
+async def jobs_to_read(request: Request) -> JobService | None:
+    """:func:`jobs_of`, or None when no job was ever recorded (the embedded
+    store does not exist yet): reading a job creates no store file."""
+    holder = _holder(request)
+    if holder.settings.enabled and holder.nothing_recorded():
+        return None
     return await holder.service()

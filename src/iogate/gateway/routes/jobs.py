@@ -27,7 +27,7 @@ from iogate.core.errors import InvalidRequestError
 from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, settings_of
-from iogate.gateway.jobs_state import JobsDisabledError, jobs_of
+from iogate.gateway.jobs_state import JobsDisabledError, jobs_of, jobs_to_read
 from iogate.gateway.responses import ORJSONResponse, problem
 from iogate.gateway.routes.batch import MAX_CONCURRENCY, note_steps, scope_of
 from iogate.gateway.settings import Settings
@@ -195,11 +195,11 @@ async def _owned(request: Request, principal: Principal, job_id: str) -> JobServ
     """The service, when ``job_id`` exists and belongs to ``principal``."""
     principal.require("jobs")
     try:
-        service = await jobs_of(request)
-        job = await service.store.job(job_id)
+        service = await jobs_to_read(request)
+        job = await service.store.job(job_id) if service is not None else None
     except JobError as exc:
         return _unavailable(exc)
-    if job is None:
+    if service is None or job is None:
         return _not_found(job_id)
     if principal.authenticated and job.submitted_by != principal.name:
         return _not_found(job_id)
