@@ -39,6 +39,7 @@ soak: $(STAMP)
 # wrk (Debian package) drives the gateway benchmark; skipped with a note if it cannot be installed.
 bench-tools:
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || true
+	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind) || true
 
 bench: $(STAMP) bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)
