@@ -29,8 +29,9 @@ metrics and ``/stats`` show it under its own name. An optional cache
 (``cache = {database, ttl, tags, invalidates}``) keeps successful outputs in
 a key-value database: ``tags`` label an entry (``"post:{post_id}"`` is
 formatted with the parameters), and a successful operation listing a tag in
-``invalidates`` deletes every entry carrying that tag. A cache that is down
-only costs the cache: the operation still runs.
+``invalidates`` deletes every entry carrying that tag. An operation with
+``invalidates`` is a write: it runs every time and its own output is never
+cached. A cache that is down only costs the cache: the operation still runs.
 """
 
 from __future__ import annotations
@@ -86,12 +87,22 @@ _BODYLESS_METHODS = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OperationCache:
-    """Where and how long a named operation's output is kept."""
+    """Where and how long a named operation's output is kept.
+
+    With ``invalidates`` the operation is a write: it always runs, its output
+    is never kept (``ttl`` and ``tags`` then go unused), and a success deletes
+    the entries carrying those tags.
+    """
 
     database: str
     ttl: float
     tags: tuple[str, ...] = ()
     invalidates: tuple[str, ...] = ()
+
+    @property
+    def stores_output(self) -> bool:
+        """Whether a success is kept and served again (not for a write that invalidates)."""
+        return not self.invalidates
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,7 +169,7 @@ class NamedOperation:
                 for p in self.params
             ],
             "description": self.description,
-            "cached": self.cache is not None,
+            "cached": self.cache is not None and self.cache.stores_output,
         }
         if self.kind == "api":
             out["method"] = self.method
@@ -468,28 +479,34 @@ async def _cached_run(
     deadline: Deadline,
 ) -> Result:
     cache = op.cache
-    key = _cache_key(op, values) if cache is not None else ""
-    if cache is not None:
-        hit = await orchestrator.execute_database_operation(
-            cache.database, key, {"operation": "get", "key": key}, deadline=deadline
-        )
-        if hit.success and isinstance(hit.data, str):
-            try:
-                stored = orjson.loads(hit.data)
-            except orjson.JSONDecodeError:
-                stored = None
-            if isinstance(stored, dict) and "data" in stored:
-                return Result.ok(
-                    stored["data"],
-                    resource=op.resource,
-                    rows_affected=stored.get("rows_affected"),
-                    status_code=stored.get("status_code"),
-                )
+    if cache is None:
+        return await _run(orchestrator, op, values, deadline)
+    if not cache.stores_output:
+        # A write: repeated with the same parameters it must run again, so
+        # its output is neither looked up nor kept; it only drops what it made stale.
+        result = await _run(orchestrator, op, values, deadline)
+        if result.success:
+            await _invalidate(orchestrator, cache, values, deadline)
+        return result
+    key = _cache_key(op, values)
+    hit = await orchestrator.execute_database_operation(
+        cache.database, key, {"operation": "get", "key": key}, deadline=deadline
+    )
+    if hit.success and isinstance(hit.data, str):
+        try:
+            stored = orjson.loads(hit.data)
+        except orjson.JSONDecodeError:
+            stored = None
+        if isinstance(stored, dict) and "data" in stored:
+            return Result.ok(
+                stored["data"],
+                resource=op.resource,
+                rows_affected=stored.get("rows_affected"),
+                status_code=stored.get("status_code"),
+            )
     result = await _run(orchestrator, op, values, deadline)
-    if cache is not None and result.success:
+    if result.success:
         await _store(orchestrator, cache, key, values, result, deadline)
-    if cache is not None and result.success and cache.invalidates:
-        await _invalidate(orchestrator, cache, values, deadline)
     return result
 
 

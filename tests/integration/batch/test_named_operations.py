@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from iogate.backends.memory import AsyncMemoryManager
 from iogate.core.events import Event, OperationEvent, add_hook, remove_hook
 from iogate.core.result import Result
-from iogate.orchestrator import AsyncOperationOrchestrator
+from iogate.orchestrator import AsyncOperationOrchestrator, DatabaseType
 from iogate.orchestrator.batch import execute_batch
 from iogate.orchestrator.operations import (
+    TAG_PREFIX,
     OperationCache,
+    _cache_key,
     execute_named_operation,
     python_operations,
     register_operation,
@@ -152,3 +157,56 @@ async def test_python_operation_and_named_operations_in_a_batch(
     assert results[1].success, results[1].error
     assert results[2].error_type == "invalid_request"
     assert await pg_raw.fetchval(f"SELECT name FROM {ops}") == "3"
+
+
+async def test_a_write_that_invalidates_runs_every_time_and_is_never_cached(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "counters.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        db.execute("INSERT INTO counters VALUES (1, 0)")
+    async with AsyncOperationOrchestrator() as orch:
+        await orch.add_database_manager("main", DatabaseType.SQLITE, str(path))
+        await orch.add_database_manager("cache", DatabaseType.MEMORY, "")
+        register_operation(
+            orch,
+            "get_counter",
+            database="main",
+            query="SELECT n FROM counters WHERE id = ?",
+            params=["id"],
+            cache=OperationCache(database="cache", ttl=60, tags=("counter:{id}",)),
+        )
+        bump = register_operation(
+            orch,
+            "bump_counter",
+            database="main",
+            query="UPDATE counters SET n = n + 1 WHERE id = ?",
+            params=["id"],
+            # tags too: a write's output is still never stored under them.
+            cache=OperationCache(
+                database="cache", ttl=60, tags=("bumps",), invalidates=("counter:{id}",)
+            ),
+        )
+        seen = []
+        for _ in range(3):  # the same write, the same parameters: it runs each time
+            bumped = await execute_named_operation(orch, "bump_counter", {"id": 1})
+            assert bumped.success, bumped.error
+            assert bumped.rows_affected == 1
+            read = await execute_named_operation(orch, "get_counter", {"id": 1})
+            seen.append(read.data)
+        cached = await execute_named_operation(orch, "get_counter", {"id": 1})
+        cache = orch.databases["cache"]
+        assert isinstance(cache, AsyncMemoryManager)
+        get_counter = registry_of(orch).get("get_counter")
+        assert get_counter is not None
+        keys = [_cache_key(op, {"id": 1}) for op in (get_counter, bump)]
+        stored = await cache.execute_query("k", {"operation": "exists", "keys": keys})
+        tagged = await cache.execute_query(f"{TAG_PREFIX}bumps", {"operation": "exists"})
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT n FROM counters").fetchone() == (3,)
+    assert seen == [[{"n": 1}], [{"n": 2}], [{"n": 3}]]  # each read after an invalidation
+    assert cached.data == [{"n": 3}]  # reads are still cached
+    assert stored.data == 1  # get_counter's entry; none of bump_counter's
+    assert tagged.data == 0
+    assert bump.describe()["cached"] is False
