@@ -149,13 +149,16 @@ def serve(
     from iogate.gateway.logging import configure_logging, secrets_of
 
     configure_logging(level=log_level, secrets=secrets_of(settings), background=True)
-    from iogate.gateway.shared_state import memory_cache_warning
+    from iogate.gateway.shared_state import memory_cache_warning, rate_limit_warning
 
-    stale = memory_cache_warning(settings, workers=workers)
-    if stale is not None:  # once, here, rather than once per worker
-        import logging
+    for warning in (
+        memory_cache_warning(settings, workers=workers),
+        rate_limit_warning(settings, workers=workers),
+    ):
+        if warning is not None:  # once, here, rather than once per worker
+            import logging
 
-        logging.getLogger("iogate.gateway").warning(stale)
+            logging.getLogger("iogate.gateway").warning(warning)
     if workers > 1:
         _serve_workers(path, settings, workers, log_level, sock)
         return

@@ -29,6 +29,7 @@ from iogate.gateway.app import create_app
 from iogate.gateway.settings import parse_settings
 from tests.conftest import unavailable
 from tests.gateway.test_ready_proxy import serve_gateway
+from tests.gateway.test_shared_state import Gateway, start_all
 
 RESOURCES = ("pg", "main", "cache", "upstream")
 MAX_REQUESTS = 20_000  # the load's hard bound; it normally stops with the browser
@@ -288,6 +289,8 @@ circuit_breaker = {{ failure_threshold = 5, recovery_timeout = 5 }}
     assert pool_points >= 4
     assert pool_max >= 1
     assert 'class="badge closed"' in dom  # the upstream's breaker
+    assert parsed.body.get("data-workers") == "0"  # one process: no workers table
+    assert '<section id="workers-section" hidden="">' in dom
     assert load.sent > 50
     assert load.statuses.get(200, 0) > 0
     assert load.statuses.get(400, 0) > 0  # the broken statements, charted as errors
@@ -300,3 +303,77 @@ circuit_breaker = {{ failure_threshold = 5, recovery_timeout = 5 }}
         with contextlib.suppress(OSError):
             Path(keep).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(screenshot, keep)
+
+
+class WorkerRows(HTMLParser):
+    """The workers table: ``{pid: (count, [cell texts])}``, and whether it is hidden."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[int, tuple[int, list[str]]] = {}
+        self.hidden: bool | None = None
+        self._pid: int | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "section" and values.get("id") == "workers-section":
+            self.hidden = "hidden" in values
+        elif tag == "tr" and "data-worker" in values:
+            self._pid = int(values["data-pid"])
+            self.rows[self._pid] = (int(values["data-count"]), [])
+        elif tag == "td" and self._pid is not None:
+            self._cell = []
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self._pid is not None:
+            self.rows[self._pid][1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr":
+            self._pid = None
+
+
+async def test_dashboard_lists_each_worker_under_workers_2(chromium: str, tmp_path: Path) -> None:
+    body = f'[databases.main]\ntype = "sqlite"\npath = "{tmp_path / "main.db"}"\n'
+    (gateway,) = start_all([Gateway(tmp_path, "workers", body, "--workers", "2")])
+    query = {"db_name": "main", "query": "SELECT 1 AS one"}
+    # A new connection per request, so the kernel hands requests to both workers.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.base, timeout=5, limits=fresh) as client:
+            sent = 0
+            deadline = time.monotonic() + 60
+            counts: list[int] = []
+            while len(counts) < 2 or min(counts) == 0:  # until both served some
+                for _ in range(20):
+                    assert (await client.post("/database/execute", json=query)).status_code == 200
+                sent += 20
+                while True:  # until every request is counted (each publishes once a second)
+                    stats = (await client.get("/stats")).json()
+                    counts = [w["databases"]["main"]["count"] for w in stats["workers"]]
+                    if len(counts) == 2 and sum(counts) == sent:
+                        break
+                    assert time.monotonic() < deadline, f"workers never both counted: {stats}"
+                    await asyncio.sleep(0.1)  # polling the next publication
+            expected = {w["pid"]: w["databases"]["main"]["count"] for w in stats["workers"]}
+            page = f"{gateway.base}/dashboard?interval=300"
+            dom = await run_chromium(
+                chromium, tmp_path / "profile", "--virtual-time-budget=3000", "--dump-dom", page
+            )
+    finally:
+        gateway.stop()
+    rows = WorkerRows()
+    rows.feed(dom)
+    assert rows.hidden is False
+    assert 'data-workers="2"' in dom
+    assert {pid: count for pid, (count, _) in rows.rows.items()} == expected
+    for pid, (count, cells) in rows.rows.items():
+        assert cells[2] == str(pid)
+        assert cells[4] == str(count)
+        assert cells[5] == "100.0 %"
+    assert 'id="workers-incomplete" class="note" hidden=""' in dom
+    print(f"\n--workers 2: dashboard rows {expected} after {sent} requests")

@@ -42,9 +42,10 @@ from iogate.gateway.shared_state import (
     INVALIDATE_CHANNEL,
     PeerLink,
     memory_cache_warning,
-    merge_stats,
     rate_limit_storage,
+    rate_limit_warning,
 )
+from iogate.gateway.worker_stats import merge_stats
 from iogate.resilience.breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
 from iogate.resilience.ratelimit import RateLimiter
 from tests.conftest import free_port, unavailable
@@ -292,6 +293,22 @@ def test_merge_adds_counts_and_keeps_the_worst_circuit() -> None:
     assert circuit == {"state": "open", "rejected": 2, "retry_after": 2.0}
 
 
+def test_merge_never_sums_who_published() -> None:
+    snapshots = [
+        {
+            **_worker(10, 0, 1.0, "closed"),
+            "id": f"h:{pid}",
+            "pid": pid,
+            "host": "h",
+            "published_at": 1000.0 + pid,
+        }
+        for pid in (101, 102, 103)
+    ]
+    merged = merge_stats(snapshots)
+    assert not {"id", "pid", "host", "published_at"} & set(merged)
+    assert merged["databases"]["main"]["count"] == 30
+
+
 def test_settings_helpers() -> None:
     assert rate_limit_storage("") is None
     assert rate_limit_storage("redis://h:6379/2") == "async+redis://h:6379/2"
@@ -305,6 +322,27 @@ def test_settings_helpers() -> None:
         env={},
     )
     assert memory_cache_warning(shared, workers=4) is None
+
+
+def test_rate_limits_counted_per_worker_are_warned_about() -> None:
+    apis = (
+        '[apis.crm]\nbase_url = "http://127.0.0.1:9/v1"\nrate_limit = "100/second"\n'
+        '[apis.billing]\nbase_url = "http://127.0.0.1:9/v1"\nrate_limit = "5/minute"\n'
+        '[apis.free]\nbase_url = "http://127.0.0.1:9/v1"\n'
+    )
+    settings = parse_settings(apis, env={})
+    assert rate_limit_warning(settings, workers=1) is None
+    warning = rate_limit_warning(settings, workers=3)
+    assert warning is not None
+    assert warning.startswith("apis billing (5/minute), crm (100/second): ")  # no "free"
+    assert "with 3 workers each admits the full limit" in warning
+    assert "[gateway] shared_state" in warning
+    shared = parse_settings(
+        f'[gateway]\nshared_state = "redis://127.0.0.1:6379/15"\n{apis}', env={}
+    )
+    assert rate_limit_warning(shared, workers=3) is None
+    unlimited = parse_settings('[apis.free]\nbase_url = "http://127.0.0.1:9/v1"\n', env={})
+    assert rate_limit_warning(unlimited, workers=3) is None
 
 
 async def test_a_rate_limit_counts_locally_while_its_shared_storage_is_down(
@@ -793,3 +831,12 @@ async def test_workers_share_stats_through_the_metrics_directory(tmp_path: Path)
     )
     assert "a memory database is per process" in gateway.output()
     print(f"\n--workers 2: counts per worker {[w['databases']['main']['count'] for w in workers]}")
+
+
+async def test_workers_without_redis_warn_once_about_rate_limits(tmp_path: Path) -> None:
+    body = '[apis.crm]\nbase_url = "http://127.0.0.1:9/v1"\nrate_limit = "10/second"\n'
+    (gateway,) = start_all([Gateway(tmp_path, "limited", body, "--workers", "2")])
+    gateway.stop()
+    log = gateway.output()
+    assert log.count("apis crm (10/second): a rate_limit is counted per process") == 1, log
+    assert "a memory database is per process" not in log  # no memory database here

@@ -8,7 +8,8 @@
 //                   &window=<seconds a rate is averaged over, default 5>
 // Each chart canvas carries data-points (samples drawn) and data-max (the
 // largest value) so a headless browser can tell the charts got data; the body
-// carries data-history (samples loaded from the server's history).
+// carries data-history (samples loaded from the server's history) and
+// data-workers (rows of the workers table, shown with more than one worker).
 "use strict";
 
 (function () {
@@ -28,6 +29,8 @@
 
   const history = new Map(); // resource name -> samples and the previous counters
   let operations = {}; // named operation -> its latest snapshot
+  let workers = []; // /stats "workers": each process's own snapshot (with --workers)
+  let workersComplete = true;
   let samples = 0;
   let failures = 0;
   let historyLoaded = false;
@@ -73,7 +76,11 @@
       if (!response.ok) {
         throw new Error("GET /stats answered " + response.status);
       }
-      ingest(await response.json());
+      const stats = await response.json();
+      ingest(stats);
+      // Only live answers list the workers; history samples are aggregates.
+      workers = Array.isArray(stats.workers) ? stats.workers : [];
+      workersComplete = stats.workers_complete !== false;
       samples += 1;
       document.body.dataset.samples = String(samples);
       render();
@@ -257,6 +264,51 @@
     }
   }
 
+  // One worker's figures, summed over its databases and APIs.
+  function workerTotals(worker) {
+    const totals = { count: 0, errors: 0, throughput: 0, inUse: 0 };
+    for (const group of [worker.databases || {}, worker.apis || {}]) {
+      for (const s of Object.values(group)) {
+        totals.count += Number(s.count || 0);
+        totals.errors += Number(s.errors || 0);
+        totals.throughput += Number(s.throughput_per_s || 0);
+        totals.inUse += Number((s.pool && s.pool.in_use) || 0);
+      }
+    }
+    return totals;
+  }
+
+  function renderWorkers() {
+    // One worker: the summary above is its own, so no table.
+    const shown = workers.length > 1 ? workers : [];
+    document.getElementById("workers-section").hidden = shown.length === 0;
+    document.getElementById("workers-incomplete").hidden = workersComplete;
+    const body = document.querySelector("#workers tbody");
+    body.replaceChildren();
+    // Ages on the server's clock: the answering worker stamped itself last.
+    const newest = Math.max.apply(null, shown.map(function (w) {
+      return Number(w.published_at || 0);
+    }));
+    for (const worker of shown) {
+      const totals = workerTotals(worker);
+      const row = document.createElement("tr");
+      row.dataset.worker = String(worker.id);
+      row.dataset.pid = String(worker.pid);
+      row.dataset.count = String(totals.count);
+      cell(row, String(worker.id));
+      cell(row, String(worker.host));
+      cell(row, String(worker.pid));
+      cell(row, fmt(worker.uptime_s, 0));
+      cell(row, String(totals.count));
+      cell(row, pct(totals.count > 0 ? (totals.count - totals.errors) / totals.count : null));
+      cell(row, fmt(totals.throughput, 2));
+      cell(row, String(totals.inUse));
+      cell(row, fmt(newest - Number(worker.published_at || 0), 1));
+      body.appendChild(row);
+    }
+    document.body.dataset.workers = String(shown.length);
+  }
+
   function card(name) {
     const id = "card-" + name;
     let element = document.getElementById(id);
@@ -353,6 +405,7 @@
   function render() {
     renderSummary();
     renderOperations();
+    renderWorkers();
     for (const [name, h] of history) {
       renderCard(name, h);
     }
