@@ -129,7 +129,15 @@ class ChunkRunner:
             operations = prepare_chunk(chunk.operations, job_id=task.job_id, start=chunk.start)
             writer = _ResultWriter(self.store, task.job_id, chunk.start)
             started = time.perf_counter()
-            cancelled = await self._run_batch(task, operations, finished, job, writer)
+            try:
+                cancelled = await self._run_batch(task, operations, finished, job, writer)
+            except asyncio.CancelledError:
+                # This runner is stopping (shutdown, reload): keep the results
+                # that are in, so the chunk's next run repeats only what was
+                # in flight (each store call is bounded by its timeouts).
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(writer.flush())
+                raise
             await writer.flush()
             self.operations_run += writer.written
             logger.info(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -296,6 +296,31 @@ class _SQLite(_Dialect):
         return new, failed
 
 
+def _result_row(result: Mapping[str, Any], success: bool) -> tuple[bool, str]:
+    """(success, JSON text) of a result as stored.
+
+    Encoded as ``GET /batch/jobs/{id}`` serves it, two levels down
+    (``{"results": [{...}]}``), and with the gateway's fallbacks (``default=str``,
+    non-string keys). A result that JSON cannot hold (nested past orjson's 254
+    levels, say a jsonb value the database built) is stored as that
+    operation's failure: refusing it would fail the chunk on every delivery,
+    re-running its operations, and a result stored but not servable would make
+    every read of the job a 500.
+    """
+    try:
+        text = orjson.dumps([[result]], default=str, option=orjson.OPT_NON_STR_KEYS)[2:-2]
+        return bool(success), text.decode()
+    except orjson.JSONEncodeError as exc:
+        resource, operation = result.get("resource"), result.get("operation")
+        failure = Result.fail(
+            f"the result cannot be stored as JSON: {exc}",
+            "query_error",
+            resource=resource if isinstance(resource, str) else None,
+            operation=operation if isinstance(operation, str) else None,
+        )
+        return False, orjson.dumps(failure.to_dict()).decode()
+
+
 def _batches(rows: list[Any], size: Callable[[Any], int]) -> Iterator[list[Any]]:
     """``rows`` cut at :data:`_BATCH_ROWS` rows or :data:`_BATCH_BYTES` of text."""
     batch: list[Any] = []
@@ -505,11 +530,7 @@ class SQLJobStore:
         first: dict[int, tuple[int, bool, str]] = {}
         for stored in results:
             if stored.index not in first:
-                try:
-                    text = orjson.dumps(stored.result).decode()
-                except orjson.JSONEncodeError as exc:
-                    raise JobError(f"job store: {what}: result is not JSON: {exc}") from exc
-                first[stored.index] = (stored.index, bool(stored.success), text)
+                first[stored.index] = (stored.index, *_result_row(stored.result, stored.success))
         if not first:
             return 0
         # Index order: concurrent writers of the same indexes lock them in the
