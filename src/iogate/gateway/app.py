@@ -259,7 +259,9 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         app.state.sharing = sharing
         # The dashboard's last minutes, of every worker.
         history = start_history(app, started_at, stats=sharing.history_sample)
-        jobs = GatewayJobs(settings.jobs, orchestrator, settings.gateway.max_params)
+        jobs = GatewayJobs(
+            settings.jobs, orchestrator, settings.gateway.max_params, settings.operations
+        )
         app.state.jobs = jobs
         jobs.start_in_background()
         try:

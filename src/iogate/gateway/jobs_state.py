@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from starlette.requests import Request
 
 from iogate.core.errors import IogateError
-from iogate.gateway.settings import JobsSettings
+from iogate.gateway.settings import JobsSettings, OperationSettings
 from iogate.jobs.model import JobError
 from iogate.jobs.service import JobService
 from iogate.orchestrator import AsyncOperationOrchestrator
+from iogate.orchestrator.operations import load_operations
 
 __all__ = ["GatewayJobs", "JobsDisabledError", "jobs_of", "jobs_to_read"]
 
@@ -33,19 +35,36 @@ class JobsDisabledError(JobError):
     """``[jobs] enabled = false``: the job routes answer 404."""
 
 
+# The newest GatewayJobs of this process. A config reload builds a new app
+# generation while the old one still drains: the new one's embedded runner
+# must not resume chunks the old runner is still running.
+_latest: GatewayJobs | None = None
+
+
 class GatewayJobs:
     """One app's job service, opened once."""
 
     def __init__(
-        self, settings: JobsSettings, orchestrator: AsyncOperationOrchestrator, max_params: int
+        self,
+        settings: JobsSettings,
+        orchestrator: AsyncOperationOrchestrator,
+        max_params: int,
+        operations: Mapping[str, OperationSettings] | None = None,
     ) -> None:
+        global _latest
         self.settings = settings
         self.orchestrator = orchestrator
         self.max_params = max_params
+        self.operations = operations or {}
         self._service: JobService | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self.closed = asyncio.Event()
         self._warmup: asyncio.Task[None] | None = None
+        self._resume: asyncio.Task[None] | None = None
+        previous = _latest
+        self._predecessor = previous if previous is not None and not previous._closed else None
+        _latest = self
 
     @property
     def embedded(self) -> bool:
@@ -82,6 +101,10 @@ class GatewayJobs:
                     raise JobError("the gateway is shutting down")
                 if not self.settings.enabled:
                     raise JobsDisabledError("durable jobs are disabled ([jobs] enabled = false)")
+                # A chunk resumed after a restart may run named operations.
+                load_operations(self.orchestrator, self.operations)
+                predecessor = self._predecessor
+                waiting = self.embedded and predecessor is not None and not predecessor._closed
                 self._service = await JobService.start(
                     self.orchestrator,
                     store=self.settings.store,
@@ -92,11 +115,29 @@ class GatewayJobs:
                     max_operations=self.settings.max_operations,
                     max_params=self.max_params,
                     runner_chunks=self.settings.worker_chunks,
+                    resume=not waiting,
                 )
+                if waiting and predecessor is not None:
+                    self._resume = asyncio.create_task(
+                        self._resume_after(predecessor, self._service), name="iogate-jobs-resume"
+                    )
             return self._service
+
+    async def _resume_after(self, predecessor: GatewayJobs, service: JobService) -> None:
+        """Resume unfinished chunks once the previous generation's runner stopped."""
+        await predecessor.closed.wait()
+        try:
+            await service.resume()
+        except IogateError as exc:
+            logger.warning("resuming job chunks after the reload failed: %s", exc)
 
     async def aclose(self) -> None:
         self._closed = True
+        for task in (self._resume,):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._warmup is not None:
             self._warmup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -105,6 +146,7 @@ class GatewayJobs:
             if self._service is not None:
                 await self._service.aclose()
                 self._service = None
+        self.closed.set()
 
 
 def _holder(request: Request) -> GatewayJobs:

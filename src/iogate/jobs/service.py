@@ -107,7 +107,7 @@ class JobService:
         self.runner_chunks = runner_chunks
         # Re-publish unfinished chunks at start: the in-process queue forgets
         # them at exit; a broker keeps them (and RabbitMQ would duplicate them).
-        self.resume = run_chunks if resume is None else resume
+        self.resume_at_start = run_chunks if resume is None else resume
         self.runner = ChunkRunner(store, orchestrator)
         self._consumer: asyncio.Task[None] | None = None
         self._open = False
@@ -122,11 +122,14 @@ class JobService:
         queue: str = "iogate-jobs",
         ack_wait: float = 30.0,
         run_chunks: bool | None = None,
+        resume: bool | None = None,
         **options: Any,
     ) -> JobService:
         """Open the store and the broker, attach to ``orchestrator``
         (``orchestrator.submit_batch_job``), and, with no broker (or
-        ``run_chunks=True``), run chunks here. ``options``: ``chunk_size``,
+        ``run_chunks=True``), run chunks here. ``resume``: publish the store's
+        unfinished chunks again at start (default: with no broker, since the
+        in-process queue forgets them at exit). ``options``: ``chunk_size``,
         ``max_operations``, ``max_params``, ``runner_chunks``."""
         from iogate.jobs.dispatch import open_dispatcher
         from iogate.jobs.store import SQLJobStore
@@ -143,7 +146,7 @@ class JobService:
             job_store,
             dispatcher,
             run_chunks=embedded if run_chunks is None else run_chunks,
-            resume=embedded,
+            resume=embedded if resume is None else resume,
             **options,
         )
         await service.open()
@@ -163,11 +166,17 @@ class JobService:
         self.orchestrator.attach_jobs(self)
         if self.run_chunks:
             self._consumer = asyncio.create_task(self._consume(), name="iogate-jobs-runner")
-        if self.run_chunks and self.resume:
-            unfinished = await self.store.unfinished()
-            if unfinished:
-                logger.info("resuming %d unfinished job chunk(s)", len(unfinished))
-                await self.dispatcher.publish(unfinished)
+        if self.run_chunks and self.resume_at_start:
+            await self.resume()
+
+    async def resume(self) -> int:
+        """Publish the store's unfinished chunks again (the embedded runner's
+        queue forgets them at exit); how many."""
+        unfinished = await self.store.unfinished()
+        if unfinished:
+            logger.info("resuming %d unfinished job chunk(s)", len(unfinished))
+            await self.dispatcher.publish(unfinished)
+        return len(unfinished)
 
     async def _consume(self) -> None:
         """Run chunks until closed; a lost broker connection is retried, not fatal."""
