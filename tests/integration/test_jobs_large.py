@@ -1,8 +1,10 @@
-"""A 100,000-operation job mixing PostgreSQL, Redis, SQLite and API calls
-(embedded runner, SQLite job store): every operation done exactly once."""
+"""A 100,000-operation job mixing PostgreSQL, Redis, SQLite and API calls,
+its chunks on NATS JetStream (and, for comparison, the embedded queue), the
+job store on SQLite: every operation done exactly once."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,8 +17,20 @@ from aiohttp import web
 
 from iogate import AsyncOperationOrchestrator
 from iogate.jobs.service import JobService
+from tests.conftest import port_open, unavailable
 
 TOTAL = 100_000
+NATS_URL = os.environ.get("IOGATE_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+async def drop_stream(name: str) -> None:
+    import nats
+
+    client = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
+    try:
+        await client.jetstream().delete_stream(name)
+    finally:
+        await client.close()
 
 
 @pytest.fixture
@@ -66,13 +80,17 @@ def operation(i: int, table: str, prefix: str) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("broker", ["nats", "embedded"])
 async def test_a_100k_mixed_job_runs_every_operation_once(
+    broker: str,
     tmp_path: Path,
     postgres_url: str,
     redis_url: str,
     upstream: tuple[str, set[str]],
     table_name: str,
 ) -> None:
+    if broker == "nats" and not port_open(NATS_URL, 4222):
+        unavailable(f"no NATS at {NATS_URL}")
     prefix = f"iogate-test-job-{uuid.uuid4().hex[:8]}:"
     conn = await asyncpg.connect(postgres_url)
     await conn.execute(f"CREATE TABLE {table_name} (id serial PRIMARY KEY, v int UNIQUE)")
@@ -85,8 +103,14 @@ async def test_a_100k_mixed_job_runs_every_operation_once(
             await orchestrator.execute_database_operation(
                 "lite", "CREATE TABLE items (id INTEGER PRIMARY KEY, v INTEGER UNIQUE)"
             )
+            queue = f"iogate-test-{uuid.uuid4().hex[:12]}"
             service = await JobService.start(
-                orchestrator, store=f"sqlite:///{tmp_path / 'jobs.db'}", runner_chunks=4
+                orchestrator,
+                store=f"sqlite:///{tmp_path / 'jobs.db'}",
+                broker=NATS_URL if broker == "nats" else "",
+                queue=queue,
+                run_chunks=True,  # this process is the worker
+                runner_chunks=4,
             )
             try:
                 started = time.perf_counter()
@@ -101,6 +125,8 @@ async def test_a_100k_mixed_job_runs_every_operation_once(
                 assert indexes == list(range(TOTAL))
             finally:
                 await service.aclose()
+                if broker == "nats":
+                    await drop_stream(queue)
             lite = await orchestrator.execute_database_operation(
                 "lite", "SELECT count(*) AS n FROM items"
             )
@@ -111,7 +137,7 @@ async def test_a_100k_mixed_job_runs_every_operation_once(
             assert redis.data == str(TOTAL - 3)
         assert await conn.fetchval(f"SELECT count(*) FROM {table_name}") == TOTAL // 4
         assert len(upstream[1]) == TOTAL // 4  # one call per API operation, each its own key
-        print(f"100,000 mixed operations in {elapsed:.1f}s ({TOTAL / elapsed:,.0f}/s)")
+        print(f"{broker}: 100,000 mixed operations in {elapsed:.1f}s ({TOTAL / elapsed:,.0f}/s)")
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS {table_name}")
         await conn.close()
