@@ -430,3 +430,27 @@ async def test_consume_returns_when_the_dispatcher_closes(broker: Broker) -> Non
 
 async def _nothing(task: ChunkTask) -> None:
     return None
+
+
+@brokers
+async def test_an_idle_consumer_still_takes_chunks(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle pull requests expire over and over; nats-py sometimes ends one with
+    the builtin TimeoutError, which once stopped the consumer without a word."""
+    from iogate.jobs.dispatch import jetstream
+
+    monkeypatch.setattr(jetstream, "FETCH_WAIT", 0.02)  # many expiring pulls a second
+    dispatcher = broker.make()
+    await dispatcher.open()
+    seen: list[str] = []
+
+    async def handler(task: ChunkTask) -> None:
+        seen.append(task.message_id)
+
+    async with consuming(dispatcher, handler, 2) as consumer:
+        await asyncio.sleep(4)  # idle: measuring that the consumer outlives its pulls
+        assert not consumer.done(), consumer
+        tasks = new_tasks(3)
+        await dispatcher.publish(tasks)
+        assert await poll(lambda: len(seen) >= 3, timeout=15)

@@ -186,10 +186,15 @@ class JobService:
             try:
                 await self.dispatcher.consume(self.runner, prefetch=self.runner_chunks)
                 return  # the dispatcher was closed
-            except JobError as exc:
+            except Exception as exc:  # a runner that stops taking chunks must say so and retry
                 failures = 1 if time.monotonic() - started > CONSUME_RETRY_MAX else failures + 1
                 wait = min(CONSUME_RETRY_MAX, 0.5 * 2 ** (failures - 1))
-                logger.warning("taking chunks failed (%s); again in %.1fs", exc, wait)
+                if isinstance(exc, JobError):
+                    logger.warning("taking chunks failed (%s); again in %.1fs", exc, wait)
+                else:
+                    logger.error(
+                        "taking chunks failed unexpectedly; again in %.1fs", wait, exc_info=exc
+                    )
                 await asyncio.sleep(wait)  # the broker is away: wait before reconnecting
 
     async def aclose(self) -> None:

@@ -308,8 +308,10 @@ class JetStreamDispatcher:
                     continue
                 try:
                     messages = await sub.fetch(prefetch - len(running), timeout=FETCH_WAIT)
-                except nats.errors.TimeoutError:
-                    continue  # nothing to do, or a reconnect under way
+                except (nats.errors.TimeoutError, TimeoutError):
+                    # Nothing to do, or a reconnect under way. nats-py ends an
+                    # expired pull with either kind of TimeoutError.
+                    continue
                 except nats.errors.Error as exc:
                     if self._state is not State.OPEN:
                         return
