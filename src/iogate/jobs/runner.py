@@ -71,6 +71,7 @@ class _ResultWriter:
         self.pending: list[StoredResult] = []
         self.wake = asyncio.Event()
         self.written = 0
+        self.stopping = False
 
     def add(self, index: int, result: Result) -> None:
         self.pending.append(
@@ -80,13 +81,18 @@ class _ResultWriter:
             self.wake.set()
 
     async def run(self) -> None:
-        """Write pending results every FLUSH_AFTER seconds (or sooner when many)."""
-        while True:
+        """Write pending results every FLUSH_AFTER seconds (or sooner when many),
+        until :meth:`stop`: a write under way is finished, never cut."""
+        while not self.stopping:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FLUSH_AFTER):
                     await self.wake.wait()
             self.wake.clear()
             await self.flush()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
 
     async def flush(self) -> None:
         while self.pending:
@@ -191,6 +197,6 @@ class ChunkRunner:
                         await batch
                     return True
         finally:
-            for running in (batch, flusher):
-                running.cancel()
+            batch.cancel()
+            writer.stop()  # ends after the write under way (store calls are bounded)
             await asyncio.gather(batch, flusher, return_exceptions=True)
