@@ -79,6 +79,7 @@ def main() -> None:
         ),
         run("Memory per manager", [py, "bench/memory_bench.py", *quick]),
         run("What the input checks cost (callgrind)", [py, "bench/checks_cost.py", *quick]),
+        run("Durable jobs", [py, "bench/jobs_bench.py", *quick]),
         run(
             "Adaptive concurrency under 5x overload",
             [
