@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from iogate.jobs.model import JobProgress
 from tests.docs.conftest import substitute
 from tests.docs.support import ROOT, Block, blocks, run_python_block
 
@@ -63,3 +64,6 @@ async def test_example_runs_as_written(
         if not r.success and name not in expected
     }
     assert failed == {}, block.where
+    for name, value in run.namespace.items():  # a job the example waited for
+        if isinstance(value, JobProgress) and name not in expected:
+            assert (value.status, value.failed) == ("done", 0), f"{block.where}: {name}"
