@@ -92,7 +92,10 @@ allowed_hosts = ["testserver"]  # schemathesis's ASGI client; any other Host get
 [[gateway.api_keys]]
 name = "fuzz"
 key = "{KEY}"
-scopes = ["db:*:write", "api:*", "batch", "ops:*", "observe"]
+scopes = ["db:*:write", "api:*", "batch", "jobs", "ops:*", "observe"]
+
+[jobs]
+store = "sqlite:///{directory / "jobs.db"}"
 
 [databases.main]
 type = "sqlite"

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
 from iogate.core.errors import InvalidRequestError
@@ -28,7 +29,7 @@ from iogate.gateway.audit import audit_of
 from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, settings_of
 from iogate.gateway.jobs_state import JobsDisabledError, jobs_of, jobs_to_read
-from iogate.gateway.responses import ORJSONResponse, problem
+from iogate.gateway.responses import ORJSONResponse, declared, problem
 from iogate.gateway.routes.batch import MAX_CONCURRENCY, note_steps, scope_of
 from iogate.gateway.settings import Settings
 from iogate.jobs.model import JobError, JobNotFoundError, JobProgress
@@ -42,6 +43,56 @@ __all__ = ["router"]
 router = APIRouter(tags=["jobs"])
 NDJSON = "application/x-ndjson"
 MAX_PAGE = 1000
+
+
+class JobSubmission(BaseModel):
+    """The body of ``POST /batch/jobs`` (documentation: the route reads it itself,
+    off the event loop when it is large)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operations: list[Any] = Field(
+        min_length=1, description="database / api / transaction / operation objects"
+    )
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str
+    total: int
+    links: dict[str, str]
+
+
+class JobProgressBody(BaseModel):
+    job_id: str
+    status: str = Field(description="queued, running, done or cancelled")
+    total: int
+    done: int
+    failed: int
+    pending: int
+    chunks: int
+    chunks_done: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    links: dict[str, str]
+
+
+class JobStatusBody(JobProgressBody):
+    results: list[dict[str, Any]] = Field(description="Results with their index, in order")
+    next_after: int | None = Field(description="``after`` for the next page; null: last page")
+
+
+_SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "The job is recorded; it runs from now on",
+        "headers": {"Location": {"schema": {"type": "string"}}},
+    },
+    **declared(problem=(400, 401, 403, 404, 413, 415, 422, 500, 503)),
+}
+_STATUS_RESPONSES = declared(JobStatusBody, problem=(401, 403, 404, 422, 500, 503))
+_STATUS_RESPONSES[200]["content"] = {NDJSON: {"schema": {"type": "string"}}}
 # The largest index a job store can hold (BIGINT): a larger ``after`` is a 422.
 MAX_INDEX = 2**63 - 1
 
@@ -94,7 +145,14 @@ def _wants_ndjson(accept: str) -> bool:
     "/batch/jobs",
     status_code=202,
     summary="Submit a durable batch job",
-    responses={202: {"description": "The job is recorded; its id and links"}},
+    response_model=JobAccepted,
+    responses=_SUBMIT_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": JobSubmission.model_json_schema()}},
+        }
+    },
 )
 async def submit_job(
     request: Request,
@@ -206,7 +264,11 @@ async def _owned(request: Request, principal: Principal, job_id: str) -> JobServ
     return service
 
 
-@router.get("/batch/jobs/{job_id}", summary="A job's progress and a page of its results")
+@router.get(
+    "/batch/jobs/{job_id}",
+    summary="A job's progress and a page of its results",
+    responses=_STATUS_RESPONSES,
+)
 async def job_status(
     request: Request,
     job_id: str,
@@ -247,7 +309,11 @@ async def _ndjson(service: JobService, job_id: str, after: int) -> AsyncIterator
             return
 
 
-@router.delete("/batch/jobs/{job_id}", summary="Cancel a job")
+@router.delete(
+    "/batch/jobs/{job_id}",
+    summary="Cancel a job",
+    responses=declared(JobProgressBody, problem=(401, 403, 404, 500, 503)),
+)
 async def cancel_job(
     request: Request,
     job_id: str,
