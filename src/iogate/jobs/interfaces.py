@@ -89,8 +89,9 @@ class JobStore(Protocol):
         """Mark the chunk finished; the job is done once every chunk is."""
         ...
 
-    async def start_chunk(self, job_id: str, chunk: int) -> None:
-        """Note that a runner took the chunk (the job is running)."""
+    async def start_chunk(self, job_id: str, chunk: int) -> int:
+        """Note that a runner took the chunk (the job is running); how many
+        times it has been taken, this one included."""
         ...
 
     async def progress(self, job_id: str) -> JobProgress | None: ...

@@ -34,7 +34,7 @@ from iogate.jobs.model import ChunkTask, StoredResult
 from iogate.orchestrator.batch import execute_batch
 from iogate.orchestrator.orchestrator import AsyncOperationOrchestrator
 
-__all__ = ["CANCEL_POLL", "TRUSTED", "ChunkRunner", "guard_names"]
+__all__ = ["CANCEL_POLL", "MAX_CHUNK_ATTEMPTS", "TRUSTED", "ChunkRunner", "guard_names"]
 
 logger = logging.getLogger("iogate.jobs")
 
@@ -42,6 +42,8 @@ CANCEL_POLL = 0.5  # seconds between checks of the job's cancelled flag
 FLUSH_EVERY = 50  # results written to the store in one transaction, at most
 FLUSH_AFTER = 0.2  # seconds a finished result may wait to be written
 TRUSTED = "trusted"  # a database's guard entry for trusted (admin) SQL
+# Runs of one chunk before its remaining operations fail instead (a poison chunk).
+MAX_CHUNK_ATTEMPTS = 5
 
 
 def guard_names(guards: Mapping[str, Access | None]) -> dict[str, str]:
@@ -124,9 +126,12 @@ class ChunkRunner:
         chunk = await self.store.chunk(task.job_id, task.chunk)
         if chunk is None or chunk.finished:
             return
-        await self.store.start_chunk(task.job_id, task.chunk)
+        attempts = await self.store.start_chunk(task.job_id, task.chunk)
         end = chunk.start + len(chunk.operations)
         stored = await self.store.results_in(task.job_id, chunk.start, end)
+        if attempts > MAX_CHUNK_ATTEMPTS and len(stored) < len(chunk.operations):
+            await self._give_up(task, chunk.start, end, stored, attempts)
+            return
         if len(stored) < len(chunk.operations):
             finished = {
                 index - chunk.start: Result.from_dict(found.result)
@@ -156,6 +161,30 @@ class ChunkRunner:
             )
             if cancelled:
                 return
+        await self.store.finish_chunk(task.job_id, task.chunk)
+        self.chunks_run += 1
+
+    async def _give_up(
+        self, task: ChunkTask, start: int, end: int, stored: Mapping[int, Any], attempts: int
+    ) -> None:
+        """A chunk taken too often without finishing (its runner crashed or
+        failed each time): every operation without a result fails, alone, and
+        the job goes on instead of sending the chunk round for ever."""
+        reason = (
+            f"not run: chunk {task.chunk} was taken {attempts - 1} times without finishing "
+            "(a runner crashed or failed on it each time); see the workers' logs"
+        )
+        failed = [
+            StoredResult(
+                index=index,
+                success=False,
+                result=Result.fail(reason, "internal_error").to_dict(),
+            )
+            for index in range(start, end)
+            if index not in stored
+        ]
+        logger.error("job %s chunk %d: %s", task.job_id, task.chunk, reason)
+        await self.store.store_results(task.job_id, failed)
         await self.store.finish_chunk(task.job_id, task.chunk)
         self.chunks_run += 1
 

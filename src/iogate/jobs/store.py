@@ -102,6 +102,7 @@ _SCHEMA = (
         end_idx BIGINT NOT NULL,
         operations TEXT NOT NULL,
         finished BOOLEAN NOT NULL DEFAULT FALSE,
+        attempts INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (job_id, chunk))""",
     """CREATE TABLE IF NOT EXISTS iogate_job_results (
         job_id TEXT NOT NULL,
@@ -112,7 +113,6 @@ _SCHEMA = (
     f"CREATE INDEX IF NOT EXISTS iogate_jobs_open ON iogate_jobs (created_at)"
     f" WHERE status IN {_OPEN}",
 )
-_LAST_OBJECT = "iogate_jobs_open"
 
 _INSERT_JOB = (
     "INSERT INTO iogate_jobs (id, status, total, chunks, concurrency, max_rows, guards,"
@@ -156,6 +156,11 @@ _COUNT_CHUNK = (
 _START = (
     f"UPDATE iogate_jobs SET status = '{JobStatus.RUNNING.value}', started_at = $2"
     f" WHERE id = $1 AND status = '{JobStatus.QUEUED.value}'"
+)
+_ADD_ATTEMPTS = "ALTER TABLE iogate_job_chunks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
+_ATTEMPT = (
+    "UPDATE iogate_job_chunks SET attempts = attempts + 1"
+    " WHERE job_id = $1 AND chunk = $2 RETURNING attempts"
 )
 _CANCEL = (
     f"UPDATE iogate_jobs SET status = '{JobStatus.CANCELLED.value}', cancelled = TRUE,"
@@ -225,7 +230,12 @@ class _Dialect:
 
 class _Postgres(_Dialect):
     # Arrays bound once per batch: one round trip for hundreds of rows.
-    schema_check = f"SELECT to_regclass('{_LAST_OBJECT}') IS NOT NULL AS present"
+    # The newest column: present, every table and index is (see _create_schema).
+    schema_check = (
+        "SELECT count(*) AS present FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = 'iogate_job_chunks'"
+        " AND column_name = 'attempts'"
+    )
     schema_lock = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"
     _chunks = (
         "INSERT INTO iogate_job_chunks (job_id, chunk, start_idx, end_idx, operations)"
@@ -262,7 +272,10 @@ class _Postgres(_Dialect):
 class _SQLite(_Dialect):
     # Multi-row VALUES; each statement counts what it inserted (changes()),
     # failed results apart from the rest so the counters need no RETURNING.
-    schema_check = f"SELECT count(*) AS present FROM sqlite_master WHERE name = '{_LAST_OBJECT}'"
+    schema_check = (
+        "SELECT count(*) AS present FROM pragma_table_info('iogate_job_chunks')"
+        " WHERE name = 'attempts'"
+    )
 
     async def insert_chunks(
         self, tx: _Tx, job_id: str, rows: list[tuple[int, int, int, str]]
@@ -474,6 +487,11 @@ class SQLJobStore:
                 await tx.execute(self._dialect.schema_lock)
             for statement in _SCHEMA:
                 await tx.execute(statement)
+            # A store created before chunks counted their runs (no release had it
+            # without; kept for stores made by development builds).
+            check = await tx.execute(self._dialect.schema_check)
+            if not (check.data and check.data[0]["present"]):
+                await tx.execute(_ADD_ATTEMPTS)
 
     async def aclose(self) -> None:
         """Close the store and its manager; idempotent."""
@@ -550,9 +568,15 @@ class SQLJobStore:
             if marked.rows_affected:
                 await tx.execute(_COUNT_CHUNK, [job_id, self._clock()])
 
-    async def start_chunk(self, job_id: str, chunk: int) -> None:
-        """The job is RUNNING from its first started chunk on (started_at set once)."""
-        await self._query(f"start chunk {chunk} of job {job_id}", _START, [job_id, self._clock()])
+    async def start_chunk(self, job_id: str, chunk: int) -> int:
+        """Count one more run of the chunk and return the count; the job is
+        RUNNING from its first started chunk on (started_at set once)."""
+        what = f"start chunk {chunk} of job {job_id}"
+        async with self._transaction(what) as tx:
+            counted = await tx.execute(_ATTEMPT, [job_id, chunk])
+            await tx.execute(_START, [job_id, self._clock()])
+        rows = counted.data or []
+        return int(rows[0]["attempts"]) if rows else 0
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when unknown or already finished."""
