@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from pathlib import Path
@@ -15,16 +14,9 @@ from iogate.jobs.dispatch import open_dispatcher
 from iogate.jobs.model import JobError
 from iogate.jobs.service import JobService
 from iogate.jobs.store import SQLJobStore
+from tests.brokers import BROKERS, drop_queue
 from tests.conftest import port_open, unavailable
 from tests.faults.proxy import FaultProxy
-
-BROKERS = {
-    "nats": (os.environ.get("IOGATE_TEST_NATS_URL", "nats://127.0.0.1:4222"), 4222),
-    "amqp": (
-        os.environ.get("IOGATE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
-        5672,
-    ),
-}
 
 
 @pytest.mark.timeout(180)
@@ -65,31 +57,7 @@ async def test_chunks_are_taken_again_after_the_broker_connection_drops(
             assert (await second.wait(timeout=60)).done == 10
         finally:
             await service.aclose()
-            await _drop(kind, url, queue)
-
-
-async def _drop(kind: str, url: str, queue: str) -> None:
-    if kind == "nats":
-        import nats
-
-        client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
-        try:
-            await client.jetstream().delete_stream(queue)
-        except Exception:  # already gone
-            pass
-        finally:
-            await client.close()
-    else:
-        import aio_pika
-
-        connection = await aio_pika.connect(url, timeout=2)
-        try:
-            channel = await connection.channel()
-            await channel.queue_delete(queue)
-        except Exception:  # already gone
-            pass
-        finally:
-            await connection.close()
+            await drop_queue(kind, queue, url)
 
 
 @pytest.mark.timeout(60)
@@ -120,4 +88,4 @@ async def test_a_job_that_cannot_be_published_is_not_kept(kind: str, tmp_path: P
         finally:
             await proxy.restore()
             await service.aclose()
-            await _drop(kind, url, queue)
+            await drop_queue(kind, queue, url)

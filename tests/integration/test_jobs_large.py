@@ -4,7 +4,6 @@ job store on SQLite: every operation done exactly once."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,20 +16,10 @@ from aiohttp import web
 
 from iogate import AsyncOperationOrchestrator
 from iogate.jobs.service import JobService
+from tests.brokers import NATS_URL, drop_queue
 from tests.conftest import port_open, unavailable
 
 TOTAL = 100_000
-NATS_URL = os.environ.get("IOGATE_TEST_NATS_URL", "nats://127.0.0.1:4222")
-
-
-async def drop_stream(name: str) -> None:
-    import nats
-
-    client = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
-    try:
-        await client.jetstream().delete_stream(name)
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -126,7 +115,7 @@ async def test_a_100k_mixed_job_runs_every_operation_once(
             finally:
                 await service.aclose()
                 if broker == "nats":
-                    await drop_stream(queue)
+                    await drop_queue("nats", queue)
             lite = await orchestrator.execute_database_operation(
                 "lite", "SELECT count(*) AS n FROM items"
             )

@@ -6,7 +6,6 @@ write."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -21,11 +20,10 @@ import httpx
 import orjson
 import pytest
 
+from tests.brokers import AMQP_URL, NATS_URL, drop_queue
 from tests.conftest import port_open, unavailable
 from tests.gateway.test_reload import Served, serve  # noqa: F401 (the fixture)
 
-NATS_URL = os.environ.get("IOGATE_TEST_NATS_URL", "nats://127.0.0.1:4222")
-AMQP_URL = os.environ.get("IOGATE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 IOGATE = [sys.executable, "-m", "iogate.cli"]
 INSERTS = 1500
 CONCURRENCY = 10
@@ -37,30 +35,6 @@ def broker_url(kind: str) -> str:
     if not port_open(url, port):
         unavailable(f"no {kind} broker at {url}")
     return url
-
-
-async def drop_queue(kind: str, queue: str) -> None:
-    if kind == "nats":
-        import nats
-
-        client = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
-        try:
-            await client.jetstream().delete_stream(queue)
-        except Exception:  # already gone
-            pass
-        finally:
-            await client.close()
-    else:
-        import aio_pika
-
-        connection = await aio_pika.connect(AMQP_URL, timeout=2)
-        try:
-            channel = await connection.channel()
-            await channel.queue_delete(queue)
-        except Exception:  # already gone
-            pass
-        finally:
-            await connection.close()
 
 
 class Workers:

@@ -109,18 +109,9 @@ async def batch_execute(
     except BatchRefusedError as exc:
         return problem(422, "Batch refused", str(exc))
     note_steps(audit, steps, settings)
-    for step in steps:
-        if step.error is None:
-            principal.require(scope_of(step.kind, step.spec))
-        if step.error is None and step.kind in ("database", "transaction"):
-            db = settings.databases.get(str(step.spec["db_name"]))
-            if db is not None and not db.allow_raw_sql:
-                return problem(
-                    403,
-                    "Raw SQL not allowed",
-                    f"operation {step.index}: database {db_name(step.spec)!r} accepts only "
-                    "named operations (allow_raw_sql = false)",
-                )
+    refused = authorize_steps(principal, steps, settings)
+    if refused is not None:
+        return refused
     load_operations(orchestrator, settings.operations)
 
     def guard(name: str) -> Access | None:
@@ -187,6 +178,26 @@ def note_steps(audit: AuditRecord, steps: list[Step], settings: Settings) -> Non
             audit.touch(f"api:{step.spec.get('api_name')}", "api")
         else:
             audit.touch(f"ops:{step.spec.get('name')}", "operation")
+
+
+def authorize_steps(principal: Principal, steps: list[Step], settings: Settings) -> Response | None:
+    """Every well-formed step's scope (raises the 403), and the problem for raw
+    SQL on a database that takes only named operations; None when allowed.
+    For a batch and for a job alike."""
+    for step in steps:
+        if step.error is not None:
+            continue
+        principal.require(scope_of(step.kind, step.spec))
+        if step.kind in ("database", "transaction"):
+            db = settings.databases.get(db_name(step.spec))
+            if db is not None and not db.allow_raw_sql:
+                return problem(
+                    403,
+                    "Raw SQL not allowed",
+                    f"operation {step.index}: database {db_name(step.spec)!r} accepts only "
+                    "named operations (allow_raw_sql = false)",
+                )
+    return None
 
 
 def db_name(spec: Any) -> str:

@@ -30,7 +30,7 @@ from iogate.gateway.auth import Principal, principal_of
 from iogate.gateway.deps import orchestrator_of, settings_of
 from iogate.gateway.jobs_state import JobsDisabledError, jobs_of, jobs_to_read
 from iogate.gateway.responses import ORJSONResponse, declared, problem
-from iogate.gateway.routes.batch import MAX_CONCURRENCY, note_steps, scope_of
+from iogate.gateway.routes.batch import MAX_CONCURRENCY, authorize_steps, note_steps
 from iogate.gateway.settings import Settings
 from iogate.jobs.model import JobError, JobNotFoundError, JobProgress
 from iogate.jobs.service import JobService
@@ -210,18 +210,9 @@ async def submit_job(
     note_steps(audit, steps, settings)
     # The runner in this process finds [operations.NAME] in the registry.
     load_operations(orchestrator, settings.operations)
-    for step in steps:
-        if step.error is None:
-            principal.require(scope_of(step.kind, step.spec))
-        if step.error is None and step.kind in ("database", "transaction"):
-            db = settings.databases.get(str(step.spec.get("db_name")))
-            if db is not None and not db.allow_raw_sql:
-                return problem(
-                    403,
-                    "Raw SQL not allowed",
-                    f"operation {step.index}: database {step.spec.get('db_name')!r} accepts "
-                    "only named operations (allow_raw_sql = false)",
-                )
+    refused = authorize_steps(principal, steps, settings)
+    if refused is not None:
+        return refused
     guards = {name: principal.sql_guard(name, db) for name, db in settings.databases.items()}
     try:
         service = await jobs_of(request)
