@@ -4,6 +4,7 @@ chunks run in the gateway), against SQLite and a local aiohttp upstream."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -323,3 +324,20 @@ async def test_reading_a_job_before_any_was_submitted_creates_no_store(tmp_path:
             assert (await http.get("/batch/jobs/abc")).status_code == 404
             assert (await http.delete("/batch/jobs/abc")).status_code == 404
     assert not (tmp_path / "jobs.db").exists()
+
+
+async def test_the_runner_does_not_log_under_the_submitting_request_id(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedded runner starts during the first job request; the operations
+    it runs later are not that request's (their log lines carry no request id)."""
+    caplog.set_level(logging.INFO, logger="iogate.operation")
+    reply = await client.post(
+        "/batch/jobs",
+        json={"operations": inserts(3)},
+        headers={**auth(WRITER), "X-Request-ID": "the-submitting-request"},
+    )
+    assert (await wait_done(client, reply.json()["job_id"], WRITER))["failed"] == 0
+    ran = [r for r in caplog.records if r.name == "iogate.operation" and "lite" in r.getMessage()]
+    assert ran  # grouped: one operation line may cover the three inserts
+    assert {getattr(r, "request_id", None) for r in ran} == {None}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -165,7 +166,11 @@ class JobService:
         self._open = True
         self.orchestrator.attach_jobs(self)
         if self.run_chunks:
-            self._consumer = asyncio.create_task(self._consume(), name="iogate-jobs-runner")
+            # A context of its own: started during a request, the runner must not
+            # carry that request's id (or its deadline) into every chunk it runs.
+            self._consumer = asyncio.create_task(
+                self._consume(), name="iogate-jobs-runner", context=contextvars.Context()
+            )
         if self.run_chunks and self.resume_at_start:
             await self.resume()
 
