@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Self
 
 from iogate.core.errors import ConfigError
-from iogate.jobs.model import ChunkTask
+from iogate.core.redact import redact_text, url_password
+from iogate.jobs.model import ChunkTask, JobError
 from iogate.resilience.retry import backoff_delay
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_RETRY_BACKOFF",
     "PUBLISH_WINDOW",
     "RETRY_BACKOFF_MAX",
+    "BrokerDispatcher",
     "State",
     "check_name",
     "check_prefetch",
@@ -117,3 +119,45 @@ async def close_quietly(closable: Any) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await closable.close()
+
+
+class BrokerDispatcher:
+    """What the JetStream and RabbitMQ dispatchers share: ``async with``, the
+    error that names the broker without its password, and settling a message
+    (ack, nak, reject) within ``publish_timeout``, where a lost reply only
+    means a redelivery."""
+
+    broker = "broker"  # how messages name it: "NATS", "RabbitMQ"
+    url: str
+    publish_timeout: float
+    _shown_url: str
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _error(self, message: str) -> JobError:
+        return JobError(redact_text(message, [url_password(self.url) or ""]))
+
+    async def _settle(self, reply: Awaitable[Any], task: ChunkTask | None = None) -> None:
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                await reply
+        except Exception as exc:
+            what = f"job {task.job_id} chunk {task.chunk}" if task else "a message"
+            logger.warning(
+                "%s %s: could not settle %s (it will be redelivered): %r",
+                self.broker,
+                self._shown_url,
+                what,
+                exc,
+            )

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from iogate.core.errors import ClosedError, ConfigError, InvalidRequestError
-from iogate.core.redact import redact_text, redact_url, url_password
+from iogate.core.redact import redact_url
 from iogate.jobs.dispatch.common import (
     CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_PUBLISH_TIMEOUT,
     DEFAULT_RETRY_BACKOFF,
+    BrokerDispatcher,
     State,
     check_name,
     check_prefetch,
+    close_quietly,
     finish,
     first_error,
     logger,
@@ -56,7 +58,7 @@ def _import_nats() -> None:
         raise ConfigError("a nats:// broker needs nats-py: pip install 'iogate[nats]'") from None
 
 
-class JetStreamDispatcher:
+class JetStreamDispatcher(BrokerDispatcher):
     """Chunks on a NATS JetStream work-queue stream (nats-py).
 
     ``open`` creates the stream ``stream`` (retention ``workqueue``, file
@@ -82,6 +84,8 @@ class JetStreamDispatcher:
     the server syncs always. After a restart, the job store's unfinished
     chunks can be published again (``store.unfinished()``).
     """
+
+    broker = "NATS"
 
     def __init__(
         self,
@@ -114,13 +118,6 @@ class JetStreamDispatcher:
     def __repr__(self) -> str:
         return f"<JetStreamDispatcher {self._shown_url} stream={self.stream!r} {self._state.value}>"
 
-    async def __aenter__(self) -> JetStreamDispatcher:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     # -- lifecycle
 
     async def open(self) -> None:
@@ -134,7 +131,7 @@ class JetStreamDispatcher:
             self._js = nc.jetstream(timeout=self.publish_timeout)
             await self._ensure_stream(self._js)
         except BaseException:
-            await self._close_client(nc)
+            await close_quietly(nc)
             raise
         self._nc = nc
         self._state = State.OPEN
@@ -145,7 +142,7 @@ class JetStreamDispatcher:
         self._state = State.CLOSED
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
-            await self._close_client(nc)
+            await close_quietly(nc)
 
     async def _connect(self) -> nats.aio.client.Client:
         import nats.aio.client
@@ -183,18 +180,13 @@ class JetStreamDispatcher:
                 )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             cause = nc.last_error or exc
-            await self._close_client(nc)
+            await close_quietly(nc)
             detail = f"{cause}" if str(cause) else type(cause).__name__
             if isinstance(exc, TimeoutError) and cause is exc:
                 detail = f"no answer within {self.connect_timeout:g} s"
             raise self._error(f"cannot reach NATS at {self._shown_url}: {detail}") from exc
         connected = True
         return nc
-
-    async def _close_client(self, nc: nats.aio.client.Client) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await nc.close()
 
     async def _ensure_stream(self, js: nats.js.JetStreamContext) -> None:
         import nats.errors
@@ -373,20 +365,6 @@ class JetStreamDispatcher:
             with contextlib.suppress(Exception):  # a reconnect: the next one may pass
                 await message.in_progress()
 
-    async def _settle(self, reply: Awaitable[Any], task: ChunkTask | None = None) -> None:
-        """Send an ack/nak/term; a lost one only means a redelivery."""
-        try:
-            async with asyncio.timeout(self.publish_timeout):
-                await reply
-        except Exception as exc:
-            what = f"job {task.job_id} chunk {task.chunk}" if task else "a message"
-            logger.warning(
-                "NATS %s: could not settle %s (it will be redelivered): %r",
-                self._shown_url,
-                what,
-                exc,
-            )
-
     async def _jetstream(self) -> nats.js.JetStreamContext:
         """The JetStream context; a new connection once nats-py gave up reconnecting."""
         if self._state is not State.OPEN:
@@ -397,11 +375,8 @@ class JetStreamDispatcher:
                 old, nc = self._nc, await self._connect()
                 self._nc, self._js = nc, nc.jetstream(timeout=self.publish_timeout)
                 if old is not None:
-                    await self._close_client(old)
+                    await close_quietly(old)
             return self._js
-
-    def _error(self, message: str) -> JobError:
-        return JobError(redact_text(message, [url_password(self.url) or ""]))
 
 
 def _nats_text(exc: BaseException) -> str:

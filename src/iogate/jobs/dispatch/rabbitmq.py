@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from iogate.core.errors import ClosedError, ConfigError, InvalidRequestError
-from iogate.core.redact import redact_text, redact_url, url_password
+from iogate.core.redact import redact_url
 from iogate.jobs.dispatch.common import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_PUBLISH_TIMEOUT,
     DEFAULT_RETRY_BACKOFF,
+    BrokerDispatcher,
     State,
     check_name,
     check_prefetch,
@@ -48,7 +49,7 @@ def _import_aio_pika() -> None:
         ) from None
 
 
-class RabbitMQDispatcher:
+class RabbitMQDispatcher(BrokerDispatcher):
     """Chunks on a RabbitMQ quorum queue (aio-pika).
 
     ``open`` declares the durable quorum queue ``queue`` (a quorum queue
@@ -74,6 +75,8 @@ class RabbitMQDispatcher:
     faster than that, or raise the broker's ``consumer_timeout``. ``consume``
     then fails with JobError and its chunks return to the queue.
     """
+
+    broker = "RabbitMQ"
 
     def __init__(
         self,
@@ -104,13 +107,6 @@ class RabbitMQDispatcher:
 
     def __repr__(self) -> str:
         return f"<RabbitMQDispatcher {self._shown_url} queue={self.queue!r} {self._state.value}>"
-
-    async def __aenter__(self) -> RabbitMQDispatcher:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     # -- lifecycle
 
@@ -321,22 +317,6 @@ class RabbitMQDispatcher:
             await self._settle(message.reject(requeue=True), task)
         else:
             await finish(self._settle(message.ack(), task))
-
-    async def _settle(self, reply: Awaitable[Any], task: ChunkTask | None = None) -> None:
-        try:
-            async with asyncio.timeout(self.publish_timeout):
-                await reply
-        except Exception as exc:
-            what = f"job {task.job_id} chunk {task.chunk}" if task else "a message"
-            logger.warning(
-                "RabbitMQ %s: could not settle %s (it will be redelivered): %r",
-                self._shown_url,
-                what,
-                exc,
-            )
-
-    def _error(self, message: str) -> JobError:
-        return JobError(redact_text(message, [url_password(self.url) or ""]))
 
 
 def _delivery_count(message: aio_pika.abc.AbstractIncomingMessage) -> int:
