@@ -48,7 +48,11 @@ async def test_the_new_generation_waits_for_the_old_runner(tmp_path: Path) -> No
             await asyncio.sleep(0.02)  # the old generation's runner is working
         new = GatewayJobs(settings, orchestrator, max_params=100)  # the reload
         waiting = await new.service()
-        await asyncio.sleep(0.3)  # both generations alive: only the old one runs chunks
+        # Both generations alive while the old runner finishes five more operations.
+        more = (await job.progress()).done + 5
+        while (await job.progress()).done < more:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)  # polling the old generation's runner
         # The new runner took nothing while the old one was still running.
         assert getattr(waiting.dispatcher, "unfinished", None) == 0
         assert waiting.runner.chunks_run == 0
