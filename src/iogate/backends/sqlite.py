@@ -146,6 +146,7 @@ _Limits = tuple[int | None, int | None]
 # name for ``$n`` placeholders (see ``_bind``).
 _Args = tuple[Any, ...] | dict[str, Any]
 _UNLIMITED: _Limits = (None, None)
+_WAL_RETRY_PAUSE = 0.02  # seconds between tries to switch a new file to WAL
 
 
 class _JobClock:
@@ -620,11 +621,20 @@ def _open_connection(
         conn.close()
         raise DatabaseConnectionError(f"cannot set up {path!r}: {exc}") from exc
     if wal:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
-        except sqlite3.Error as exc:
-            conn.close()
-            raise DatabaseConnectionError(f"cannot enable WAL on {path!r}: {exc}") from exc
+        # Another process switching a new file to WAL at this very moment makes
+        # SQLite answer "database is locked" at once (waiting could deadlock, so
+        # busy_timeout does not apply): try again until busy_timeout has passed.
+        give_up = time.monotonic() + busy_ms / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL").fetchall()
+                break
+            except sqlite3.Error as exc:
+                if "locked" in str(exc) and time.monotonic() < give_up:
+                    time.sleep(_WAL_RETRY_PAUSE)  # this connection's own thread
+                    continue
+                conn.close()
+                raise DatabaseConnectionError(f"cannot enable WAL on {path!r}: {exc}") from exc
     return conn
 
 

@@ -41,7 +41,7 @@ import orjson
 from iogate.backends.base import AsyncDatabaseManager, Transaction
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
-from iogate.core.errors import ConfigError, DatabaseConnectionError, IogateError, error_for
+from iogate.core.errors import ConfigError, IogateError, error_for
 from iogate.core.redact import redact_url
 from iogate.core.result import Result
 from iogate.jobs.interfaces import JobStore
@@ -71,7 +71,6 @@ _MARGIN = 0.5
 _BATCH_ROWS = 500
 _BATCH_BYTES = 8 * 1024 * 1024
 # Seconds between attempts to open a SQLite file another process is setting up.
-_OPEN_RETRY_PAUSE = 0.05
 # pg_advisory_xact_lock key taken while the schema is created: b"iogatejb".
 _SCHEMA_LOCK = 7597404764659608162
 _OPEN = f"('{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}')"
@@ -463,20 +462,8 @@ class SQLJobStore:
             self._opened = True
 
     async def _open_manager(self, deadline: Deadline) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(deadline.remaining()):
-                    await self._manager.initialize_pool()
-                return
-            except DatabaseConnectionError as exc:
-                # Another process switching a new SQLite file to WAL at this
-                # very moment: SQLite answers "database is locked" at once
-                # (waiting could deadlock), so busy_timeout does not help.
-                remaining = deadline.remaining() or 0.0
-                locked = isinstance(self._dialect, _SQLite) and "locked" in str(exc)
-                if not locked or remaining < _OPEN_RETRY_PAUSE:
-                    raise
-            await asyncio.sleep(_OPEN_RETRY_PAUSE)
+        async with asyncio.timeout(deadline.remaining()):
+            await self._manager.initialize_pool()
 
     async def _create_schema(self) -> None:
         check = await self._query("check the schema", self._dialect.schema_check, opening=True)
