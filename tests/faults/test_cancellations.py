@@ -332,7 +332,7 @@ async def test_redis(throwaway_redis: ThrowawayRedis, auto_pipeline: bool) -> No
         outcome = await storm(op, seed=3, max_delay=0.0006)
         assert_storm(outcome, f"redis ({'pipelined' if auto_pipeline else 'pooled'})")
         if auto_pipeline:
-            assert await poll(lambda: manager.pool_stats()["in_flight"] == 0, timeout=SETTLE)
+            assert await poll(lambda: manager.pool_details()["in_flight"] == 0, timeout=SETTLE)
         assert await poll(back_to_pool_size, timeout=SETTLE), await sessions()
         await assert_healthy(op)
     finally:

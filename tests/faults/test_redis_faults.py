@@ -145,7 +145,7 @@ async def test_callers_waiting_on_one_dial_keep_their_own_deadlines(
     assert (await manager.execute_query("k", GET)).success
     await redis_fault.reset()
     await redis_fault.blackhole()
-    assert await poll(lambda: manager.pool_stats()["connections"] == 0)
+    assert await poll(lambda: manager.pool_details()["connections"] == 0)
     accepted = redis_fault.accepted
     deadlines = [0.5, 1.0, 1.5, 2.0]
     outcomes = await asyncio.gather(

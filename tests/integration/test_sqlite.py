@@ -221,7 +221,7 @@ async def test_writes_wait_out_a_transaction_and_never_join_it(
                 )
                 for i in range(10)
             ]
-            assert await poll(lambda: sqlite_manager.pool_stats()["write_queue"] == 10)
+            assert await poll(lambda: sqlite_manager.pool_details()["write_queue"] == 10)
             inside = await tx.execute_query("SELECT count(*) AS n FROM uniq")
             assert inside.data == [{"n": 1}]
             raise RuntimeError("roll back the transaction")
@@ -240,7 +240,7 @@ async def test_write_during_read_only_transaction_is_not_refused(
     await sqlite_manager.execute_query("CREATE TABLE ro (v INTEGER)")
     async with sqlite_manager.transaction(read_only=True) as tx:
         write = asyncio.create_task(sqlite_manager.execute_query("INSERT INTO ro VALUES (1)"))
-        assert await poll(lambda: sqlite_manager.pool_stats()["write_queue"] == 1)
+        assert await poll(lambda: sqlite_manager.pool_details()["write_queue"] == 1)
         refused = await tx.execute_query("INSERT INTO ro VALUES (2)")
         assert refused.error_type == "read_only"
     result = await write
@@ -363,7 +363,7 @@ async def test_write_cancelled_while_queued_in_the_writer_thread_never_runs(
             asyncio.create_task(sqlite_manager.execute_query("INSERT INTO gone VALUES (?)", [i]))
             for i in range(4)
         ]
-        assert await poll(lambda: sqlite_manager.pool_stats()["write_queue"] == 4)
+        assert await poll(lambda: sqlite_manager.pool_details()["write_queue"] == 4)
         tasks[1].cancel()
         tasks[2].cancel()
     finally:

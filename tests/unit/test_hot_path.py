@@ -14,10 +14,9 @@ import types
 
 import pytest
 
-from iogate.backends import base
 from iogate.backends.kv import Command, parse_command
 from iogate.backends.memory import AsyncMemoryManager
-from iogate.core import events
+from iogate.core import events, recording
 from iogate.core.deadline import Deadline
 from iogate.core.events import Event, OperationEvent, add_hook, emit, remove_hook
 from iogate.core.result import Result
@@ -37,7 +36,7 @@ async def test_no_event_is_built_when_no_hook_listens(
         raise AssertionError(f"event built or emitted without a hook: {args!r}")
 
     monkeypatch.setattr(events, "emit", refuse)
-    monkeypatch.setattr(base, "OperationEvent", refuse)
+    monkeypatch.setattr(recording, "OperationEvent", refuse)
     async with AsyncMemoryManager(name="cache") as mem:
         result = await mem.execute_query("k", {"operation": "get", "key": "k"})
     assert result.success

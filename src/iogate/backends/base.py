@@ -18,24 +18,21 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import enum
 import time
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from types import TracebackType
 from typing import Any, ClassVar
 
 from iogate.core import events
 from iogate.core.deadline import Deadline
 from iogate.core.errors import (
-    ClosedError,
-    DatabaseConnectionError,
     IogateError,
     OperationTimeoutError,
 )
-from iogate.core.events import OperationEvent
+from iogate.core.lifecycle import Lifecycle
 from iogate.core.params import Params
+from iogate.core.recording import record
+from iogate.core.resource import Health, Kind, PoolStats, ResourceState, empty_pool_stats
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 from iogate.core.stats import OperationStats
@@ -46,10 +43,8 @@ perf_counter = time.perf_counter
 _NO_DEADLINE = Deadline.never()
 
 
-class ManagerState(enum.Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
+# The lifecycle states of every resource (the name predates ResourceState).
+ManagerState = ResourceState
 
 
 class Transaction(abc.ABC):
@@ -92,7 +87,7 @@ class Transaction(abc.ABC):
     async def _execute(self, query: str, params: Params) -> Result: ...
 
 
-class AsyncDatabaseManager(abc.ABC):
+class AsyncDatabaseManager(Lifecycle):
     """Abstract base of the SQL, Redis and memory managers (seed 000)."""
 
     backend: ClassVar[str] = "database"
@@ -100,121 +95,31 @@ class AsyncDatabaseManager(abc.ABC):
     bounds_result_bytes: ClassVar[bool] = False
 
     def __init__(self, *, name: str | None = None) -> None:
-        self._name = name or self.backend
-        self.state = ManagerState.UNOPENED
-        # One opening at a time, shared by every caller that needs it; each
-        # waits for it within its own deadline, and giving up (or being
-        # cancelled) does not cancel it for the others.
-        self._opening: asyncio.Task[None] | None = None
-        self._closing = False
+        super().__init__(name=name or self.backend)
         self._stats = OperationStats()
 
     @property
-    def name(self) -> str:
-        return self._name
+    def kind(self) -> Kind:
+        return Kind.DATABASE
 
-    @name.setter
-    def name(self, value: str) -> None:
-        self._name = value
-        self._renamed(value)
+    @property
+    def target(self) -> str:
+        """Where the manager points, passwords redacted (each backend says)."""
+        return self.backend
 
-    def _renamed(self, name: str) -> None:
-        """Hook for subclasses that label things (pools, metrics) by name."""
-        return None
-
-    # -- lifecycle ----------------------------------------------------------
+    # -- lifecycle (iogate.core.lifecycle) ----------------------------------
 
     async def initialize_pool(self) -> None:
-        """Open the pool; idempotent. Errors propagate as iogate errors.
+        """Open the pool; idempotent (seed 000's name for ``open()``).
 
         Network backends bound the opening by their ``acquire_timeout``.
         """
         if self.state is not ManagerState.OPEN:
             await self._ensure_open()
 
-    async def _ensure_open(self, deadline: Deadline | None = None) -> None:
-        """Open the manager if needed, waiting for it at most until ``deadline``.
-
-        A caller whose deadline passes first gets a connection error; the
-        opening goes on for the callers after it (network backends bound it
-        by their ``acquire_timeout``).
-        """
-        if self.state is ManagerState.OPEN:
-            return
-        if self.state is ManagerState.CLOSED or self._closing:
-            raise ClosedError(f"{self.name}: manager is closed and cannot be reopened")
-        opening = self._opening
-        if opening is None:
-            opening = asyncio.get_running_loop().create_task(self._open_once())
-            opening.add_done_callback(self._opened)
-            self._opening = opening
-        timeout = None if deadline is None else deadline.remaining()
-        if timeout is None:
-            await asyncio.shield(opening)
-            return
-        wait = asyncio.timeout(timeout)
-        try:
-            async with wait:
-                await asyncio.shield(opening)
-        except TimeoutError:
-            if not wait.expired():
-                raise  # the opening's own error
-            raise self._not_opened(timeout) from None
-
-    async def _open_once(self) -> None:
-        await self._open()
-        self.state = ManagerState.OPEN
-
-    def _opened(self, opening: asyncio.Task[None]) -> None:
-        self._opening = None
-        if not opening.cancelled():
-            opening.exception()  # retrieved here too, in case nobody waited
-
-    def _not_opened(self, timeout: float) -> IogateError:
-        return DatabaseConnectionError(f"{self.name}: not connected within {timeout:.3g}s")
-
     def _default_deadline(self) -> Deadline:
         """The deadline of a call made without one (none: unbounded)."""
         return _NO_DEADLINE
-
-    async def close(self) -> None:
-        """Close the pool; idempotent. An opening under way is cancelled."""
-        if self.state is ManagerState.CLOSED:
-            return
-        self._closing = True
-        opening = self._opening
-        if opening is not None:
-            opening.cancel()
-            await asyncio.wait([opening])
-        was_open = self.state is ManagerState.OPEN
-        self.state = ManagerState.CLOSED
-        if was_open:
-            await self._close()
-
-    aclose = close
-
-    async def __aenter__(self) -> AsyncDatabaseManager:
-        await self.initialize_pool()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def __del__(self) -> None:
-        # An in-process store holds nothing outside the process: no warning.
-        if self.backend == "memory":
-            return
-        if getattr(self, "state", None) is ManagerState.OPEN:
-            warnings.warn(
-                f"{type(self).__name__} {self.name!r} was never closed",
-                ResourceWarning,
-                stacklevel=1,
-            )
 
     # -- operations ---------------------------------------------------------
 
@@ -326,45 +231,33 @@ class AsyncDatabaseManager(abc.ABC):
             "type": self.backend,
             "state": self.state.value,
             **self._stats.snapshot(),
-            "pool": self.pool_stats(),
+            "pool": {**self.pool_stats(), **self.pool_details()},
         }
 
-    def pool_stats(self) -> dict[str, int]:
+    def pool_stats(self) -> PoolStats:
+        return empty_pool_stats()
+
+    def pool_details(self) -> dict[str, int]:
+        """Backend-specific counters shown beside the pool stats (``/stats``)."""
         return {}
+
+    def health(self) -> Health:
+        return Health(self.state, "disabled")
 
     # -- for subclasses -------------------------------------------------------
 
     def _finish(self, result: Result, started: float, attempts: int = 1) -> Result:
-        """Time, count and announce one finished operation.
-
-        This runs once per operation, so it reads the clock once and builds
-        an event only when a hook is installed to receive it.
-        """
-        duration = perf_counter() - started
-        # Whole microseconds, as round(ms, 3) would give, at a fifth of its cost.
-        result.duration_ms = duration_ms = round(duration * 1_000_000) / 1000
-        result.attempts = attempts
-        error_type = result.error_type
-        self._stats.record(duration_ms, error_type)
-        if events.hooks:
-            events.emit(
-                OperationEvent(
-                    self._name,
-                    "database",
-                    self.backend,
-                    result.operation or "query",
-                    duration,
-                    error_type,
-                    attempts,
-                )
-            )
-        return result
-
-    @abc.abstractmethod
-    async def _open(self) -> None: ...
-
-    @abc.abstractmethod
-    async def _close(self) -> None: ...
+        """Time, count and announce one finished operation (core.recording)."""
+        return record(
+            self._stats,
+            result,
+            started,
+            self._name,
+            "database",
+            self.backend,
+            result.operation or "query",
+            attempts,
+        )
 
     @abc.abstractmethod
     async def _execute(

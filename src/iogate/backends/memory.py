@@ -314,6 +314,7 @@ class AsyncMemoryManager(AsyncDatabaseManager):
     """
 
     backend = "memory"
+    warn_unclosed = False  # holds nothing outside the process
 
     def __init__(
         self,
@@ -397,7 +398,7 @@ class AsyncMemoryManager(AsyncDatabaseManager):
     async def _ping(self) -> None:
         return None
 
-    def pool_stats(self) -> dict[str, int]:
+    def pool_details(self) -> dict[str, int]:
         return {
             "keys": len(self.store),
             "max_keys": self.store.max_keys,

@@ -20,6 +20,7 @@ from iogate.backends.pool import PooledConnection
 from iogate.backends.postgres import AsyncPostgreSQLManager
 from iogate.core.config import DatabaseOptions
 from iogate.core.errors import ClosedError, InvalidRequestError
+from iogate.core.resource import PoolStats
 
 __all__ = ["DatabaseConnectionPool"]
 
@@ -90,7 +91,7 @@ class DatabaseConnectionPool:
         raw: asyncpg.Connection = pooled.raw
         return raw
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> PoolStats:
         return self._manager.pool_stats()
 
 

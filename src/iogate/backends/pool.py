@@ -39,6 +39,7 @@ from typing import Any, Generic, TypeVar
 from iogate.core import events
 from iogate.core.errors import ClosedError, PoolExhaustedError
 from iogate.core.events import PoolEvent
+from iogate.core.resource import PoolStats
 
 __all__ = ["Pool", "PooledConnection"]
 
@@ -238,7 +239,7 @@ class Pool(Generic[C]):
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> PoolStats:
         return {
             "size": self._size,
             "max_size": self.max_size,

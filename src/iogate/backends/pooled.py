@@ -29,6 +29,7 @@ from iogate.backends.pool import Pool, PooledConnection
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.errors import DatabaseConnectionError, IogateError, PoolExhaustedError
+from iogate.core.resource import PoolStats
 
 __all__ = ["DEADLINE_MARGIN", "PooledDatabaseManager"]
 
@@ -83,7 +84,7 @@ class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
     @abc.abstractmethod
     def release(self, conn: PooledConnection[Any], *, clean: bool = True) -> None: ...
 
-    def pool_stats(self) -> dict[str, int]:
+    def pool_stats(self) -> PoolStats:
         return self._pool.stats()
 
     def _renamed(self, name: str) -> None:

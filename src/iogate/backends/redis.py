@@ -94,6 +94,7 @@ from iogate.core.errors import (
 )
 from iogate.core.params import Params
 from iogate.core.redact import redact_text, redact_url, url_password
+from iogate.core.resource import PoolStats, empty_pool_stats
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 
@@ -614,13 +615,27 @@ class AsyncRedisManager(AsyncDatabaseManager):
                 async with asyncio.timeout(self.command_timeout):
                     await pool.aclose()
 
-    def pool_stats(self) -> dict[str, int]:
+    def pool_stats(self) -> PoolStats:
+        if not self.auto_pipeline:
+            return empty_pool_stats(self.max_connections)
+        conn = self._conn
+        live = int(conn is not None and conn.usable)
+        in_flight = len(conn.waiting) if conn is not None else 0
+        busy = int(bool(live and in_flight))
+        return {
+            "size": live,
+            "max_size": 1,
+            "in_use": busy,
+            "idle": live - busy,
+            "waiting": in_flight,
+        }
+
+    def pool_details(self) -> dict[str, int]:
         if not self.auto_pipeline:
             return {"max_connections": self.max_connections}
         conn = self._conn
-        live = conn is not None and conn.usable
         return {
-            "connections": int(live),
+            "connections": int(conn is not None and conn.usable),
             "in_flight": len(conn.waiting) if conn is not None else 0,
             "reconnects": self._reconnects,
             "commands": self._commands + (conn.commands if conn else 0),

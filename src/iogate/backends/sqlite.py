@@ -85,6 +85,7 @@ from iogate.core.errors import (
     ResultTooLargeError,
 )
 from iogate.core.params import Params, count_placeholders, normalize_params
+from iogate.core.resource import PoolStats
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 
@@ -922,22 +923,23 @@ class AsyncSQLiteManager(AsyncDatabaseManager):
     def __repr__(self) -> str:
         s = self.pool_stats()
         return (
-            f"<AsyncSQLiteManager {self.name!r} {self.path!r} readers={s['readers']} "
-            f"idle_readers={s['idle']} write_queue={s['write_queue']}>"
+            f"<AsyncSQLiteManager {self.name!r} {self.path!r} readers={len(self._readers)} "
+            f"idle_readers={s['idle']} write_queue={self._writes_pending}>"
         )
 
-    def pool_stats(self) -> dict[str, int]:
+    def pool_stats(self) -> PoolStats:
         busy = sum(1 for load in self._reader_load if load)
         writer_busy = self._writer_lock.locked() or self._writes_pending > 0
         return {
             "size": len(self._readers) + (1 if self._writer else 0),
             "max_size": self._reader_count + 1,
-            "readers": len(self._readers),
             "in_use": busy + (1 if writer_busy else 0),
             "idle": len(self._readers) - busy,
             "waiting": sum(max(0, load - 1) for load in self._reader_load),
-            "write_queue": self._writes_pending,
         }
+
+    def pool_details(self) -> dict[str, int]:
+        return {"readers": len(self._readers), "write_queue": self._writes_pending}
 
     # -- lifecycle ------------------------------------------------------------
 
