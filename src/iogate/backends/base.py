@@ -57,10 +57,15 @@ class Transaction(abc.ABC):
     (:mod:`iogate.core.sqlguard`) before it runs.
     """
 
-    def __init__(self, guard: Access | None = None) -> None:
+    def __init__(
+        self, guard: Access | None = None, manager: AsyncDatabaseManager | None = None
+    ) -> None:
         self.status = "active"  # active | committed | rolled_back
         self.failed = False
         self.guard = guard
+        # Statements are the manager's operations too: counted in its stats
+        # and announced as events, as when they run alone.
+        self._recorder = manager
 
     async def execute_query(self, query: str, params: Params = None) -> Result:
         started = time.perf_counter()
@@ -78,7 +83,14 @@ class Transaction(abc.ABC):
             raise
         if not result.success:
             self.failed = True
-        result = result.with_timing((time.perf_counter() - started) * 1000)
+        manager = self._recorder
+        if manager is None:
+            result = result.with_timing((time.perf_counter() - started) * 1000)
+        else:
+            result.resource = manager.name
+            if not result.operation:
+                result.operation = "query"
+            result = manager._finish(result, started)
         if tracer is not None:
             tracer.finish(span, result)
         return result

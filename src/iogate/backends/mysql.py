@@ -970,7 +970,7 @@ class _MySQLTransaction(Transaction):
         deadline: Deadline,
         guard: Access | None,
     ) -> None:
-        super().__init__(guard)
+        super().__init__(guard, manager)
         self._manager = manager
         self._conn = conn
         self._deadline = deadline

@@ -749,7 +749,7 @@ class _PgTransaction(Transaction):
         deadline: Deadline,
         guard: Access | None,
     ) -> None:
-        super().__init__(guard)
+        super().__init__(guard, manager)
         self._manager = manager
         self._conn = conn
         self._deadline = deadline

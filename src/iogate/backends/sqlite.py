@@ -1243,7 +1243,7 @@ class _SQLiteTransaction(Transaction):
         deadline: Deadline,
         guard: Access | None = None,
     ) -> None:
-        super().__init__(guard)
+        super().__init__(guard, manager)
         self._manager = manager
         self._writer = writer
         self._deadline = deadline

@@ -1,0 +1,77 @@
+"""Every statement is one recorded operation, however it was grouped (issue 15).
+
+Statements run inside ``manager.transaction()`` used to reach neither the
+manager's stats nor the operation events: ``/stats`` and ``/metrics``
+depended on how the work was grouped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from iogate import AsyncPostgreSQLManager, AsyncSQLiteManager
+from iogate.core import events
+from iogate.core.events import Event, OperationEvent
+
+
+@pytest.fixture
+def seen() -> Iterator[list[OperationEvent]]:
+    received: list[OperationEvent] = []
+
+    def hook(event: Event) -> None:
+        if isinstance(event, OperationEvent):
+            received.append(event)
+
+    events.add_hook(hook)
+    try:
+        yield received
+    finally:
+        events.remove_hook(hook)
+
+
+async def test_sqlite_statements_in_a_transaction_are_counted(
+    sqlite_manager: AsyncSQLiteManager, seen: list[OperationEvent]
+) -> None:
+    await sqlite_manager.execute_query("CREATE TABLE t (x INTEGER)")
+    before = sqlite_manager.get_stats()["count"]
+    seen.clear()
+    async with sqlite_manager.transaction() as tx:
+        for x in range(3):
+            result = await tx.execute_query("INSERT INTO t VALUES (?)", [x])
+            assert result.success, result.error
+            assert result.resource == sqlite_manager.name
+    assert sqlite_manager.get_stats()["count"] == before + 3
+    mine = [e for e in seen if e.resource == sqlite_manager.name]
+    assert [(e.kind, e.backend, e.operation) for e in mine] == [("database", "sqlite", "query")] * 3
+
+
+async def test_a_failed_statement_in_a_transaction_counts_as_an_error(
+    sqlite_manager: AsyncSQLiteManager,
+) -> None:
+    before = sqlite_manager.get_stats()
+    async with sqlite_manager.transaction() as tx:
+        result = await tx.execute_query("SELECT * FROM no_such_table")
+    assert not result.success
+    after = sqlite_manager.get_stats()
+    assert after["count"] == before["count"] + 1
+    assert after["errors"] == before["errors"] + 1
+
+
+async def test_postgres_statements_in_a_transaction_are_counted(
+    pg_manager: AsyncPostgreSQLManager, seen: list[OperationEvent]
+) -> None:
+    table = f"rec_{uuid.uuid4().hex[:8]}"
+    await pg_manager.execute_query(f"CREATE TABLE {table} (x int)")
+    try:
+        before = pg_manager.get_stats()["count"]
+        seen.clear()
+        async with pg_manager.transaction() as tx:
+            await tx.execute_query(f"INSERT INTO {table} VALUES ($1)", [1])
+            await tx.execute_query(f"SELECT count(*) FROM {table}")
+        assert pg_manager.get_stats()["count"] == before + 2
+        assert len([e for e in seen if e.resource == pg_manager.name]) == 2
+    finally:
+        await pg_manager.execute_query(f"DROP TABLE {table}")
