@@ -31,6 +31,7 @@ from iogate.backends.http import AsyncAPIManager
 from iogate.core.deadline import Deadline
 from iogate.resilience.budget import RetryBudget
 from tests.conftest import free_port
+from tests.fakes import FakeClock, RecordingSleep
 from tests.faults.proxy import FaultProxy
 
 DEADLINE = 1.0
@@ -133,22 +134,6 @@ async def managers() -> AsyncIterator[Callable[..., AsyncAPIManager]]:
         await manager.close()
 
 
-class FakeTime:
-    """A clock and a sleep that advances it: waits of seconds take no time."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.waits: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
 class LedgerBudget(RetryBudget):
     """The default budget, recording deposits (False) and granted retries (True) in order."""
 
@@ -205,14 +190,15 @@ async def test_budget_holds_for_50_concurrent_callers_against_an_always_failing_
     """1,000 GETs from 50 callers against an always-503 upstream (with and
     without ``Retry-After: 1``), time passing as the waits say: at most 1.2
     attempts per request over the run and over every window of 100."""
-    fake = FakeTime()
-    budget = LedgerBudget(clock=fake.clock)
+    clock = FakeClock()
+    sleep = RecordingSleep(clock)  # waits of seconds take no time
+    budget = LedgerBudget(clock=clock)
     api = managers(
         upstream.base_url,
         circuit_breaker=False,
         retry_budget=budget,
-        clock=fake.clock,
-        sleep=fake.sleep,
+        clock=clock,
+        sleep=sleep,
     )
     params = {"retry_after": retry_after} if retry_after else None
     results = await run_callers(lambda: api.get("/fail", params=params), callers=50, requests=1000)
@@ -223,8 +209,8 @@ async def test_budget_holds_for_50_concurrent_callers_against_an_always_failing_
     assert hits >= 1.15 * 1000  # a budget, not a ban
     assert 100 + budget.worst_window(100) <= 1.2 * 100
     if retry_after:
-        assert set(fake.waits) == {1.0}
-        assert fake.now - 1000.0 >= 100  # ~190 one-second waits passed: no time refill
+        assert set(sleep.waits) == {1.0}
+        assert clock.now - 1000.0 >= 100  # ~190 one-second waits passed: no time refill
 
 
 async def test_retry_after_past_the_deadline_fails_now_with_the_upstreams_status(

@@ -49,22 +49,10 @@ from iogate.gateway.worker_stats import merge_stats
 from iogate.resilience.breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
 from iogate.resilience.ratelimit import RateLimiter
 from tests.conftest import free_port, unavailable
+from tests.fakes import FakeClock
 from tests.faults.servers import ThrowawayRedis
 
 # -- fakes ------------------------------------------------------------------------------------
-
-
-class Clock:
-    """One fake time for a test: monotonic for the breakers, wall for the messages."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return 1_700_000_000.0 + self.now
 
 
 @dataclass
@@ -78,7 +66,7 @@ class Peer:
 class Bus:
     """Redis pub/sub in memory: every message reaches every link, its sender's too."""
 
-    def __init__(self, clock: Clock, *, peers: int = 3, recovery_timeout: float = 5.0) -> None:
+    def __init__(self, clock: FakeClock, *, peers: int = 3, recovery_timeout: float = 5.0) -> None:
         self.clock = clock
         self.delay = 0.0  # seconds a message spends on the way
         self.peers: list[Peer] = []
@@ -126,7 +114,7 @@ def probe(breaker: CircuitBreaker, *, ok: bool) -> None:
 
 
 def test_a_breaker_opening_reaches_the_peers_for_the_same_period() -> None:
-    clock = Clock()
+    clock = FakeClock()
     bus = Bus(clock)
     bus.delay = 0.2
     a, b, c = bus.peers
@@ -147,7 +135,7 @@ def test_a_breaker_opening_reaches_the_peers_for_the_same_period() -> None:
 
 
 def test_a_stale_or_foreign_opening_is_ignored() -> None:
-    clock = Clock()
+    clock = FakeClock()
     bus = Bus(clock)
     a, b, _ = bus.peers
     bus.delay = 1.5  # older than PEER_MAX_AGE when it arrives
@@ -165,7 +153,7 @@ def test_a_stale_or_foreign_opening_is_ignored() -> None:
 
 
 def test_an_open_or_half_open_breaker_keeps_its_own_period() -> None:
-    clock = Clock()
+    clock = FakeClock()
     bus = Bus(clock)
     a, b, c = bus.peers
     trip(b.breaker)  # B opened on its own: everyone follows
@@ -183,7 +171,7 @@ def test_an_open_or_half_open_breaker_keeps_its_own_period() -> None:
 
 
 def test_a_peer_opening_lasts_at_most_the_local_recovery_timeout() -> None:
-    clock = Clock()
+    clock = FakeClock()
     breaker = CircuitBreaker(CircuitBreakerConfig(recovery_timeout=2.0), clock=clock)
     assert breaker.open_for_peer(30.0)
     assert breaker.retry_after() == pytest.approx(2.0)
@@ -193,7 +181,7 @@ def test_a_failing_peer_cannot_hold_a_breaker_open_for_ever() -> None:
     """A's path to the upstream is broken, C's works: A reopens after every
     probe and says so; C follows at most every other period, and C's own
     probes close it. Over a minute C is open at most about half the time."""
-    clock = Clock()
+    clock = FakeClock()
     bus = Bus(clock)
     a, _, c = bus.peers
     open_seconds = 0.0
@@ -214,7 +202,7 @@ def test_a_failing_peer_cannot_hold_a_breaker_open_for_ever() -> None:
 
 
 def test_a_listener_that_raises_does_not_break_the_breaker() -> None:
-    breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=1), clock=Clock())
+    breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=1), clock=FakeClock())
 
     def broken(_: CircuitBreaker) -> None:
         raise RuntimeError("listener bug")
@@ -228,7 +216,7 @@ def test_a_listener_that_raises_does_not_break_the_breaker() -> None:
 
 
 async def test_a_delete_and_a_tag_invalidation_reach_the_peers() -> None:
-    bus = Bus(Clock())
+    bus = Bus(FakeClock())
     a, b, c = bus.peers
     tag = "iogate:tag:item:1"
     for peer, entry in ((a, "iogate:op:get:a"), (b, "iogate:op:get:b"), (c, "iogate:op:get:c")):
@@ -348,7 +336,7 @@ def test_rate_limits_counted_per_worker_are_warned_about() -> None:
 async def test_a_rate_limit_counts_locally_while_its_shared_storage_is_down(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     dead = f"async+redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     limiter = RateLimiter("3/minute", name="crm", storage_uri=dead, clock=clock)
     try:

@@ -22,18 +22,9 @@ from iogate.jobs.model import (
     new_job_id,
 )
 from iogate.jobs.store import SQLJobStore
+from tests.fakes import WALL_EPOCH, FakeClock
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-class Clock:
-    """A settable time.time() for the store's timestamps."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Jobs:
@@ -75,12 +66,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(WALL_EPOCH)
 
 
 @pytest.fixture
-async def store(store_url: str, clock: Clock) -> AsyncIterator[SQLJobStore]:
+async def store(store_url: str, clock: FakeClock) -> AsyncIterator[SQLJobStore]:
     job_store = SQLJobStore.from_url(
         store_url, acquire_timeout=5, statement_timeout=10, clock=clock
     )
@@ -207,7 +198,7 @@ async def test_concurrent_store_results_count_each_index_once(
 
 
 async def test_finishing_every_chunk_at_once_sets_done_once(
-    store: SQLJobStore, jobs: Jobs, clock: Clock
+    store: SQLJobStore, jobs: Jobs, clock: FakeClock
 ) -> None:
     job = await jobs.create(operations(200), chunk_size=10)
     await store.start_chunk(job.job_id, 0)
@@ -233,7 +224,7 @@ async def test_finishing_every_chunk_at_once_sets_done_once(
 
 
 async def test_last_chunk_finishing_sets_done_and_times(
-    store: SQLJobStore, jobs: Jobs, clock: Clock
+    store: SQLJobStore, jobs: Jobs, clock: FakeClock
 ) -> None:
     job = await jobs.create(operations(20), chunk_size=10)
     await store.start_chunk(job.job_id, 0)
@@ -256,7 +247,7 @@ async def test_last_chunk_finishing_sets_done_and_times(
     await store.start_chunk(new_job_id(), 0)
 
 
-async def test_cancel(store: SQLJobStore, jobs: Jobs, clock: Clock) -> None:
+async def test_cancel(store: SQLJobStore, jobs: Jobs, clock: FakeClock) -> None:
     queued = await jobs.create(operations(20), chunk_size=10)
     assert await store.cancel(queued.job_id) is True
     assert await store.cancel(queued.job_id) is False  # already finished
@@ -285,7 +276,7 @@ async def test_cancel(store: SQLJobStore, jobs: Jobs, clock: Clock) -> None:
     assert await store.cancel(new_job_id()) is False
 
 
-async def test_unfinished_after_a_crash(store_url: str, clock: Clock) -> None:
+async def test_unfinished_after_a_crash(store_url: str, clock: FakeClock) -> None:
     first = SQLJobStore.from_url(store_url, acquire_timeout=5, clock=clock)
     await first.open()
     made = Jobs(first)

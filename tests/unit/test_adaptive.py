@@ -33,14 +33,7 @@ from iogate.resilience.adaptive import (
     RefusalReason,
     Waiter,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def config(**options: object) -> AdaptiveConfig:

@@ -27,27 +27,7 @@ from iogate.resilience.retry import (
     retry_results,
     set_testing,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class RecordingSleep:
-    """An injected sleep: records each wait and moves the fake clock on."""
-
-    def __init__(self, clock: FakeClock | None = None) -> None:
-        self.waits: list[float] = []
-        self.clock = clock
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        if self.clock is not None:
-            self.clock.now += seconds
+from tests.fakes import FakeClock, RecordingSleep
 
 
 def failing(error_type: str = "http_error", status: int | None = 503, **extra: float) -> Result:

@@ -8,14 +8,7 @@ from iogate.core.errors import CircuitOpenError, ConfigError
 from iogate.core.result import Result
 from iogate.resilience.breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
 from iogate.resilience.helpers import circuit_breaker_api_call, helper_breaker
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def make(clock: FakeClock, **options: object) -> CircuitBreaker:
@@ -29,7 +22,7 @@ def fail(breaker: CircuitBreaker, times: int = 1) -> None:
 
 
 def test_opens_after_consecutive_failures_and_fails_fast() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = make(clock)
     fail(breaker, 2)
     assert breaker.state is BreakerState.CLOSED
@@ -45,7 +38,7 @@ def test_opens_after_consecutive_failures_and_fails_fast() -> None:
 
 
 def test_success_resets_the_consecutive_count() -> None:
-    breaker = make(FakeClock())
+    breaker = make(FakeClock(500.0))
     fail(breaker, 2)
     breaker.record_success(breaker.acquire())
     fail(breaker, 2)
@@ -53,7 +46,7 @@ def test_success_resets_the_consecutive_count() -> None:
 
 
 def test_half_open_admits_bounded_probes_then_closes() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = make(clock, half_open_max_calls=2)
     fail(breaker, 3)
     clock.now += 5.0
@@ -69,7 +62,7 @@ def test_half_open_admits_bounded_probes_then_closes() -> None:
 
 
 def test_failed_probe_reopens_for_another_period() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = make(clock)
     fail(breaker, 3)
     clock.now += 5.0
@@ -84,7 +77,7 @@ def test_failed_probe_reopens_for_another_period() -> None:
 
 
 def test_cancelled_probe_frees_its_slot() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = make(clock)
     fail(breaker, 3)
     clock.now += 5.0
@@ -95,7 +88,7 @@ def test_cancelled_probe_frees_its_slot() -> None:
 
 
 def test_stale_outcome_from_before_opening_is_ignored() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = make(clock)
     slow = breaker.acquire()  # started while closed
     fail(breaker, 3)
@@ -106,7 +99,7 @@ def test_stale_outcome_from_before_opening_is_ignored() -> None:
 
 
 def test_failure_ratio_over_window_opens() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = make(clock, failure_threshold=100, failure_ratio=0.5, window=10.0, minimum_calls=10)
     for i in range(10):
         ticket = breaker.acquire()
@@ -119,7 +112,7 @@ def test_failure_ratio_over_window_opens() -> None:
 
 
 def test_failures_outside_the_window_do_not_count() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     breaker = make(clock, failure_threshold=100, failure_ratio=0.5, window=5.0, minimum_calls=4)
     fail(breaker, 3)
     clock.now += 10.0

@@ -12,19 +12,12 @@ import pytest
 from iogate.backends.memory import AsyncMemoryManager
 from iogate.cache import Cache, cached, default_cache
 from iogate.orchestrator.orchestrator import AsyncOperationOrchestrator
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(0.0)
 
 
 @pytest.fixture

@@ -10,17 +10,7 @@ import pytest
 
 from iogate.backends.memory import AsyncMemoryManager
 from iogate.core.errors import ConfigError, InvalidRequestError
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes import FakeClock
 
 
 @pytest.fixture

@@ -8,30 +8,10 @@ import pytest
 
 from iogate.backends.pool import Pool
 from iogate.core.errors import ClosedError, PoolExhaustedError
+from tests.fakes import ConnectionFactory, FakeClock
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Factory:
-    def __init__(self) -> None:
-        self.opened = 0
-        self.closed: list[int] = []
-
-    async def connect(self) -> int:
-        self.opened += 1
-        return self.opened
-
-    async def close(self, conn: int) -> None:
-        self.closed.append(conn)
-
-
-def make_pool(factory: Factory, clock: FakeClock, **overrides: float) -> Pool[int]:
+def make_pool(factory: ConnectionFactory, clock: FakeClock, **overrides: float) -> Pool[int]:
     settings = {"min_size": 0, "max_size": 2, "max_idle_time": 10.0, "max_lifetime": 100.0}
     settings.update(overrides)
     return Pool(
@@ -46,7 +26,7 @@ def make_pool(factory: Factory, clock: FakeClock, **overrides: float) -> Pool[in
 
 
 async def test_open_fills_min_size_and_repr_shows_counters() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock, min_size=2)
     await pool.open()
     assert factory.opened == 2
@@ -56,7 +36,7 @@ async def test_open_fills_min_size_and_repr_shows_counters() -> None:
 
 
 async def test_release_hands_connection_to_oldest_waiter() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock, max_size=1)
     first = await pool.acquire(1.0)
     waiters = [asyncio.create_task(pool.acquire(1.0)) for _ in range(3)]
@@ -75,7 +55,7 @@ async def test_release_hands_connection_to_oldest_waiter() -> None:
 
 
 async def test_acquire_times_out_with_pool_exhausted() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock, max_size=1)
     held = await pool.acquire(1.0)
     with pytest.raises(PoolExhaustedError, match="no connection available"):
@@ -86,7 +66,7 @@ async def test_acquire_times_out_with_pool_exhausted() -> None:
 
 
 async def test_cancelled_waiter_does_not_swallow_a_connection() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock, max_size=1)
     held = await pool.acquire(1.0)
     waiter = asyncio.create_task(pool.acquire(5.0))
@@ -100,7 +80,7 @@ async def test_cancelled_waiter_does_not_swallow_a_connection() -> None:
 
 
 async def test_idle_and_lifetime_expiry() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock)
     conn = await pool.acquire(1.0)
     pool.release(conn)
@@ -118,7 +98,7 @@ async def test_idle_and_lifetime_expiry() -> None:
 
 
 async def test_discard_frees_capacity_for_a_waiter() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock, max_size=1)
     broken = await pool.acquire(1.0)
     waiter = asyncio.create_task(pool.acquire(1.0))
@@ -132,7 +112,7 @@ async def test_discard_frees_capacity_for_a_waiter() -> None:
 
 
 async def test_failed_connect_releases_capacity() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     attempts = 0
 
     async def flaky_connect() -> int:
@@ -164,7 +144,7 @@ async def test_failed_connect_releases_capacity() -> None:
 
 
 async def test_closed_pool_refuses_and_fails_waiters() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock, max_size=1)
     held = await pool.acquire(1.0)
     waiter = asyncio.create_task(pool.acquire(5.0))

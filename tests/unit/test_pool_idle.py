@@ -12,41 +12,12 @@ import asyncio
 import pytest
 
 from iogate.backends.pool import Pool
+from tests.fakes import ConnectionFactory, FakeClock
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Factory:
-    """Connections are numbers; ``dead`` ones fail their check."""
-
-    def __init__(self) -> None:
-        self.opened = 0
-        self.closed: list[int] = []
-        self.checked: list[int] = []
-        self.dead: set[int] = set()
-        self.check_hangs = False
-
-    async def connect(self) -> int:
-        self.opened += 1
-        return self.opened
-
-    async def close(self, conn: int) -> None:
-        self.closed.append(conn)
-
-    async def check(self, conn: int) -> bool:
-        self.checked.append(conn)
-        if self.check_hangs:
-            await asyncio.Event().wait()
-        return conn not in self.dead
-
-
-def make_pool(factory: Factory, clock: FakeClock, *, check_after: float = 2.0) -> Pool[int]:
+def make_pool(
+    factory: ConnectionFactory, clock: FakeClock, *, check_after: float = 2.0
+) -> Pool[int]:
     return Pool(
         connect=factory.connect,
         close=factory.close,
@@ -67,7 +38,7 @@ async def settle() -> None:
 
 
 async def test_recently_used_connection_is_not_checked() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock)
     pool.release(await pool.acquire(1.0))
     clock.now = 2.0  # exactly the interval: still recent
@@ -79,7 +50,7 @@ async def test_recently_used_connection_is_not_checked() -> None:
 
 
 async def test_connection_idle_past_interval_is_checked_once() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock)
     pool.release(await pool.acquire(1.0))
     clock.now = 2.5
@@ -93,7 +64,7 @@ async def test_connection_idle_past_interval_is_checked_once() -> None:
 
 
 async def test_dead_idle_connections_are_replaced_not_handed_out() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock)
     held = [await pool.acquire(1.0) for _ in range(3)]
     for conn in held:
@@ -112,7 +83,7 @@ async def test_dead_idle_connections_are_replaced_not_handed_out() -> None:
 
 
 async def test_a_live_one_behind_dead_ones_is_used() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock)
     held = [await pool.acquire(1.0) for _ in range(3)]
     for conn in held:
@@ -127,7 +98,7 @@ async def test_a_live_one_behind_dead_ones_is_used() -> None:
 
 
 async def test_check_off_with_interval_zero() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock, check_after=0.0)
     pool.release(await pool.acquire(1.0))
     factory.dead = {1}
@@ -138,7 +109,7 @@ async def test_check_off_with_interval_zero() -> None:
 
 
 async def test_a_check_that_does_not_answer_times_out_and_discards() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock)
     pool.release(await pool.acquire(1.0))
     clock.now = 10.0
@@ -155,7 +126,7 @@ async def test_a_check_that_does_not_answer_times_out_and_discards() -> None:
 
 
 async def test_cancelled_during_check_leaks_nothing() -> None:
-    factory, clock = Factory(), FakeClock()
+    factory, clock = ConnectionFactory(), FakeClock(0.0)
     pool = make_pool(factory, clock)
     pool.release(await pool.acquire(1.0))
     clock.now = 10.0
@@ -173,7 +144,7 @@ async def test_cancelled_during_check_leaks_nothing() -> None:
 
 
 async def test_open_is_concurrent_and_all_or_nothing() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     started: list[int] = []
     closed: list[int] = []
 
@@ -210,7 +181,7 @@ async def test_open_is_concurrent_and_all_or_nothing() -> None:
 
 
 async def test_open_times_out_and_leaves_nothing() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     closed: list[int] = []
 
     async def slow_connect() -> int:

@@ -18,16 +18,9 @@ import pytest
 
 from iogate.core.errors import ConfigError
 from iogate.resilience.budget import RetryBudget
+from tests.fakes import FakeClock
 
 RETRIES_WANTED = 2  # the default policy: 3 attempts, so up to 2 retries per request
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def failing_run(budget: RetryBudget, requests: int) -> list[int]:

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from iogate.backends.http import AsyncAPIManager
 from tests.conftest import unavailable
+from tests.fakes import RecordingSleep
 
 SECRET_TOKEN = "s3cr3t-token-value-for-tests"
 
@@ -177,16 +178,6 @@ async def upstream(canary: Canary) -> AsyncIterator[Upstream]:
     finally:
         state.release.set()
         await runner.cleanup()
-
-
-class RecordingSleep:
-    """Injected into managers: records each wait instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture

@@ -15,18 +15,11 @@ from iogate.core.events import OperationEvent, add_hook, remove_hook
 from iogate.orchestrator.orchestrator import AsyncOperationOrchestrator, get_api_session
 from iogate.resilience.budget import RetryBudget
 from iogate.resilience.helpers import execute_with_retry
+from tests.fakes import FakeClock, RecordingSleep
 
-from .conftest import SECRET_TOKEN, Canary, RecordingSleep, Upstream
+from .conftest import SECRET_TOKEN, Canary, Upstream
 
 MakeManager = Callable[..., AsyncAPIManager]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def closed_port() -> int:
@@ -216,7 +209,7 @@ async def test_caller_deadline_shorter_than_timeout_wins(
 async def test_retry_budget_caps_attempts_under_a_failing_upstream(
     upstream: Upstream, make_manager: MakeManager
 ) -> None:
-    clock = FakeClock()  # frozen: the reserve does not refill during the test
+    clock = FakeClock(100.0)  # frozen: the reserve does not refill during the test
     budget = RetryBudget(ratio=0.2, reserve=10, clock=clock)
     async with make_manager(circuit_breaker=False, retry_budget=budget) as api:
         for _ in range(50):  # the reserve is spent here: the budget engages
@@ -237,7 +230,7 @@ async def test_retry_budget_caps_attempts_under_a_failing_upstream(
 async def test_breaker_opens_fails_fast_and_half_open_probes_close_it(
     upstream: Upstream, make_manager: MakeManager
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     breaker = {"failure_threshold": 3, "recovery_timeout": 5, "half_open_max_calls": 2}
     async with make_manager(retry=False, circuit_breaker=breaker, clock=clock) as api:
         for _ in range(3):
@@ -266,7 +259,7 @@ async def test_breaker_opens_fails_fast_and_half_open_probes_close_it(
 
 
 async def test_failed_probe_reopens(upstream: Upstream, make_manager: MakeManager) -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     breaker = {"failure_threshold": 2, "recovery_timeout": 1}
     async with make_manager(retry=False, circuit_breaker=breaker, clock=clock) as api:
         await api.get("/toggle")
