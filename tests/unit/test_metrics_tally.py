@@ -23,8 +23,8 @@ from iogate.metrics.collector import (
     DEFAULT_ACQUIRE_BUCKETS,
     DEFAULT_DURATION_BUCKETS,
     MetricsCollector,
-    _PrometheusEvents,
 )
+from iogate.metrics.feed import PrometheusEvents
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -75,7 +75,7 @@ def without_created_values(found: Samples) -> Samples:
 def test_tallies_expose_what_prometheus_objects_would(openmetrics: bool) -> None:
     events = random_events(3, 3000)
     reference_registry = CollectorRegistry()
-    reference = _PrometheusEvents(DEFAULT_DURATION_BUCKETS, DEFAULT_ACQUIRE_BUCKETS)
+    reference = PrometheusEvents(DEFAULT_DURATION_BUCKETS, DEFAULT_ACQUIRE_BUCKETS)
     for metric in (
         reference.duration,
         reference.operations,
