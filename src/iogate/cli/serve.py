@@ -1,88 +1,24 @@
-"""The ``iogate`` command.
+"""``iogate serve``: one process, or ``--workers N`` under a supervisor.
 
-Every problem with the config (a value, a URL, a scope, the bind address)
-is one line on stderr naming the key path, with exit status 2, before
-anything says "serving". ``serve`` reloads the config on SIGHUP and drains
-on SIGTERM (docs/configuration.md, "Reload and shutdown").
+``serve`` reloads the config on SIGHUP and drains on SIGTERM
+(docs/configuration.md, "Reload and shutdown").
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from iogate.cli.common import ConfigOption, app, config_path, err, fail, load, with_bind
 from iogate.core.errors import ConfigError
 from iogate.gateway.settings import Settings
 
-__all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="iogate",
-    help="Asyncio toolkit and HTTP gateway for database and external-API operations.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,  # locals would include Settings and its secrets
-    # Help texts name TOML tables ([gateway], [[gateway.api_keys]]): plain text,
-    # not Rich markup, which would swallow them.
-    rich_markup_mode=None,
-)
-err = Console(stderr=True)
-EXIT_CONFIG = 2
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Config file (iogate.toml). Default: $IOGATE_CONFIG, else the embedded default "
-        "(SQLite 'main' at ./iogate.db, memory 'cache', loopback only).",
-        show_default=False,
-    ),
-]
-
-
-def _config_path(config: Path | None) -> Path | None:
-    return config or (
-        Path(os.environ["IOGATE_CONFIG"]) if os.environ.get("IOGATE_CONFIG") else None
-    )
-
-
-def fail(label: str, message: str) -> typer.Exit:
-    """Print ``label: message`` as one line on stderr; the Exit (status 2) to raise."""
-    line = " ".join(message.split())
-    err.print(f"[bold red]{label}:[/] {escape(line)}", highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_CONFIG)
-
-
-def _load(config: Path | None) -> Settings:
-    """The settings, every value validated and every manager buildable (exit 2 if not)."""
-    from iogate.gateway.app import load_checked
-
-    try:
-        return load_checked(_config_path(config))
-    except ConfigError as exc:
-        raise fail("config error", str(exc)) from None
-
-
-def _with_bind(settings: Settings, host: str | None, port: int | None) -> Settings:
-    """``--host``/``--port`` over ``[gateway]``, refusing a non-loopback host without keys."""
-    gateway = settings.gateway.model_copy(
-        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    )
-    if not gateway.is_loopback() and not gateway.api_keys:
-        # The brackets are TOML, not Rich markup: fail() escapes them.
-        raise ConfigError(
-            f"refusing to bind {gateway.host}: a non-loopback host requires [gateway] api_keys "
-            "(configure [[gateway.api_keys]] or bind 127.0.0.1)"
-        )
-    return settings.model_copy(update={"gateway": gateway})
+__all__ = ["serve"]
 
 
 @app.command()
@@ -120,10 +56,10 @@ def serve(
     """
     from iogate.gateway.server import BindError, bind
 
-    path = _config_path(config)
-    settings = _load(config)
+    path = config_path(config)
+    settings = load(config)
     try:
-        settings = _with_bind(settings, host, port)
+        settings = with_bind(settings, host, port)
     except ConfigError as exc:
         raise fail("config error", str(exc)) from None
     gateway = settings.gateway
@@ -183,7 +119,7 @@ def _serve_one(
     bound = settings.gateway
 
     def load() -> Settings:
-        fresh = _with_bind(load_checked(path), *overrides)
+        fresh = with_bind(load_checked(path), *overrides)
         if (fresh.gateway.host, fresh.gateway.port) != (bound.host, bound.port):
             logging.getLogger("iogate.gateway.reload").warning(
                 "gateway.host/port: the gateway keeps listening on %s:%s until restarted",
@@ -272,109 +208,3 @@ def _write_private(target: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
     os.replace(partial, target)
-
-
-@app.command()
-def check(
-    config: ConfigOption = None,
-    timeout: Annotated[
-        float, typer.Option(help="Seconds allowed to open and to ping each resource.", min=0.1)
-    ] = 3.0,
-) -> None:
-    """Validate the config and ping every resource.
-
-    Exit 0 when every resource answers, 1 when one does not, 2 (one line
-    naming the key) when the config itself is invalid.
-    """
-    from iogate.check import run_check
-
-    raise typer.Exit(run_check(_config_path(config), timeout=timeout, errors=err))
-
-
-@app.command()
-def run(
-    file: Annotated[
-        Path,
-        typer.Argument(
-            help="Batch file: a JSON list of operations or {operations, concurrency, atomic}."
-        ),
-    ],
-    config: ConfigOption = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write every Result as JSON here.")
-    ] = None,
-    job: Annotated[
-        bool,
-        typer.Option(
-            "--job",
-            help="Submit it as a durable job ([jobs] store and broker) and follow it; "
-            "run again after Ctrl+C to pick the display up.",
-        ),
-    ] = False,
-) -> None:
-    """Run a batch file with a progress bar and a summary table.
-
-    Exit 0 when every operation succeeded, 1 when some failed (the --output
-    file holds every Result either way), 2 when the config or the file is
-    unusable. With --job the batch becomes a durable job (docs/jobs.md):
-    FILE.iogate-job holds its id until it ends, so an interrupted run
-    follows the same job when started again instead of submitting it twice.
-    """
-    from iogate.run_command import run_batch_file, run_job_file
-
-    settings = _load(config)
-    if job:
-        raise typer.Exit(run_job_file(file, settings, output))
-    raise typer.Exit(run_batch_file(file, settings, output))
-
-
-@app.command()
-def worker(
-    config: ConfigOption = None,
-    chunks: Annotated[
-        int | None,
-        typer.Option(help="Chunks run at once (overrides [jobs] worker_chunks).", min=1, max=64),
-    ] = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
-) -> None:
-    """Run chunks of durable jobs from [jobs] broker until SIGTERM or Ctrl+C.
-
-    Start any number, on any machine, with the same config as the gateways
-    ([jobs] store on PostgreSQL when they are on several machines). A chunk
-    in flight when the worker stops is handed to another worker, which runs
-    only the operations without a stored result. Exit 0 after a signal, 2
-    for a config error, 3 when the store or the broker cannot be reached.
-    """
-    import asyncio
-
-    settings = _load(config)
-    if not settings.jobs.broker:
-        raise fail(
-            "config error",
-            "jobs.broker: iogate worker takes chunks from a broker (nats://... or amqp://...); "
-            "with none, `iogate serve` runs jobs itself",
-        )
-    from iogate.gateway.logging import configure_logging, secrets_of
-    from iogate.worker_command import run_worker
-
-    configure_logging(level=log_level, secrets=secrets_of(settings))
-    raise typer.Exit(asyncio.run(run_worker(settings, chunks=chunks)))
-
-
-@app.command()
-def version() -> None:
-    """Print the iogate version."""
-    from iogate import __version__
-
-    typer.echo(__version__)
-
-
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

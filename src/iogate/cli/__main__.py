@@ -1,0 +1,3 @@
+from iogate.cli import main
+
+main()
