@@ -36,6 +36,7 @@ import orjson
 
 from iogate.backends.base import AsyncDatabaseManager
 from iogate.backends.kv import RESERVED_PREFIX
+from iogate.core.errors import ResourceNotFoundError
 from iogate.core.jsonable import jsonable
 from iogate.core.result import Result
 
@@ -47,6 +48,7 @@ __all__ = [
     "cache_for",
     "cached",
     "default_cache",
+    "set_database_lookup",
 ]
 
 logger = logging.getLogger("iogate.cache")
@@ -208,12 +210,21 @@ class Cache:
         *,
         ttl: float | None = None,
         tags: Iterable[str] = (),
+        encode: Callable[[R], Any] | None = None,
+        decode: Callable[[Any], R | None] | None = None,
     ) -> R:
-        """The cached value, or ``loader()``'s, stored; one load per key at a time."""
+        """The cached value, or ``loader()``'s, stored; one load per key at a time.
+
+        Without ``encode``/``decode`` a loaded value is stored as it is and a
+        hit returns its JSON form. ``encode(value)`` gives what to store
+        instead, None to store nothing (a failure worth retrying);
+        ``decode(entry)`` gives the value back from a stored entry, None to
+        count it as a miss (loaded again and overwritten).
+        """
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(
-                self._lookup_or_load(key, loader, ttl, tuple(tags))
+                self._lookup_or_load(key, loader, ttl, tuple(tags), encode, decode)
             )
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._forget, key))
@@ -231,14 +242,21 @@ class Cache:
         loader: Callable[[], Awaitable[R]],
         ttl: float | None,
         tags: tuple[str, ...],
+        encode: Callable[[R], Any] | None,
+        decode: Callable[[Any], R | None] | None,
     ) -> R:
-        hit, value = await self._lookup(key)
+        hit, value = await self._lookup(key, decode)
         if hit:
             cached_value: R = value
             return cached_value
         self.stats.loads += 1
         loaded = await loader()
-        await self.set(key, loaded, ttl=ttl, tags=tags)
+        if encode is None:
+            await self.set(key, loaded, ttl=ttl, tags=tags)
+        else:
+            entry = encode(loaded)
+            if entry is not None:
+                await self.set(key, entry, ttl=ttl, tags=tags)
         return loaded
 
     def _forget(self, key: str, task: asyncio.Task[Any]) -> None:
@@ -247,7 +265,9 @@ class Cache:
         if not task.cancelled():
             task.exception()  # retrieved: a loader error nobody awaited is not "lost"
 
-    async def _lookup(self, key: str) -> tuple[bool, Any]:
+    async def _lookup(
+        self, key: str, decode: Callable[[Any], Any] | None = None
+    ) -> tuple[bool, Any]:
         full = self.namespace + key
         result = await self.manager.execute_query(full, {"operation": "get", "key": full})
         if not self._ok(result) or result.data is None:
@@ -260,6 +280,11 @@ class Cache:
             self._absorb(f"entry {full!r} is not JSON")
             self.stats.misses += 1
             return False, None
+        if decode is not None:
+            value = decode(value)
+            if value is None:  # an entry of another shape: reloaded and overwritten
+                self.stats.misses += 1
+                return False, None
         self.stats.hits += 1
         return True, value
 
@@ -297,6 +322,29 @@ def _manager_for(database: AsyncDatabaseManager | str | None, name: str) -> Asyn
 
 
 # -- caches for managers and the default --------------------------------------------------
+
+DatabaseLookup = Callable[[str], AsyncDatabaseManager]
+
+# How ``@cached(database="NAME")`` finds the manager called NAME. The cache sits
+# below the orchestrator and must not import it, so the orchestrator module
+# installs its lookup (the current orchestrator's database) when it is imported.
+_database_lookup: DatabaseLookup | None = None
+
+
+def set_database_lookup(lookup: DatabaseLookup | None) -> None:
+    """Where ``@cached(database="NAME")`` resolves NAME (the orchestrator sets it)."""
+    global _database_lookup
+    _database_lookup = lookup
+
+
+def _named_database(name: str) -> AsyncDatabaseManager:
+    if _database_lookup is None:
+        raise ResourceNotFoundError(
+            f"cached(database={name!r}): no orchestrator to find it on; "
+            "create an AsyncOperationOrchestrator first"
+        )
+    return _database_lookup(name)
+
 
 _by_manager: weakref.WeakKeyDictionary[AsyncDatabaseManager, Cache] = weakref.WeakKeyDictionary()
 _default: Cache | None = None
@@ -405,9 +453,7 @@ class CachedFunction(Generic[P, R]):
         if source is None:
             return default_cache()
         if isinstance(source, str):  # a database name on the current orchestrator
-            from iogate.orchestrator.orchestrator import current_orchestrator
-
-            return cache_for(current_orchestrator().get_manager(source))
+            return cache_for(_named_database(source))
         if not callable(source) or isinstance(source, Cache | AsyncDatabaseManager):
             raise TypeError(f"cached(database=...) cannot use {type(source).__name__}")
         resolved = source(args[0] if args else None)  # callable: given the instance

@@ -238,3 +238,34 @@ async def test_default_cache_is_memory_and_shared() -> None:
 def test_cached_refuses_a_sync_function() -> None:
     with pytest.raises(TypeError):
         cached()(lambda: 1)  # type: ignore[arg-type]
+
+
+async def test_encode_and_decode_choose_what_is_stored_and_what_counts_as_a_hit(
+    cache: Cache,
+) -> None:
+    loads: list[str] = []
+
+    async def load(value: str) -> str:
+        loads.append(value)
+        return value
+
+    def encode(value: str) -> Any:
+        return None if value == "failed" else {"kept": value}
+
+    def decode(entry: Any) -> str | None:
+        return entry.get("kept") if isinstance(entry, dict) else None
+
+    async def call(value: str) -> str:
+        return await cache.get_or_load(
+            "k", lambda: load(value), ttl=60, encode=encode, decode=decode
+        )
+
+    assert await call("failed") == "failed"
+    assert await cache.get("k") is None  # encode gave None: nothing stored
+    assert await call("good") == "good"
+    assert await call("ignored") == "good"  # decoded from {"kept": "good"}
+    await cache.set("k", ["another", "shape"])
+    assert await call("fresh") == "fresh"  # decode gave None: a miss, reloaded
+    assert await cache.get("k") == {"kept": "fresh"}
+    assert loads == ["failed", "good", "fresh"]
+    assert (cache.stats.hits, cache.stats.loads) == (2, 3)  # "ignored", then the last get

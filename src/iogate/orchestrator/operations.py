@@ -1,9 +1,10 @@
-"""Named ("dedicated") operations: seed 002's functions as an allow-list.
+"""Named ("dedicated") operations on an orchestrator: seed 002's functions as an allow-list.
 
-A named operation has a name, a fixed list of parameter names and one
-target: a SQL statement on a database, a method + endpoint on an API, or a
-Python coroutine. Callers give parameters by name; a missing or an extra
-one is refused (``invalid_request``, HTTP 422) naming it, before any I/O.
+What an operation is, and the registries that hold them, are
+:mod:`iogate.orchestrator.registry`; this module registers operations on an
+orchestrator (``orchestrator.operations``) and runs them. Callers give
+parameters by name; a missing or an extra one is refused
+(``invalid_request``, HTTP 422) naming it, before any I/O.
 
 Parameters may declare a type (``params = { id = "int", since = "datetime" }``,
 in the order of ``$1, $2``; the list form ``params = ["id"]`` takes any JSON
@@ -27,36 +28,46 @@ Declared two ways:
 Each run emits an ``OperationEvent(kind="operation", operation=NAME)``, so
 metrics and ``/stats`` show it under its own name. An optional cache
 (``cache = {database, ttl, tags, invalidates}``) keeps successful outputs in
-a key-value database: ``tags`` label an entry (``"post:{post_id}"`` is
-formatted with the parameters), and a successful operation listing a tag in
-``invalidates`` deletes every entry carrying that tag. An operation with
-``invalidates`` is a write: it runs every time and its own output is never
-cached. A cache that is down only costs the cache: the operation still runs.
+a key-value database through :class:`iogate.cache.Cache` (one load per key
+at a time, however many callers miss it together): ``tags`` label an entry
+(``"post:{post_id}"`` is formatted with the parameters), and a successful
+operation listing a tag in ``invalidates`` deletes every entry carrying that
+tag. An operation with ``invalidates`` is a write: it runs every time and
+its own output is never cached. A cache that is down only costs the cache:
+the operation still runs.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import inspect
 import string
 import time
 import uuid
-import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
 
 from iogate.backends.kv import RESERVED_PREFIX
+from iogate.cache import DEFAULT_TAG_PREFIX, cache_for
 from iogate.core import events
-from iogate.core.coerce import PARAM_TYPES, CoercionError, convert, json_schema
 from iogate.core.deadline import Deadline
-from iogate.core.errors import ConfigError, InvalidRequestError, IogateError, ResourceNotFoundError
+from iogate.core.errors import IogateError, ResourceNotFoundError
 from iogate.core.events import OperationEvent, emit
 from iogate.core.jsonable import jsonable
 from iogate.core.result import Result
+from iogate.orchestrator.registry import (
+    NamedOperation,
+    OperationCache,
+    OperationFunction,
+    OperationRegistry,
+    build_operation,
+    operation,
+    python_operations,
+    settings_operations,
+)
 
 if TYPE_CHECKING:
     from iogate.orchestrator.orchestrator import AsyncOperationOrchestrator
@@ -75,247 +86,16 @@ __all__ = [
     "settings_operations",
 ]
 
-OperationFunction = Callable[..., Awaitable[Any]]
-F = TypeVar("F", bound=OperationFunction)
-
 # Under the reserved prefix: no key without admin can read or forge an entry
 # through raw key-value operations (iogate.backends.kv.check_unreserved).
 CACHE_PREFIX = f"{RESERVED_PREFIX}op:"
-TAG_PREFIX = f"{RESERVED_PREFIX}tag:"
+TAG_PREFIX = DEFAULT_TAG_PREFIX  # the Cache's tag sets: iogate:tag:TAG
 _BODYLESS_METHODS = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OperationCache:
-    """Where and how long a named operation's output is kept.
-
-    With ``invalidates`` the operation is a write: it always runs, its output
-    is never kept (``ttl`` and ``tags`` then go unused), and a success deletes
-    the entries carrying those tags.
-    """
-
-    database: str
-    ttl: float
-    tags: tuple[str, ...] = ()
-    invalidates: tuple[str, ...] = ()
-
-    @property
-    def stores_output(self) -> bool:
-        """Whether a success is kept and served again (not for a write that invalidates)."""
-        return not self.invalidates
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NamedOperation:
-    """One allow-listed operation (frozen; build with register_operation)."""
-
-    name: str
-    params: tuple[str, ...] = ()
-    optional: frozenset[str] = frozenset()
-    # Declared types by parameter name (those not named take any JSON value).
-    param_types: Mapping[str, str] = field(default_factory=dict, hash=False)
-    database: str | None = None
-    api: str | None = None
-    query: str | None = None
-    method: str | None = None
-    endpoint: str | None = None
-    cache: OperationCache | None = None
-    description: str | None = None
-    function: OperationFunction | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        targets = [t for t in (self.database, self.api, self.function) if t is not None]
-        if len(targets) != 1:
-            raise ConfigError(
-                f"operation {self.name!r}: give exactly one of database, api or a function"
-            )
-        if self.database is not None and not self.query:
-            raise ConfigError(f"operation {self.name!r}: a database operation needs query")
-        if self.api is not None and not (self.method and self.endpoint):
-            raise ConfigError(
-                f"operation {self.name!r}: an api operation needs method and endpoint"
-            )
-        if len(set(self.params)) != len(self.params):
-            raise ConfigError(f"operation {self.name!r}: a parameter name is repeated")
-        for param, param_type in self.param_types.items():
-            if param not in self.params:
-                raise ConfigError(
-                    f"operation {self.name!r}: a type for unknown parameter {param!r}"
-                )
-            if param_type not in PARAM_TYPES:
-                raise ConfigError(
-                    f"operation {self.name!r}: parameter {param!r} has unknown type "
-                    f"{param_type!r} (one of: {', '.join(PARAM_TYPES)})"
-                )
-
-    @property
-    def kind(self) -> str:
-        if self.database is not None:
-            return "database"
-        return "api" if self.api is not None else "python"
-
-    @property
-    def resource(self) -> str:
-        return self.database or self.api or "python"
-
-    def describe(self) -> dict[str, Any]:
-        """What ``GET /operations`` shows (never the SQL: it is the server's business)."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "kind": self.kind,
-            "resource": self.resource,
-            "params": [
-                {"name": p, "required": p not in self.optional, "type": self.param_types.get(p)}
-                for p in self.params
-            ],
-            "description": self.description,
-            "cached": self.cache is not None and self.cache.stores_output,
-        }
-        if self.kind == "api":
-            out["method"] = self.method
-        return out
-
-    def check_params(self, params: Any) -> dict[str, Any]:
-        """``params`` as a dict, or InvalidRequestError naming what is wrong."""
-        if params is None:
-            params = {}
-        if not isinstance(params, Mapping):
-            raise InvalidRequestError(
-                f"operation {self.name!r}: parameters must be an object of named values"
-            )
-        missing = [p for p in self.params if p not in params and p not in self.optional]
-        if missing:
-            raise InvalidRequestError(
-                f"operation {self.name!r}: missing parameter{'s' if len(missing) > 1 else ''} "
-                + ", ".join(repr(p) for p in missing)
-            )
-        extra = sorted(str(k) for k in params if k not in self.params)
-        if extra:
-            raise InvalidRequestError(
-                f"operation {self.name!r}: unexpected parameter{'s' if len(extra) > 1 else ''} "
-                + ", ".join(repr(p) for p in extra)
-                + f" (expected: {', '.join(self.params) or 'none'})"
-            )
-        values = dict(params)
-        for param, param_type in self.param_types.items():
-            if param in values:
-                try:
-                    values[param] = convert(param_type, values[param])
-                except CoercionError as exc:
-                    raise InvalidRequestError(
-                        f"operation {self.name!r}: parameter {param!r}: {exc}"
-                    ) from None
-        return values
-
-    def params_schema(self) -> dict[str, Any]:
-        """The JSON Schema of a request body for this operation (OpenAPI)."""
-        return {
-            "title": f"{self.name} parameters",
-            "type": "object",
-            "properties": {p: json_schema(self.param_types.get(p)) for p in self.params},
-            "required": [p for p in self.params if p not in self.optional],
-            "additionalProperties": False,
-        }
-
-
-class OperationRegistry:
-    """Named operations by name; lookups fall back to ``parent``."""
-
-    def __init__(self, parent: OperationRegistry | None = None) -> None:
-        self._operations: dict[str, NamedOperation] = {}
-        self._parent = parent
-        self.loaded_settings = False
-
-    def __repr__(self) -> str:
-        return f"<OperationRegistry {sorted(self.names())}>"
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
-    def register(self, op: NamedOperation, *, replace: bool = False) -> NamedOperation:
-        if not replace and op.name in self._operations:
-            raise ConfigError(f"an operation named {op.name!r} is already registered")
-        self._operations[op.name] = op
-        return op
-
-    def get(self, name: str) -> NamedOperation | None:
-        found = self._operations.get(name)
-        if found is None and self._parent is not None:
-            return self._parent.get(name)
-        return found
-
-    def names(self) -> set[str]:
-        inherited = self._parent.names() if self._parent is not None else set()
-        return inherited | set(self._operations)
-
-    def all(self) -> list[NamedOperation]:
-        found = (self.get(name) for name in sorted(self.names()))
-        return [op for op in found if op is not None]
-
-    def operation(
-        self,
-        name: str | None = None,
-        *,
-        description: str | None = None,
-        cache: OperationCache | None = None,
-    ) -> Callable[[F], F]:
-        """Decorator registering ``async def fn(orchestrator, **params)``."""
-
-        def decorator(function: F) -> F:
-            params, optional = _signature_params(function)
-            doc = inspect.getdoc(function)
-            self.register(
-                NamedOperation(
-                    name=name or function.__name__,
-                    params=params,
-                    optional=optional,
-                    function=function,
-                    cache=cache,
-                    description=description or (doc.splitlines()[0] if doc else None),
-                ),
-                replace=True,  # re-importing a module re-registers the same function
-            )
-            return function
-
-        return decorator
-
-
-def _signature_params(function: OperationFunction) -> tuple[tuple[str, ...], frozenset[str]]:
-    if not inspect.iscoroutinefunction(function):
-        raise ConfigError(f"{function.__qualname__}: a named operation must be an async def")
-    parameters = list(inspect.signature(function).parameters.values())
-    if not parameters:
-        raise ConfigError(
-            f"{function.__qualname__}: the first parameter must receive the orchestrator"
-        )
-    names: list[str] = []
-    optional: set[str] = set()
-    for parameter in parameters[1:]:
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise ConfigError(
-                f"{function.__qualname__}: *args/**kwargs cannot be validated; name each parameter"
-            )
-        names.append(parameter.name)
-        if parameter.default is not parameter.empty:
-            optional.add(parameter.name)
-    return tuple(names), frozenset(optional)
-
-
-# Operations declared in Python with @operation, visible on every orchestrator.
-python_operations = OperationRegistry()
-operation = python_operations.operation
-
-_registries: weakref.WeakKeyDictionary[AsyncOperationOrchestrator, OperationRegistry] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def registry_of(orchestrator: AsyncOperationOrchestrator) -> OperationRegistry:
     """The orchestrator's operations (its own, then the @operation ones)."""
-    registry = _registries.get(orchestrator)
-    if registry is None:
-        registry = _registries[orchestrator] = OperationRegistry(parent=python_operations)
-    return registry
+    return orchestrator.operations
 
 
 def register_operation(
@@ -349,75 +129,12 @@ def register_operation(
         description=description,
         function=function,
     )
-    return registry_of(orchestrator).register(op)
-
-
-def build_operation(
-    name: str,
-    *,
-    database: str | None = None,
-    api: str | None = None,
-    query: str | None = None,
-    method: str | None = None,
-    endpoint: str | None = None,
-    params: Iterable[str] | Mapping[str, str] = (),
-    cache: OperationCache | None = None,
-    description: str | None = None,
-    function: OperationFunction | None = None,
-) -> NamedOperation:
-    """The operation :func:`register_operation` registers (ConfigError if invalid)."""
-    optional: frozenset[str] = frozenset()
-    names = tuple(params)
-    param_types = dict(params) if isinstance(params, Mapping) else {}
-    if function is not None and not names:
-        names, optional = _signature_params(function)
-    return NamedOperation(
-        name=name,
-        params=names,
-        optional=optional,
-        param_types=param_types,
-        database=database,
-        api=api,
-        query=query,
-        method=method.upper() if method else None,
-        endpoint=endpoint,
-        cache=cache,
-        description=description,
-        function=function,
-    )
-
-
-def settings_operations(settings: Mapping[str, Any]) -> list[NamedOperation]:
-    """The operations ``[operations.NAME]`` (OperationSettings by name) describe."""
-    operations = []
-    for name, spec in settings.items():
-        cache = None
-        if spec.cache is not None:
-            cache = OperationCache(
-                database=spec.cache.database,
-                ttl=spec.cache.ttl,
-                tags=tuple(spec.cache.tags),
-                invalidates=tuple(spec.cache.invalidates),
-            )
-        operations.append(
-            build_operation(
-                name,
-                database=spec.database,
-                api=spec.api,
-                query=spec.query,
-                method=spec.method,
-                endpoint=spec.endpoint,
-                params=spec.params,
-                cache=cache,
-                description=spec.description,
-            )
-        )
-    return operations
+    return orchestrator.operations.register(op)
 
 
 def load_operations(orchestrator: AsyncOperationOrchestrator, settings: Mapping[str, Any]) -> None:
     """Register every ``[operations.NAME]`` (OperationSettings) once; idempotent."""
-    registry = registry_of(orchestrator)
+    registry = orchestrator.operations
     if registry.loaded_settings:
         return
     for op in settings_operations(settings):
@@ -436,7 +153,7 @@ async def execute_named_operation(
     deadline: Deadline | None = None,
 ) -> Result:
     """Run the operation called ``name``; never raises for a failure."""
-    op = registry_of(orchestrator).get(name)
+    op = orchestrator.operations.get(name)
     if op is None:
         return Result.fail(f"unknown operation {name!r}", "not_found", operation=name)
     started = time.perf_counter()
@@ -478,36 +195,52 @@ async def _cached_run(
     values: dict[str, Any],
     deadline: Deadline,
 ) -> Result:
-    cache = op.cache
-    if cache is None:
+    spec = op.cache
+    manager = orchestrator.databases.get(spec.database) if spec is not None else None
+    if spec is None or manager is None:
+        # No cache, or its database is not (or no longer) registered: a cache
+        # is never a dependency, so the operation runs uncached.
         return await _run(orchestrator, op, values, deadline)
-    if not cache.stores_output:
+    cache = cache_for(manager)
+    if not spec.stores_output:
         # A write: repeated with the same parameters it must run again, so
         # its output is neither looked up nor kept; it only drops what it made stale.
         result = await _run(orchestrator, op, values, deadline)
         if result.success:
-            await _invalidate(orchestrator, cache, values, deadline)
+            for template in spec.invalidates:
+                await cache.invalidate_tag(_tag(template, values))
         return result
-    key = _cache_key(op, values)
-    hit = await orchestrator.execute_database_operation(
-        cache.database, key, {"operation": "get", "key": key}, deadline=deadline
+    return await cache.get_or_load(
+        _cache_key(op, values),
+        functools.partial(_run, orchestrator, op, values, deadline),
+        ttl=spec.ttl,
+        tags=[_tag(template, values) for template in spec.tags],
+        encode=_cache_entry,
+        decode=functools.partial(_cached_result, op.resource),
     )
-    if hit.success and isinstance(hit.data, str):
-        try:
-            stored = orjson.loads(hit.data)
-        except orjson.JSONDecodeError:
-            stored = None
-        if isinstance(stored, dict) and "data" in stored:
-            return Result.ok(
-                stored["data"],
-                resource=op.resource,
-                rows_affected=stored.get("rows_affected"),
-                status_code=stored.get("status_code"),
-            )
-    result = await _run(orchestrator, op, values, deadline)
-    if result.success:
-        await _store(orchestrator, cache, key, values, result, deadline)
-    return result
+
+
+def _cache_entry(result: Result) -> dict[str, Any] | None:
+    """What is kept of a result: a success's output, never a failure."""
+    if not result.success:
+        return None
+    return {
+        "data": result.data,
+        "rows_affected": result.rows_affected,
+        "status_code": result.status_code,
+    }
+
+
+def _cached_result(resource: str, stored: Any) -> Result | None:
+    """The Result a kept entry stands for; None (a miss) for one of another shape."""
+    if not isinstance(stored, dict) or "data" not in stored:
+        return None
+    return Result.ok(
+        stored["data"],
+        resource=resource,
+        rows_affected=stored.get("rows_affected"),
+        status_code=stored.get("status_code"),
+    )
 
 
 async def _run(
@@ -613,49 +346,3 @@ def _tag(template: str, values: Mapping[str, Any]) -> str:
         return template.format_map({k: v for k, v in values.items()})
     except (KeyError, ValueError, IndexError):
         return template
-
-
-async def _store(
-    orchestrator: AsyncOperationOrchestrator,
-    cache: OperationCache,
-    key: str,
-    values: Mapping[str, Any],
-    result: Result,
-    deadline: Deadline,
-) -> None:
-    stored = {
-        "data": result.data,
-        "rows_affected": result.rows_affected,
-        "status_code": result.status_code,
-    }
-    value = orjson.dumps(stored, default=jsonable).decode()
-    await orchestrator.execute_database_operation(
-        cache.database,
-        key,
-        {"operation": "set", "key": key, "value": value, "ttl": cache.ttl},
-        deadline=deadline,
-    )
-    for tag in cache.tags:
-        await orchestrator.execute_database_operation(
-            cache.database,
-            TAG_PREFIX + _tag(tag, values),
-            {"operation": "sadd", "key": TAG_PREFIX + _tag(tag, values), "members": [key]},
-            deadline=deadline,
-        )
-
-
-async def _invalidate(
-    orchestrator: AsyncOperationOrchestrator,
-    cache: OperationCache,
-    values: Mapping[str, Any],
-    deadline: Deadline,
-) -> None:
-    for template in cache.invalidates:
-        tag_key = TAG_PREFIX + _tag(template, values)
-        members = await orchestrator.execute_database_operation(
-            cache.database, tag_key, {"operation": "smembers", "key": tag_key}, deadline=deadline
-        )
-        keys = [tag_key, *(members.data if members.success and members.data else [])]
-        await orchestrator.execute_database_operation(
-            cache.database, tag_key, {"operation": "delete", "keys": keys}, deadline=deadline
-        )

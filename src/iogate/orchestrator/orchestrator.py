@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from typing_extensions import Unpack
 
 from iogate.backends.base import AsyncDatabaseManager
+from iogate.cache import set_database_lookup
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, IogateError, ResourceNotFoundError
@@ -29,6 +30,9 @@ from iogate.core.options import APIManagerOptions, DatabaseManagerOptions
 from iogate.core.params import Params
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
+from iogate.orchestrator.batch import execute_batch, run_transaction
+from iogate.orchestrator.operations import execute_named_operation, register_operation
+from iogate.orchestrator.registry import NamedOperation, OperationRegistry, python_operations
 
 if TYPE_CHECKING:
     from iogate.backends.http import AsyncAPIManager
@@ -107,6 +111,14 @@ def current_orchestrator() -> AsyncOperationOrchestrator:
     return _current
 
 
+def _current_database(name: str) -> AsyncDatabaseManager:
+    return current_orchestrator().get_manager(name)
+
+
+# ``@cached(database="NAME")`` names a database of the current orchestrator.
+set_database_lookup(_current_database)
+
+
 class JobSubmitter(Protocol):
     """What :meth:`AsyncOperationOrchestrator.submit_batch_job` hands jobs to."""
 
@@ -123,6 +135,9 @@ class AsyncOperationOrchestrator:
         # least-privilege role, so the database's grants refuse any write.
         self.read_managers: dict[str, AsyncDatabaseManager] = {}
         self.apis: dict[str, AsyncAPIManager] = {}
+        # Named operations: those registered on this orchestrator alone, then
+        # (the parent) every @operation function (docs/decisions.md).
+        self.operations = OperationRegistry(parent=python_operations)
         # The job service attached by iogate.jobs.JobService (durable jobs).
         self.jobs: JobSubmitter | None = None
         self._closed = False
@@ -309,8 +324,6 @@ class AsyncOperationOrchestrator:
         deadline: Deadline | None = None,
     ) -> list[Result]:
         """One Result per operation, in order (see iogate.orchestrator.batch)."""
-        from iogate.orchestrator.batch import execute_batch
-
         return await execute_batch(
             self, operations, concurrency=concurrency, atomic=atomic, deadline=deadline
         )
@@ -338,14 +351,11 @@ class AsyncOperationOrchestrator:
         self, db_name: str, queries: Sequence[Any], *, deadline: Deadline | None = None
     ) -> Result:
         """All ``queries`` in one database transaction, all or nothing."""
-        from iogate.orchestrator.batch import run_transaction
-
         return await run_transaction(self, db_name, queries, deadline=deadline)
 
-    def register_operation(self, name: str, **spec: Any) -> Any:
-        """Declare a named ("dedicated") operation (see iogate.orchestrator.operations)."""
-        from iogate.orchestrator.operations import register_operation
-
+    def register_operation(self, name: str, **spec: Any) -> NamedOperation:
+        """Declare a named ("dedicated") operation on this orchestrator alone
+        (see iogate.orchestrator.operations)."""
         return register_operation(self, name, **spec)
 
     async def execute_named_operation(
@@ -355,8 +365,7 @@ class AsyncOperationOrchestrator:
         *,
         deadline: Deadline | None = None,
     ) -> Result:
-        from iogate.orchestrator.operations import execute_named_operation
-
+        """Run the named operation ``name``; never raises for a failure."""
         return await execute_named_operation(self, name, params, deadline=deadline)
 
     # -- observability --------------------------------------------------------------
