@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINT_DIRS)
 	$(BIN)/mypy --strict src
 	$(BIN)/mypy --strict tests/typing
+	PYTHONPATH=src $(BIN)/lint-imports
 
 test: lint
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) || true
