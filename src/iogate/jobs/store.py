@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +44,7 @@ from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, IogateError, error_for
 from iogate.core.redact import redact_url
 from iogate.core.result import Result
+from iogate.jobs import sql
 from iogate.jobs.interfaces import JobStore
 from iogate.jobs.model import (
     ChunkTask,
@@ -67,113 +68,6 @@ DEFAULT_STORE_ACQUIRE_TIMEOUT = 5.0
 DEFAULT_STORE_STATEMENT_TIMEOUT = 30.0
 # How long past the statement timeout a single call still waits for its answer.
 _MARGIN = 0.5
-# Rows per INSERT, and (PostgreSQL) operations text per INSERT of chunks.
-_BATCH_ROWS = 500
-_BATCH_BYTES = 8 * 1024 * 1024
-# Seconds between attempts to open a SQLite file another process is setting up.
-# pg_advisory_xact_lock key taken while the schema is created: b"iogatejb".
-_SCHEMA_LOCK = 7597404764659608162
-_OPEN = f"('{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}')"
-
-# The same DDL serves both: SQLite reads BIGINT/DOUBLE PRECISION/BOOLEAN by
-# affinity. The last statement's object is the one open() looks for.
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS iogate_jobs (
-        id TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        total BIGINT NOT NULL,
-        chunks INTEGER NOT NULL,
-        chunks_done INTEGER NOT NULL DEFAULT 0,
-        done BIGINT NOT NULL DEFAULT 0,
-        failed BIGINT NOT NULL DEFAULT 0,
-        concurrency INTEGER NOT NULL,
-        max_rows INTEGER,
-        guards TEXT NOT NULL,
-        submitted_by TEXT,
-        created_at DOUBLE PRECISION NOT NULL,
-        started_at DOUBLE PRECISION,
-        finished_at DOUBLE PRECISION,
-        cancelled BOOLEAN NOT NULL DEFAULT FALSE)""",
-    """CREATE TABLE IF NOT EXISTS iogate_job_chunks (
-        job_id TEXT NOT NULL,
-        chunk INTEGER NOT NULL,
-        start_idx BIGINT NOT NULL,
-        end_idx BIGINT NOT NULL,
-        operations TEXT NOT NULL,
-        finished BOOLEAN NOT NULL DEFAULT FALSE,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (job_id, chunk))""",
-    """CREATE TABLE IF NOT EXISTS iogate_job_results (
-        job_id TEXT NOT NULL,
-        idx BIGINT NOT NULL,
-        success BOOLEAN NOT NULL,
-        result TEXT NOT NULL,
-        PRIMARY KEY (job_id, idx))""",
-    f"CREATE INDEX IF NOT EXISTS iogate_jobs_open ON iogate_jobs (created_at)"
-    f" WHERE status IN {_OPEN}",
-)
-
-_INSERT_JOB = (
-    "INSERT INTO iogate_jobs (id, status, total, chunks, concurrency, max_rows, guards,"
-    " submitted_by, created_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-)
-_SELECT_JOB = (
-    "SELECT id, status, total, concurrency, max_rows, guards, submitted_by, created_at,"
-    " cancelled FROM iogate_jobs WHERE id = $1"
-)
-_SELECT_PROGRESS = (
-    "SELECT status, total, done, failed, chunks, chunks_done, created_at, started_at,"
-    " finished_at FROM iogate_jobs WHERE id = $1"
-)
-_SELECT_CHUNK = (
-    "SELECT start_idx, end_idx, operations, finished FROM iogate_job_chunks"
-    " WHERE job_id = $1 AND chunk = $2"
-)
-_SELECT_RESULTS_IN = (
-    "SELECT idx, success, result FROM iogate_job_results"
-    " WHERE job_id = $1 AND idx >= $2 AND idx < $3"
-)
-_SELECT_RESULTS_PAGE = (
-    "SELECT idx, success, result FROM iogate_job_results"
-    " WHERE job_id = $1 AND idx > $2 ORDER BY idx LIMIT $3"
-)
-_COUNT_RESULTS = "UPDATE iogate_jobs SET done = done + $2, failed = failed + $3 WHERE id = $1"
-_FINISH_CHUNK = (
-    "UPDATE iogate_job_chunks SET finished = TRUE WHERE job_id = $1 AND chunk = $2 AND NOT finished"
-)
-# SET expressions read the row as it was before this UPDATE, in both
-# databases; on PostgreSQL that is the latest committed row once the lock
-# is granted, so two finishers cannot both see (or both miss) the last chunk.
-_LAST = f"status IN {_OPEN} AND chunks_done + 1 >= chunks"
-_COUNT_CHUNK = (
-    "UPDATE iogate_jobs SET chunks_done = chunks_done + 1,"
-    f" status = CASE WHEN {_LAST} THEN '{JobStatus.DONE.value}' ELSE status END,"
-    f" started_at = CASE WHEN {_LAST} THEN COALESCE(started_at, $2) ELSE started_at END,"
-    f" finished_at = CASE WHEN {_LAST} THEN $2 ELSE finished_at END"
-    " WHERE id = $1"
-)
-_START = (
-    f"UPDATE iogate_jobs SET status = '{JobStatus.RUNNING.value}', started_at = $2"
-    f" WHERE id = $1 AND status = '{JobStatus.QUEUED.value}'"
-)
-_ADD_ATTEMPTS = "ALTER TABLE iogate_job_chunks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
-_ATTEMPT = (
-    "UPDATE iogate_job_chunks SET attempts = attempts + 1"
-    " WHERE job_id = $1 AND chunk = $2 RETURNING attempts"
-)
-_CANCEL = (
-    f"UPDATE iogate_jobs SET status = '{JobStatus.CANCELLED.value}', cancelled = TRUE,"
-    f" finished_at = $2 WHERE id = $1 AND status IN {_OPEN}"
-)
-_UNFINISHED = (
-    "SELECT c.job_id, c.chunk FROM iogate_jobs j JOIN iogate_job_chunks c ON c.job_id = j.id"
-    f" WHERE j.status IN {_OPEN} AND NOT c.finished ORDER BY j.created_at, j.id, c.chunk"
-)
-_DELETE = (
-    "DELETE FROM iogate_job_results WHERE job_id = $1",
-    "DELETE FROM iogate_job_chunks WHERE job_id = $1",
-    "DELETE FROM iogate_jobs WHERE id = $1",
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,148 +98,6 @@ class ChunkRecord:
     end: int
     operations: list[Any]
     finished: bool
-
-
-# -- dialects -----------------------------------------------------------------------
-
-
-class _Dialect:
-    """What differs between the two databases: batched inserts, schema check."""
-
-    schema_check: str
-    schema_lock: str | None = None
-
-    async def insert_chunks(
-        self, tx: _Tx, job_id: str, rows: list[tuple[int, int, int, str]]
-    ) -> None:
-        raise NotImplementedError
-
-    async def insert_results(
-        self, tx: _Tx, job_id: str, results: list[tuple[int, bool, str]]
-    ) -> tuple[int, int]:
-        """Insert the results not stored yet: (how many, how many of them failed)."""
-        raise NotImplementedError
-
-
-class _Postgres(_Dialect):
-    # Arrays bound once per batch: one round trip for hundreds of rows.
-    # The newest column: present, every table and index is (see _create_schema).
-    schema_check = (
-        "SELECT count(*) AS present FROM information_schema.columns"
-        " WHERE table_schema = current_schema() AND table_name = 'iogate_job_chunks'"
-        " AND column_name = 'attempts'"
-    )
-    schema_lock = f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"
-    _chunks = (
-        "INSERT INTO iogate_job_chunks (job_id, chunk, start_idx, end_idx, operations)"
-        " SELECT $1, c.chunk, c.start_idx, c.end_idx, c.operations"
-        " FROM unnest($2::integer[], $3::bigint[], $4::bigint[], $5::text[])"
-        " AS c(chunk, start_idx, end_idx, operations)"
-    )
-    _results = (
-        "INSERT INTO iogate_job_results (job_id, idx, success, result)"
-        " SELECT $1, r.idx, r.success, r.result"
-        " FROM unnest($2::bigint[], $3::boolean[], $4::text[]) AS r(idx, success, result)"
-        " ON CONFLICT DO NOTHING RETURNING success"
-    )
-
-    async def insert_chunks(
-        self, tx: _Tx, job_id: str, rows: list[tuple[int, int, int, str]]
-    ) -> None:
-        for batch in _batches(rows, lambda row: len(row[3])):
-            columns = [list(column) for column in zip(*batch, strict=True)]
-            await tx.execute(self._chunks, [job_id, *columns])
-
-    async def insert_results(
-        self, tx: _Tx, job_id: str, results: list[tuple[int, bool, str]]
-    ) -> tuple[int, int]:
-        new = failed = 0
-        for batch in _batches(results, lambda row: len(row[2])):
-            columns = [list(column) for column in zip(*batch, strict=True)]
-            inserted = (await tx.execute(self._results, [job_id, *columns])).data or []
-            new += len(inserted)
-            failed += sum(1 for row in inserted if not row["success"])
-        return new, failed
-
-
-class _SQLite(_Dialect):
-    # Multi-row VALUES; each statement counts what it inserted (changes()),
-    # failed results apart from the rest so the counters need no RETURNING.
-    schema_check = (
-        "SELECT count(*) AS present FROM pragma_table_info('iogate_job_chunks')"
-        " WHERE name = 'attempts'"
-    )
-
-    async def insert_chunks(
-        self, tx: _Tx, job_id: str, rows: list[tuple[int, int, int, str]]
-    ) -> None:
-        for batch in _batches(rows, lambda row: len(row[3])):
-            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(batch))
-            params = [value for row in batch for value in (job_id, *row)]
-            await tx.execute(
-                "INSERT INTO iogate_job_chunks (job_id, chunk, start_idx, end_idx, operations)"
-                f" VALUES {values}",
-                params,
-            )
-
-    async def insert_results(
-        self, tx: _Tx, job_id: str, results: list[tuple[int, bool, str]]
-    ) -> tuple[int, int]:
-        new = failed = 0
-        for success in (False, True):
-            same = [row for row in results if row[1] is success]
-            for batch in _batches(same, lambda row: len(row[2])):
-                values = ", ".join(["(?, ?, ?, ?)"] * len(batch))
-                params = [value for row in batch for value in (job_id, *row)]
-                result = await tx.execute(
-                    "INSERT INTO iogate_job_results (job_id, idx, success, result)"
-                    f" VALUES {values} ON CONFLICT DO NOTHING",
-                    params,
-                )
-                count = result.rows_affected or 0
-                new += count
-                failed += 0 if success else count
-        return new, failed
-
-
-def _result_row(result: Mapping[str, Any], success: bool) -> tuple[bool, str]:
-    """(success, JSON text) of a result as stored.
-
-    Encoded as ``GET /batch/jobs/{id}`` serves it, two levels down
-    (``{"results": [{...}]}``), and with the gateway's fallbacks (``default=str``,
-    non-string keys). A result that JSON cannot hold (nested past orjson's 254
-    levels, say a jsonb value the database built) is stored as that
-    operation's failure: refusing it would fail the chunk on every delivery,
-    re-running its operations, and a result stored but not servable would make
-    every read of the job a 500.
-    """
-    try:
-        text = orjson.dumps([[result]], default=str, option=orjson.OPT_NON_STR_KEYS)[2:-2]
-        return bool(success), text.decode()
-    except orjson.JSONEncodeError as exc:
-        resource, operation = result.get("resource"), result.get("operation")
-        failure = Result.fail(
-            f"the result cannot be stored as JSON: {exc}",
-            "query_error",
-            resource=resource if isinstance(resource, str) else None,
-            operation=operation if isinstance(operation, str) else None,
-        )
-        return False, orjson.dumps(failure.to_dict()).decode()
-
-
-def _batches(rows: list[Any], size: Callable[[Any], int]) -> Iterator[list[Any]]:
-    """``rows`` cut at :data:`_BATCH_ROWS` rows or :data:`_BATCH_BYTES` of text."""
-    batch: list[Any] = []
-    total = 0
-    for row in rows:
-        weight = size(row)
-        if batch and (len(batch) >= _BATCH_ROWS or total + weight > _BATCH_BYTES):
-            yield batch
-            batch, total = [], 0
-        batch.append(row)
-        total += weight
-    if batch:
-        yield batch
 
 
 class _Tx:
@@ -382,9 +134,9 @@ class SQLJobStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if manager.backend == "postgresql":
-            self._dialect: _Dialect = _Postgres()
+            self._dialect: sql.Dialect = sql.PostgresDialect()
         elif manager.backend == "sqlite":
-            self._dialect = _SQLite()
+            self._dialect = sql.SQLiteDialect()
         else:
             raise ConfigError(f"job store: {manager.backend} is not a SQL job store backend")
         self._manager = manager
@@ -472,13 +224,13 @@ class SQLJobStore:
         async with self._transaction("create the schema", opening=True) as tx:
             if self._dialect.schema_lock is not None:
                 await tx.execute(self._dialect.schema_lock)
-            for statement in _SCHEMA:
+            for statement in sql.SCHEMA:
                 await tx.execute(statement)
             # A store created before chunks counted their runs (no release had it
             # without; kept for stores made by development builds).
             check = await tx.execute(self._dialect.schema_check)
             if not (check.data and check.data[0]["present"]):
-                await tx.execute(_ADD_ATTEMPTS)
+                await tx.execute(sql.ADD_ATTEMPTS)
 
     async def aclose(self) -> None:
         """Close the store and its manager; idempotent."""
@@ -526,7 +278,7 @@ class SQLJobStore:
             None if rows else now,
         ]
         async with self._transaction(what) as tx:
-            await tx.execute(_INSERT_JOB, params)
+            await tx.execute(sql.INSERT_JOB, params)
             await self._dialect.insert_chunks(tx, job.job_id, rows)
 
     async def store_results(self, job_id: str, results: Sequence[StoredResult]) -> int:
@@ -535,7 +287,7 @@ class SQLJobStore:
         first: dict[int, tuple[int, bool, str]] = {}
         for stored in results:
             if stored.index not in first:
-                first[stored.index] = (stored.index, *_result_row(stored.result, stored.success))
+                first[stored.index] = (stored.index, *sql.result_row(stored.result, stored.success))
         if not first:
             return 0
         # Index order: concurrent writers of the same indexes lock them in the
@@ -543,7 +295,7 @@ class SQLJobStore:
         rows = [first[index] for index in sorted(first)]
         async with self._transaction(what) as tx:
             new, failed = await self._dialect.insert_results(tx, job_id, rows)
-            counted = await tx.execute(_COUNT_RESULTS, [job_id, new, failed])
+            counted = await tx.execute(sql.COUNT_RESULTS, [job_id, new, failed])
             if not counted.rows_affected:
                 raise JobNotFoundError(f"job store: no job {job_id}")
         return new
@@ -551,36 +303,36 @@ class SQLJobStore:
     async def finish_chunk(self, job_id: str, chunk: int) -> None:
         """Mark the chunk finished; the last one sets the job DONE (once)."""
         async with self._transaction(f"finish chunk {chunk} of job {job_id}") as tx:
-            marked = await tx.execute(_FINISH_CHUNK, [job_id, chunk])
+            marked = await tx.execute(sql.FINISH_CHUNK, [job_id, chunk])
             if marked.rows_affected:
-                await tx.execute(_COUNT_CHUNK, [job_id, self._clock()])
+                await tx.execute(sql.COUNT_CHUNK, [job_id, self._clock()])
 
     async def start_chunk(self, job_id: str, chunk: int) -> int:
         """Count one more run of the chunk and return the count; the job is
         RUNNING from its first started chunk on (started_at set once)."""
         what = f"start chunk {chunk} of job {job_id}"
         async with self._transaction(what) as tx:
-            counted = await tx.execute(_ATTEMPT, [job_id, chunk])
-            await tx.execute(_START, [job_id, self._clock()])
+            counted = await tx.execute(sql.ATTEMPT, [job_id, chunk])
+            await tx.execute(sql.START, [job_id, self._clock()])
         rows = counted.data or []
         return int(rows[0]["attempts"]) if rows else 0
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when unknown or already finished."""
-        result = await self._query(f"cancel job {job_id}", _CANCEL, [job_id, self._clock()])
+        result = await self._query(f"cancel job {job_id}", sql.CANCEL, [job_id, self._clock()])
         return bool(result.rows_affected)
 
     async def delete(self, job_id: str) -> bool:
         """Remove a job, its chunks and results (retention, tests); False when unknown."""
         async with self._transaction(f"delete job {job_id}") as tx:
-            for statement in _DELETE:
+            for statement in sql.DELETE:
                 result = await tx.execute(statement, [job_id])
         return bool(result.rows_affected)
 
     # -- reads --------------------------------------------------------------------
 
     async def job(self, job_id: str) -> JobRecord | None:
-        rows = (await self._query(f"read job {job_id}", _SELECT_JOB, [job_id])).data
+        rows = (await self._query(f"read job {job_id}", sql.SELECT_JOB, [job_id])).data
         if not rows:
             return None
         row = rows[0]
@@ -599,7 +351,7 @@ class SQLJobStore:
 
     async def chunk(self, job_id: str, chunk: int) -> ChunkRecord | None:
         what = f"read chunk {chunk} of job {job_id}"
-        rows = (await self._query(what, _SELECT_CHUNK, [job_id, chunk])).data
+        rows = (await self._query(what, sql.SELECT_CHUNK, [job_id, chunk])).data
         if not rows:
             return None
         row = rows[0]
@@ -615,7 +367,7 @@ class SQLJobStore:
 
     async def results_in(self, job_id: str, start: int, end: int) -> dict[int, StoredResult]:
         what = f"read results of job {job_id}"
-        rows = (await self._query(what, _SELECT_RESULTS_IN, [job_id, start, end])).data
+        rows = (await self._query(what, sql.SELECT_RESULTS_IN, [job_id, start, end])).data
         return {stored.index: stored for stored in self._results(what, rows)}
 
     async def results_page(
@@ -624,12 +376,12 @@ class SQLJobStore:
         if limit <= 0:
             return []
         what = f"read results of job {job_id}"
-        rows = (await self._query(what, _SELECT_RESULTS_PAGE, [job_id, after, limit])).data
+        rows = (await self._query(what, sql.SELECT_RESULTS_PAGE, [job_id, after, limit])).data
         return self._results(what, rows)
 
     async def progress(self, job_id: str) -> JobProgress | None:
         what = f"read progress of job {job_id}"
-        rows = (await self._query(what, _SELECT_PROGRESS, [job_id])).data
+        rows = (await self._query(what, sql.SELECT_PROGRESS, [job_id])).data
         if not rows:
             return None
         row = rows[0]
@@ -648,7 +400,7 @@ class SQLJobStore:
             )
 
     async def unfinished(self) -> list[ChunkTask]:
-        rows = (await self._query("list unfinished chunks", _UNFINISHED)).data or []
+        rows = (await self._query("list unfinished chunks", sql.UNFINISHED)).data or []
         return [ChunkTask(job_id=row["job_id"], chunk=row["chunk"]) for row in rows]
 
     # -- plumbing -----------------------------------------------------------------
