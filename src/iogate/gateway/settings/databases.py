@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from iogate.core.config import DatabaseOptions
 from iogate.core.errors import ConfigError
@@ -197,11 +197,24 @@ class SQLiteSettings(_SQLDatabase):
 
 
 class RedisSettings(_Database):
+    """Redis: one multiplexed connection (``auto_pipeline``, the default) or a pool."""
+
     type: Literal["redis"]
     url: str | None = None
+    # Before the pool's keys: their check reads it.
+    auto_pipeline: bool | None = None
     max_connections: int | None = Field(default=None, gt=0)
     acquire_timeout: float | None = Field(default=None, gt=0)
-    auto_pipeline: bool | None = None
+
+    @field_validator("max_connections", "acquire_timeout")
+    @classmethod
+    def _pool_only(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("auto_pipeline") is not False:
+            raise ValueError(
+                "applies only with auto_pipeline = false (with auto_pipeline, one "
+                "multiplexed connection carries every command: there is no pool)"
+            )
+        return value
 
     @property
     def path(self) -> None:
