@@ -110,10 +110,10 @@ def test_principal_wildcards() -> None:
 
 def test_sql_guard_levels() -> None:
     from iogate.core.sqlguard import Access
-    from iogate.gateway.settings import DatabaseSettings
+    from iogate.gateway.settings import SQLiteSettings
 
-    plain = DatabaseSettings(type="sqlite", path="x.db")
-    locked = DatabaseSettings(type="sqlite", path="x.db", read_only=True)
+    plain = SQLiteSettings(type="sqlite", path="x.db")
+    locked = SQLiteSettings(type="sqlite", path="x.db", read_only=True)
     reader = Principal("r", frozenset({"db:main:read"}))
     writer = Principal("w", frozenset({"db:main:write"}))
     admin = Principal("a", frozenset({"db:main:admin"}))

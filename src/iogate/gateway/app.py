@@ -111,10 +111,8 @@ def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
                 max_connections=api.max_connections,
                 timeout=api.timeout,
                 headers=api.headers,
-                retry=api.retry.model_dump() if api.retry else None,
-                circuit_breaker=api.circuit_breaker.model_dump(exclude_none=True)
-                if api.circuit_breaker
-                else None,
+                retry=api.retry_policy(),
+                circuit_breaker=api.breaker_config(),
                 rate_limit=api.rate_limit,
                 # With [gateway] shared_state: counted across every gateway.
                 rate_limit_storage=rate_limit_storage(settings.gateway.shared_state),
