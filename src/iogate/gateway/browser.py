@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -43,7 +43,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from iogate.core.errors import ConfigError
 from iogate.gateway.responses import problem
-from iogate.gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from iogate.gateway.settings import GatewaySettings
 
 __all__ = [
     "CORS_ALLOWED_HEADERS",

@@ -7,6 +7,8 @@ import ipaddress
 from pydantic import Field, field_validator, model_validator
 
 from iogate.core.errors import ConfigError
+from iogate.gateway.browser import HostAllowList
+from iogate.gateway.scopes import parse_scope
 from iogate.gateway.settings.base import URL_SCHEMES, Strict, check_url
 
 __all__ = ["ApiKeySettings", "GatewaySettings"]
@@ -21,7 +23,6 @@ class ApiKeySettings(Strict):
     @field_validator("scopes")
     @classmethod
     def _scope_forms(cls, value: list[str]) -> list[str]:
-        from iogate.gateway.auth import parse_scope  # it imports this module
 
         for scope in value:
             parse_scope(scope)
@@ -80,8 +81,6 @@ class GatewaySettings(Strict):
     @classmethod
     def _host_entries(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and "*" not in (entry.strip() for entry in value):
-            from iogate.gateway.browser import HostAllowList  # it imports this module
-
             try:
                 HostAllowList(value)
             except ConfigError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from iogate.gateway.scopes import parse_scope
 from iogate.gateway.settings.apis import ApiSettings
 from iogate.gateway.settings.base import Strict
 from iogate.gateway.settings.databases import DatabaseSettings
@@ -40,7 +41,6 @@ class Settings(Strict):
 
     def _scope_names(self) -> None:
         """Every scope names a configured database, API or operation (or ``*``)."""
-        from iogate.gateway.auth import parse_scope
         from iogate.orchestrator.operations import python_operations
 
         known = {
