@@ -45,9 +45,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from iogate.compat.metrics import SEED_METRICS
 from iogate.core.errors import ConfigError
 from iogate.core.events import Event, OperationEvent, PoolEvent, add_hook, remove_hook
-from iogate.metrics.decorators import SEED_METRICS
 
 __all__ = [
     "BREAKER_STATE_VALUES",
