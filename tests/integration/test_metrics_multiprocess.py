@@ -27,7 +27,7 @@ WORKER = textwrap.dedent(
 
     from iogate.core.events import OperationEvent, emit
     from iogate.metrics.collector import MetricsCollector
-    from iogate.metrics.decorators import track_database_operation
+    from iogate.compat.metrics import track_database_operation
 
     in_use = int(sys.argv[1])
     collector = MetricsCollector(multiprocess_dir=os.environ["PROMETHEUS_MULTIPROC_DIR"])

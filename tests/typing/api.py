@@ -5,9 +5,8 @@ signature that breaks code written like this fails the tests. It uses only
 names exported by ``iogate`` and ``iogate.errors``, and writes the calls the
 way seeds 000 and 002 write them wherever a seed has one.
 
-Not here yet: ``AsyncMySQLManager``. The facade provides it through a
-module ``__getattr__`` (asyncmy is optional), so mypy types it as ``object``
-and ``AsyncMySQLManager(url)`` does not type-check.
+Every facade name is imported lazily at run time; the facade's
+``TYPE_CHECKING`` imports are what give mypy the real types checked here.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from iogate import (
     AsyncAPIManager,
     AsyncDatabaseManager,
     AsyncMemoryManager,
+    AsyncMySQLManager,
     AsyncOperationOrchestrator,
     AsyncPostgreSQLManager,
     AsyncRedisManager,
@@ -123,6 +123,15 @@ async def sqlite(user_data: dict[str, Any]) -> None:
     )
     assert_type(result, Result)
     await manager.aclose()
+
+
+async def mysql() -> None:
+    manager = AsyncMySQLManager("mysql://root@localhost:3306/test", max_connections=10)
+    await manager.initialize_pool()
+    result = await manager.execute_query("SELECT * FROM users WHERE id = ?", ["42"])
+    assert_type(result, Result)
+    assert_type(manager.target, str)
+    await manager.close()
 
 
 async def transaction(manager: AsyncSQLiteManager) -> None:

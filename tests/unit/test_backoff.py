@@ -10,16 +10,16 @@ import builtins
 
 import pytest
 
+from iogate.compat.retry import (
+    execute_with_retry,
+    resilient_api_operation,
+    resilient_database_operation,
+)
 from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, DatabaseConnectionError, QueryError, RateLimitedError
 from iogate.core.result import Result
 from iogate.resilience import retry as retry_module
 from iogate.resilience.budget import RetryBudget
-from iogate.resilience.helpers import (
-    execute_with_retry,
-    resilient_api_operation,
-    resilient_database_operation,
-)
 from iogate.resilience.retry import (
     RetryPolicy,
     backoff_delay,

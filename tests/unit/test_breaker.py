@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from iogate.compat.retry import circuit_breaker_api_call, helper_breaker
 from iogate.core.errors import CircuitOpenError, ConfigError
 from iogate.core.result import Result
 from iogate.resilience.breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
-from iogate.resilience.helpers import circuit_breaker_api_call, helper_breaker
 from tests.fakes import FakeClock
 
 

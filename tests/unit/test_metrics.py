@@ -16,12 +16,12 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from iogate.compat.metrics import track_api_operation, track_database_operation
 from iogate.core.errors import ConfigError
 from iogate.core.events import OperationEvent, PoolEvent, emit
 from iogate.core.result import Result
 from iogate.core.stats import LatencySketch
 from iogate.metrics.collector import MetricsCollector
-from iogate.metrics.decorators import track_api_operation, track_database_operation
 from iogate.metrics.stats import StatsRegistry
 
 SEED_NAMES = {

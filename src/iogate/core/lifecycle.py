@@ -18,7 +18,7 @@ import abc
 import asyncio
 import warnings
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from iogate.core.deadline import Deadline
 from iogate.core.errors import ClosedError, DatabaseConnectionError, IogateError
@@ -126,9 +126,13 @@ class Lifecycle(abc.ABC):
     ) -> None:
         await self.close()
 
-    def __del__(self) -> None:
-        if self.warn_unclosed and getattr(self, "state", None) is ResourceState.OPEN:
-            warnings.warn(
+    # The defaults keep what __del__ needs alive at interpreter exit, when
+    # module globals may already be None.
+    def __del__(
+        self, _open: ResourceState = ResourceState.OPEN, _warn: Any = warnings.warn
+    ) -> None:
+        if self.warn_unclosed and getattr(self, "state", None) is _open:
+            _warn(
                 f"{type(self).__name__} {self._name!r} was never closed",
                 ResourceWarning,
                 stacklevel=1,

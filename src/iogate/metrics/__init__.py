@@ -1,4 +1,8 @@
-"""Statistics and Prometheus metrics, fed by core events."""
+"""Statistics and Prometheus metrics, fed by core events.
+
+The seed 002 metrics and their decorators (``track_database_operation``,
+``track_api_operation``) live in :mod:`iogate.compat`.
+"""
 
 from iogate.metrics.collector import (
     MetricsCollector,
@@ -6,26 +10,12 @@ from iogate.metrics.collector import (
     prune_dead_workers,
     render_multiprocess,
 )
-from iogate.metrics.decorators import (
-    API_OPERATION_DURATION,
-    API_OPERATION_ERRORS,
-    DB_OPERATION_DURATION,
-    DB_OPERATION_ERRORS,
-    track_api_operation,
-    track_database_operation,
-)
 from iogate.metrics.stats import StatsRegistry
 
 __all__ = [
-    "API_OPERATION_DURATION",
-    "API_OPERATION_ERRORS",
-    "DB_OPERATION_DURATION",
-    "DB_OPERATION_ERRORS",
     "MetricsCollector",
     "StatsRegistry",
     "mark_process_dead",
     "prune_dead_workers",
     "render_multiprocess",
-    "track_api_operation",
-    "track_database_operation",
 ]

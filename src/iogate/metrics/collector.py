@@ -34,7 +34,6 @@ from prometheus_client import (
 
 from iogate.core.errors import ConfigError
 from iogate.core.events import Event, add_hook, remove_hook
-from iogate.metrics.decorators import SEED_METRICS
 from iogate.metrics.feed import PrometheusEvents, TalliedEvents, bounds
 from iogate.metrics.multiprocess import (
     check_multiprocess,
@@ -43,6 +42,7 @@ from iogate.metrics.multiprocess import (
     prune_dead_workers,
     render_multiprocess,
 )
+from iogate.metrics.seed import SEED_METRICS
 
 __all__ = [
     "BREAKER_STATE_VALUES",

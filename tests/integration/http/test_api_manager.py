@@ -9,12 +9,13 @@ from collections.abc import Callable
 import pytest
 
 from iogate.backends.http import AsyncAPIManager, ExternalAPISession
+from iogate.compat.context import get_api_session
+from iogate.compat.retry import execute_with_retry
 from iogate.core.deadline import Deadline
 from iogate.core.errors import APIConnectionError, CircuitOpenError, ClosedError
 from iogate.core.events import OperationEvent, add_hook, remove_hook
-from iogate.orchestrator.orchestrator import AsyncOperationOrchestrator, get_api_session
+from iogate.orchestrator.orchestrator import AsyncOperationOrchestrator
 from iogate.resilience.budget import RetryBudget
-from iogate.resilience.helpers import execute_with_retry
 from tests.fakes import FakeClock, RecordingSleep
 
 from .conftest import SECRET_TOKEN, Canary, Upstream

@@ -26,6 +26,13 @@ from typing import Any, ParamSpec, TypeVar
 from prometheus_client import Counter, Histogram
 
 from iogate.core.result import Result
+from iogate.metrics.seed import (
+    API_OPERATION_DURATION,
+    API_OPERATION_ERRORS,
+    DB_OPERATION_DURATION,
+    DB_OPERATION_ERRORS,
+    SEED_METRICS,
+)
 
 __all__ = [
     "API_OPERATION_DURATION",
@@ -39,24 +46,6 @@ __all__ = [
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-DB_OPERATION_DURATION = Histogram(
-    "db_operation_duration_seconds", "Database operation duration", ["operation"]
-)
-DB_OPERATION_ERRORS = Counter(
-    "db_operation_errors_total", "Database operation errors", ["operation"]
-)
-API_OPERATION_DURATION = Histogram(
-    "api_operation_duration_seconds", "API operation duration", ["operation"]
-)
-API_OPERATION_ERRORS = Counter("api_operation_errors_total", "API operation errors", ["operation"])
-
-SEED_METRICS: tuple[Histogram | Counter, ...] = (
-    DB_OPERATION_DURATION,
-    DB_OPERATION_ERRORS,
-    API_OPERATION_DURATION,
-    API_OPERATION_ERRORS,
-)
 
 
 def track_database_operation(
