@@ -94,8 +94,8 @@ async def test_a_grouped_insert_is_five_operations(
 ) -> None:
     operations = _inserts(db, table_name, 5)
     # The batch really is one SQL group (execute_many, or one transaction).
-    units = plan_units(plan_batch(operations), orchestrator.databases)
-    assert len(units) == 1 and isinstance(units[0], Group)
+    (unit,) = plan_units(plan_batch(operations), orchestrator.databases)
+    assert isinstance(unit, Group)
 
     added, labels = await _recorded(orchestrator, db, seen, operations)
 
