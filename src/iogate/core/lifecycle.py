@@ -126,13 +126,14 @@ class Lifecycle(abc.ABC):
     ) -> None:
         await self.close()
 
-    # The defaults keep what __del__ needs alive at interpreter exit, when
-    # module globals may already be None.
-    def __del__(
-        self, _open: ResourceState = ResourceState.OPEN, _warn: Any = warnings.warn
-    ) -> None:
-        if self.warn_unclosed and getattr(self, "state", None) is _open:
-            _warn(
+    # Class attributes, not module globals: at interpreter exit a module's
+    # globals may already be None when __del__ runs.
+    _OPEN_STATE: ClassVar[ResourceState] = ResourceState.OPEN
+    _warn: ClassVar[Any] = staticmethod(warnings.warn)
+
+    def __del__(self) -> None:
+        if self.warn_unclosed and getattr(self, "state", None) is self._OPEN_STATE:
+            self._warn(
                 f"{type(self).__name__} {self._name!r} was never closed",
                 ResourceWarning,
                 stacklevel=1,
