@@ -5,8 +5,6 @@ from iogate.orchestrator.orchestrator import (
     DatabaseType,
     create_database_manager,
     current_orchestrator,
-    get_api_session,
-    get_database_connection,
 )
 
 __all__ = [
@@ -14,6 +12,4 @@ __all__ = [
     "DatabaseType",
     "create_database_manager",
     "current_orchestrator",
-    "get_api_session",
-    "get_database_connection",
 ]

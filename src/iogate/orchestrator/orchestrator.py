@@ -4,7 +4,7 @@
 managers, once added) and runs operations by name, always returning a
 ``Result``: an unknown name is a failed Result with error_type
 ``not_found``, never an exception. The most recently created or entered
-orchestrator is the "current" one that ``get_database_connection(name)``
+orchestrator is the "current" one that ``iogate.compat.get_database_connection(name)``
 resolves names on (seed 000).
 """
 
@@ -14,8 +14,7 @@ import asyncio
 import enum
 import importlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,8 +40,6 @@ __all__ = [
     "AsyncOperationOrchestrator",
     "DatabaseType",
     "current_orchestrator",
-    "get_api_session",
-    "get_database_connection",
 ]
 
 
@@ -430,23 +427,3 @@ async def _check(kind: str, manager: Any, timeout: float) -> dict[str, Any]:
     if breaker is not None:
         entry["circuit"] = breaker() if callable(breaker) else breaker
     return entry
-
-
-@asynccontextmanager
-async def get_database_connection(
-    name: str, *, orchestrator: AsyncOperationOrchestrator | None = None
-) -> AsyncIterator[AsyncDatabaseManager]:
-    """``async with get_database_connection("main_db") as db: await db.execute_query(...)``."""
-    manager = (orchestrator or current_orchestrator()).get_manager(name)
-    await manager.initialize_pool()
-    yield manager
-
-
-@asynccontextmanager
-async def get_api_session(
-    name: str, *, orchestrator: AsyncOperationOrchestrator | None = None
-) -> AsyncIterator[Any]:
-    """``async with get_api_session("external_api") as api: await api.get("/users/1")``."""
-    manager = (orchestrator or current_orchestrator()).get_api_manager(name)
-    await manager.initialize_session()
-    yield manager
