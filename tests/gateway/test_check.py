@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from iogate.check import check_resources, run_check
+from iogate.cli.check import check_resources, run_check
 from iogate.gateway.settings import parse_settings
 from tests.conftest import free_port
 

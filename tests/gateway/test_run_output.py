@@ -21,8 +21,8 @@ import orjson
 import pytest
 from multidict import istr
 
+from iogate.cli.run import encode_results
 from iogate.core.result import Result
-from iogate.run_command import encode_results
 
 IOGATE = [sys.executable, "-m", "iogate.cli"]
 

@@ -25,7 +25,7 @@ def check(
     Exit 0 when every resource answers, 1 when one does not, 2 (one line
     naming the key) when the config itself is invalid.
     """
-    from iogate.check import run_check
+    from iogate.cli.check import run_check
 
     raise typer.Exit(run_check(config_path(config), timeout=timeout, errors=err))
 
@@ -59,7 +59,7 @@ def run(
     FILE.iogate-job holds its id until it ends, so an interrupted run
     follows the same job when started again instead of submitting it twice.
     """
-    from iogate.run_command import run_batch_file, run_job_file
+    from iogate.cli.run import run_batch_file, run_job_file
 
     settings = load(config)
     if job:
@@ -93,8 +93,8 @@ def worker(
             "jobs.broker: iogate worker takes chunks from a broker (nats://... or amqp://...); "
             "with none, `iogate serve` runs jobs itself",
         )
+    from iogate.cli.worker import run_worker
     from iogate.gateway.logging import configure_logging, secrets_of
-    from iogate.worker_command import run_worker
 
     configure_logging(level=log_level, secrets=secrets_of(settings))
     raise typer.Exit(asyncio.run(run_worker(settings, chunks=chunks)))

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from rich.console import Console
 
+from iogate.cli.run import run_batch_file as _run_batch_file
 from iogate.gateway.settings import parse_settings
-from iogate.run_command import run_batch_file as _run_batch_file
 
 
 def run_batch_file(*args: Any, **kwargs: Any) -> int:
