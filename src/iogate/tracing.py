@@ -263,7 +263,7 @@ def _endpoint_of(manager: Any) -> dict[str, Any]:
     url = next(
         (
             u
-            for u in (getattr(manager, a, None) for a in ("_dsn", "_url", "url"))
+            for u in (getattr(manager, a, None) for a in ("_dsn", "_url", "url", "target"))
             if isinstance(u, str)
         ),
         None,

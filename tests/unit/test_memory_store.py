@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from iogate.backends.kv import parse_command
 from iogate.backends.memory import AsyncMemoryManager
 from iogate.core.errors import ConfigError, InvalidRequestError
 from tests.fakes import FakeClock
@@ -197,6 +198,51 @@ async def test_read_only_refuses_writes(mem: AsyncMemoryManager) -> None:
     assert result.error_type == "read_only"
     result = await mem.execute_query("k", {"operation": "get"}, read_only=True)
     assert result.success
+
+
+async def test_a_read_only_manager_reads_and_refuses_every_write(clock: FakeClock) -> None:
+    mem = AsyncMemoryManager(name="ro", clock=clock, read_only=True)
+    mem.store.apply(parse_command("k", {"operation": "set", "value": "7"}))
+    assert await run(mem, "get", key="k") == "7"
+    assert "read_only" in repr(mem)
+    for params in (
+        {"operation": "set", "value": "x"},
+        {"operation": "del"},
+        {"operation": "incr"},
+        {"operation": "expire", "ttl": 10},
+        {"operation": "sadd", "member": "m"},
+    ):
+        result = await mem.execute_query("k", params)
+        assert result.error_type == "forbidden_statement", (params, result)
+        assert "ro: operation" in str(result.error)
+    assert await run(mem, "get", key="k") == "7"
+    assert await run(mem, "ttl", key="k") == -1
+
+
+@pytest.mark.parametrize("batch", ["pipeline", "transaction"])
+async def test_a_read_only_manager_refuses_a_batch_holding_a_write_as_a_whole(
+    clock: FakeClock, batch: str
+) -> None:
+    deleted: list[str] = []
+    mem = AsyncMemoryManager(clock=clock, read_only=True)
+    mem.on_delete = lambda name, keys: deleted.extend(keys)
+    mem.store.apply(parse_command("k", {"operation": "set", "value": "7"}))
+    operations = [{"operation": "get", "key": "k"}, {"operation": "del", "key": "k"}]
+    result = await mem.execute_query("", {"operation": batch, "operations": operations})
+    assert result.error_type == "forbidden_statement"
+    assert result.data is None
+    assert len(mem.store) == 1
+    assert deleted == []
+    reads = await mem.execute_query("", {"operation": batch, "operations": operations[:1]})
+    assert reads.data == ["7"]
+
+
+def test_memory_has_no_pool_and_points_at_memory() -> None:
+    mem = AsyncMemoryManager(max_keys=5)
+    assert mem.target == "memory://"
+    assert mem.pool_stats() == {"size": 0, "max_size": 0, "in_use": 0, "idle": 0, "waiting": 0}
+    assert mem.pool_details() == {"keys": 0, "max_keys": 5, "evictions": 0}
+    assert mem.get_stats()["pool"] == {**mem.pool_stats(), **mem.pool_details()}
 
 
 async def test_max_keys_purges_expired_then_evicts_least_recently_used(

@@ -32,6 +32,11 @@ string, so ``json.loads(result.data)`` gives them back). ``key`` defaults to
 the query string when the params omit it, since the seed passes the key as
 the query too.
 
+``READ_OPERATIONS`` says which operations write nothing. A request made
+read-only (a key without write scope) is refused a write with ``read_only``
+(:func:`check_read_only`); a manager made read-only (``read_only=True``) with
+``forbidden_statement`` (:func:`refuse_writes`); either before anything runs.
+
 Keys under ``iogate:`` (``RESERVED_PREFIX``) are iogate's own: the named
 operations' cache entries and tag sets. An untrusted caller (a gateway key
 without ``admin``, any ``guard``) may not name one, to read or to write:
@@ -63,6 +68,7 @@ from iogate.core.result import Result
 __all__ = [
     "KEYED_OPERATIONS",
     "OPERATIONS",
+    "READ_OPERATIONS",
     "RESERVED_PREFIX",
     "Command",
     "batch_result",
@@ -70,6 +76,7 @@ __all__ = [
     "check_unreserved",
     "encode_value",
     "parse_command",
+    "refuse_writes",
 ]
 
 # Operations that take exactly one key.
@@ -102,6 +109,8 @@ OPERATIONS = KEYED_OPERATIONS | {
     "pipeline",
     "transaction",
 }
+# The operations that write nothing: the one table every read-only check
+# (a read-only request, a read-only manager) consults.
 READ_OPERATIONS = frozenset(
     {"get", "exists", "ttl", "mget", "hget", "hgetall", "lrange", "smembers"}
 )
@@ -407,6 +416,20 @@ def check_read_only(command: Command) -> None:
     for sub in command.commands or (command,):
         if sub.op not in READ_OPERATIONS:
             raise ReadOnlyError(f"operation {sub.op!r} writes; this request is read-only")
+
+
+def refuse_writes(command: Command, name: str) -> None:
+    """Refuse a command that writes on a read-only manager (``forbidden_statement``).
+
+    A pipeline or transaction holding one write is refused as a whole, so
+    nothing of it runs.
+    """
+    for sub in command.commands or (command,):
+        if sub.op not in READ_OPERATIONS:
+            raise ForbiddenStatementError(
+                f"{name}: operation {sub.op!r} writes; this database is read-only",
+                kind=sub.op,
+            )
 
 
 def check_unreserved(command: Command) -> None:
