@@ -79,12 +79,6 @@ CASES = [
         ["databases.m", "charst"],
     ),
     (
-        # Issue 15: it used to load, and a memory database took writes.
-        "read_only_on_a_memory_database",
-        '[databases.cache]\ntype = "memory"\nread_only = true\n',
-        ['databases.cache.read_only: not supported by type "memory"'],
-    ),
-    (
         "statement_timeout_on_a_redis_database",
         '[databases.kv]\ntype = "redis"\nurl = "redis://127.0.0.1:6379/0"\nstatement_timeout = 1\n',
         ['databases.kv.statement_timeout: not supported by type "redis"'],

@@ -44,9 +44,9 @@ circuit_breaker = {{ failure_ratio = false, failure_threshold = 7 }}
         orchestrator = app.state.orchestrator
         kv = orchestrator.databases["kv"]
         assert isinstance(kv, AsyncRedisManager)
-        assert kv.acquire_timeout == 0.1
-        assert kv.max_connections == 3
-        assert kv.auto_pipeline is False
+        assert kv.options.acquire_timeout == 0.1
+        assert kv.options.max_connections == 3
+        assert kv.options.auto_pipeline is False
         assert orchestrator.databases["main"].options.busy_timeout == 2
         crm = orchestrator.apis["crm"]
         assert isinstance(crm, AsyncAPIManager)
@@ -55,3 +55,43 @@ circuit_breaker = {{ failure_ratio = false, failure_threshold = 7 }}
         assert crm.breaker is not None
         assert crm.breaker.config.failure_ratio is None
         assert crm.breaker.config.failure_threshold == 7
+
+
+def test_read_only_key_value_databases_refuse_writes_through_the_gateway(redis_url: str) -> None:
+    # Issue 15: `read_only = true` on a memory database loaded and was dropped:
+    # POST /database/execute with a `set` answered 200.
+    config = f"""
+[databases.cache]
+type = "memory"
+read_only = true
+
+[databases.kv]
+type = "redis"
+url = "{redis_url}"
+read_only = true
+acquire_timeout = 0.5
+"""
+    app = create_app(parse_settings(config, env={}))
+    with TestClient(app, base_url="http://localhost") as client:
+        assert app.state.orchestrator.databases["kv"].options.acquire_timeout == 0.5
+        for database in ("cache", "kv"):
+            write = client.post(
+                "/database/execute",
+                json={
+                    "db_name": database,
+                    "query": "k",
+                    "params": {"operation": "set", "key": "issue15:ro", "value": "x"},
+                },
+            )
+            assert write.status_code == 403, write.text
+            assert write.json()["error_type"] == "read_only"
+            read = client.post(
+                "/database/execute",
+                json={
+                    "db_name": database,
+                    "query": "k",
+                    "params": {"operation": "get", "key": "issue15:ro"},
+                },
+            )
+            assert read.status_code == 200, read.text
+            assert read.json()["data"] is None

@@ -204,11 +204,15 @@ class RedisSettings(_Database):
     # Before the pool's keys: their check reads it.
     auto_pipeline: bool | None = None
     max_connections: int | None = Field(default=None, gt=0)
+    # How long a call waits for a connection: the pool's, or the shared
+    # multiplexed one being (re)made.
     acquire_timeout: float | None = Field(default=None, gt=0)
+    # Commands that write are refused (forbidden_statement) before anything is sent.
+    read_only: bool = False
 
-    @field_validator("max_connections", "acquire_timeout")
+    @field_validator("max_connections")
     @classmethod
-    def _pool_only(cls, value: float | None, info: ValidationInfo) -> float | None:
+    def _pool_only(cls, value: int | None, info: ValidationInfo) -> int | None:
         if value is not None and info.data.get("auto_pipeline") is not False:
             raise ValueError(
                 "applies only with auto_pipeline = false (with auto_pipeline, one "
@@ -224,10 +228,6 @@ class RedisSettings(_Database):
     def read_url(self) -> None:
         return None
 
-    @property
-    def read_only(self) -> bool:
-        return False
-
     @model_validator(mode="after")
     def _location(self) -> RedisSettings:
         if self.url is None:
@@ -239,13 +239,18 @@ class RedisSettings(_Database):
         return self.url or ""
 
     def manager_options(self, gateway: GatewaySettings | None = None) -> dict[str, Any]:
-        return _set(self, ("max_connections", "acquire_timeout", "auto_pipeline"))
+        options = _set(self, ("max_connections", "acquire_timeout", "auto_pipeline"))
+        if self.read_only:
+            options["read_only"] = True
+        return options
 
 
 class MemorySettings(_Database):
     """The in-process key-value store: no connection, so nothing to tune."""
 
     type: Literal["memory"]
+    # Commands that write are refused (forbidden_statement).
+    read_only: bool = False
 
     @property
     def url(self) -> None:
@@ -259,9 +264,8 @@ class MemorySettings(_Database):
     def read_url(self) -> None:
         return None
 
-    @property
-    def read_only(self) -> bool:
-        return False
+    def manager_options(self, gateway: GatewaySettings | None = None) -> dict[str, Any]:
+        return {"read_only": True} if self.read_only else {}
 
 
 DatabaseSettings = Annotated[
