@@ -22,11 +22,15 @@ The pieces, each in its module:
 - :mod:`.connection`: opening a connection, its progress-handler deadline;
 - :mod:`.dialect`: statement keywords, placeholders, errors, Result shaping;
 - :mod:`.guard`: the authorizer that judges guarded SQL.
+
+The modules import each other relatively, so that a copy of an older version
+loads beside this one for an in-process A/B (``bench/db_bench.py
+--sqlite-baseline``).
 """
 
-from iogate.backends.sqlite.manager import (
+from .manager import (
     DEFAULT_SQLITE_CONNECTIONS as DEFAULT_SQLITE_CONNECTIONS,  # importable, as before
 )
-from iogate.backends.sqlite.manager import AsyncSQLiteManager
+from .manager import AsyncSQLiteManager
 
 __all__ = ["AsyncSQLiteManager"]

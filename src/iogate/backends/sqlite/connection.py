@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from iogate.backends.sqlite.guard import GuardableConnection
 from iogate.core.errors import DatabaseConnectionError
+
+from .guard import GuardableConnection
 
 __all__ = [
     "UNLIMITED",

@@ -14,7 +14,6 @@ import re
 import sqlite3
 from typing import Any
 
-from iogate.backends.sqlite.connection import Args, Outcome
 from iogate.core.errors import (
     DatabaseConnectionError,
     IogateError,
@@ -25,6 +24,8 @@ from iogate.core.errors import (
 )
 from iogate.core.params import count_placeholders
 from iogate.core.result import Result
+
+from .connection import Args, Outcome
 
 __all__ = [
     "BINDING_ERRORS",
@@ -123,19 +124,22 @@ def map_error(exc: Exception) -> IogateError:
 # -- results --------------------------------------------------------------------
 
 
-def to_result(verb: str, outcome: Outcome, *, guarded: bool) -> Result:
+def to_result(outcome: Outcome, verb: str | None) -> Result:
     """The Result of one statement from what its thread read.
 
-    ``rows_affected`` for statements that change rows (a read's rowcount
-    means nothing); ``last_insert_id`` for an INSERT or REPLACE that wrote
-    one row, unless guarded: SQLite's is the connection's, so on the shared
-    writer an INSERT that sets none (WITHOUT ROWID, an upsert's update)
-    would show another key's (``last_insert_rowid()`` is refused likewise).
+    ``verb`` is the statement's first keyword, or None for a guarded
+    statement, which is never judged by its text. ``rows_affected`` is
+    reported for statements that change rows (a read's rowcount means
+    nothing; a guarded statement's is SQLite's own count), ``last_insert_id``
+    for a trusted INSERT or REPLACE that wrote one row: SQLite's is the
+    connection's, so on the shared writer a guarded INSERT that sets none
+    (WITHOUT ROWID, an upsert's update) would show another key's
+    (``last_insert_rowid()`` is refused likewise).
     ``AsyncSQLiteManager._execute`` builds the same inline (its hot path).
     """
     rows, rowcount, truncated, rowid = outcome
-    counted = rowcount >= 0 and (guarded or verb not in READ_VERBS)
-    inserted = not guarded and verb in INSERT_VERBS and rowcount == 1
+    counted = rowcount >= 0 and verb not in READ_VERBS
+    inserted = verb in INSERT_VERBS and rowcount == 1
     return Result.ok(
         rows,
         operation="query",

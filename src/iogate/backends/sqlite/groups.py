@@ -23,9 +23,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from iogate.backends.sqlite.connection import Args, Completion, Connection, Job, Limits, Outcome
-from iogate.backends.sqlite.statements import rollback, run_authorized, run_statement
 from iogate.core.sqlguard import Access
+
+from .connection import Args, Completion, Connection, Job, Limits, Outcome
+from .statements import rollback, run_authorized, run_statement
 
 __all__ = ["attempt", "begin_reads", "end_reads", "group_read", "group_write", "run_group"]
 

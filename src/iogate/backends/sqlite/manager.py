@@ -29,28 +29,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 from iogate.backends.base import ManagerState, Transaction
-from iogate.backends.sqlite.connection import UNLIMITED, Args, Limits, Outcome
-from iogate.backends.sqlite.dialect import (
-    BINDING_ERRORS,
-    INSERT_VERBS,
-    READ_VERBS,
-    READONLY_MESSAGE,
-    SOLO_VERBS,
-    TX_CONTROL,
-    bind,
-    map_error,
-    to_result,
-)
-from iogate.backends.sqlite.groups import group_read
-from iogate.backends.sqlite.pool import SQLiteConnections
-from iogate.backends.sqlite.statements import (
-    run_guarded_alone,
-    run_many,
-    run_read_only,
-    run_statement,
-)
-from iogate.backends.sqlite.transaction import open_transaction
-from iogate.backends.sqlite.worker import WRITE_LATE, bounded
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.errors import (
@@ -63,6 +41,29 @@ from iogate.core.params import Params, normalize_params
 from iogate.core.redact import redact_url
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
+
+from .connection import UNLIMITED, Args, Limits, Outcome
+from .dialect import (
+    BINDING_ERRORS,
+    INSERT_VERBS,
+    READ_VERBS,
+    READONLY_MESSAGE,
+    SOLO_VERBS,
+    TX_CONTROL,
+    bind,
+    map_error,
+    to_result,
+)
+from .groups import group_read
+from .pool import SQLiteConnections
+from .statements import (
+    run_guarded_alone,
+    run_many,
+    run_read_only,
+    run_statement,
+)
+from .transaction import open_transaction
+from .worker import WRITE_LATE, bounded
 
 if TYPE_CHECKING:
     from iogate.core.resource import Resource
@@ -199,7 +200,7 @@ class AsyncSQLiteManager(SQLiteConnections):
                 outcome = await self._write(query, args, deadline, limits, access)
         except (sqlite3.Error, *BINDING_ERRORS) as exc:
             raise map_error(exc) from exc
-        return to_result("", outcome, guarded=True)
+        return to_result(outcome, None)
 
     async def _solo(
         self,
@@ -226,7 +227,7 @@ class AsyncSQLiteManager(SQLiteConnections):
             async with self._writer_session(Deadline.never()) as writer:
                 await writer.submit(run_statement, ("SELECT 1", (), UNLIMITED))
 
-    # -- groups -----------------------------------------------------------------
+    # -- a batch's groups ---------------------------------------------------------
 
     async def execute_many(
         self,
@@ -278,19 +279,18 @@ class AsyncSQLiteManager(SQLiteConnections):
         share = (perf_counter() - started) / len(outcomes)
         results = []
         for outcome in outcomes:
-            result = to_result(verb, outcome, guarded=guard is not None)
+            result = to_result(outcome, verb if guard is None else None)
             result.resource = self.name
             results.append(self._finish(result, perf_counter() - share))
         return results
 
     def _fail_each(self, error: IogateError, count: int, started: float) -> list[Result]:
         """``count`` recorded failures with ``error``, one per statement."""
-        return [
-            self._finish(
-                Result.from_exception(error, resource=self.name, operation="query"), started
-            )
-            for _ in range(count)
-        ]
+        failures = []
+        for _ in range(count):
+            failure = Result.from_exception(error, resource=self.name, operation="query")
+            failures.append(self._finish(failure, started))
+        return failures
 
 
 if TYPE_CHECKING:

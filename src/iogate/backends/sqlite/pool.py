@@ -27,7 +27,13 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from iogate.backends.base import AsyncDatabaseManager
-from iogate.backends.sqlite.connection import (
+from iogate.core.config import DatabaseOptions
+from iogate.core.deadline import Deadline
+from iogate.core.errors import ClosedError, PoolExhaustedError
+from iogate.core.resource import PoolStats
+from iogate.core.sqlguard import Access
+
+from .connection import (
     Args,
     Connection,
     Job,
@@ -35,20 +41,15 @@ from iogate.backends.sqlite.connection import (
     Outcome,
     open_connection,
 )
-from iogate.backends.sqlite.groups import group_write
-from iogate.backends.sqlite.statements import run_statement
-from iogate.backends.sqlite.worker import (
+from .groups import group_write
+from .statements import run_statement
+from .worker import (
     STATEMENT_LATE,
     WRITE_LATE,
     Worker,
     abandon_workers,
     bounded,
 )
-from iogate.core.config import DatabaseOptions
-from iogate.core.deadline import Deadline
-from iogate.core.errors import ClosedError, PoolExhaustedError
-from iogate.core.resource import PoolStats
-from iogate.core.sqlguard import Access
 
 __all__ = ["SQLiteConnections"]
 

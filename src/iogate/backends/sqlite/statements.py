@@ -23,10 +23,11 @@ import time
 from sys import getsizeof
 from typing import Any
 
-from iogate.backends.sqlite.connection import UNLIMITED, Args, Connection, Limits, Outcome
-from iogate.backends.sqlite.guard import connection_guard, guarded_text
 from iogate.core.errors import ResultTooLargeError
 from iogate.core.sqlguard import Access
+
+from .connection import UNLIMITED, Args, Connection, Limits, Outcome
+from .guard import connection_guard, guarded_text
 
 __all__ = [
     "begin",
@@ -177,7 +178,7 @@ def run_authorized(
     access: Access,
 ) -> Outcome:
     """A client's statement, allowed only if SQLite's authorizer finds every
-    action in it within ``access`` (guard_sqlite); inside the caller's
+    action in it within ``access`` (:mod:`.guard`); inside the caller's
     transaction. A refusal raises ForbiddenStatementError: the statement did
     not compile, or did nothing, and the caller's transaction is rolled back."""
     guard = connection_guard(conn)

@@ -16,24 +16,25 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from iogate.backends.base import Transaction
-from iogate.backends.sqlite.connection import Outcome
-from iogate.backends.sqlite.dialect import BINDING_ERRORS, TX_CONTROL, bind, map_error, to_result
-from iogate.backends.sqlite.statements import (
-    begin,
-    end_session,
-    exec_plain,
-    run_authorized,
-    run_statement,
-)
-from iogate.backends.sqlite.worker import Worker
 from iogate.core.deadline import Deadline
 from iogate.core.errors import InvalidRequestError
 from iogate.core.params import Params, normalize_params
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 
+from .connection import Outcome
+from .dialect import BINDING_ERRORS, TX_CONTROL, bind, map_error, to_result
+from .statements import (
+    begin,
+    end_session,
+    exec_plain,
+    run_authorized,
+    run_statement,
+)
+from .worker import Worker
+
 if TYPE_CHECKING:
-    from iogate.backends.sqlite.manager import AsyncSQLiteManager
+    from .manager import AsyncSQLiteManager
 
 __all__ = ["SQLiteTransaction", "open_transaction"]
 
@@ -100,6 +101,6 @@ class SQLiteTransaction(Transaction):
             return Result.from_exception(
                 map_error(exc), resource=self._manager.name, operation="query"
             )
-        result = to_result(verb, outcome, guarded=self.guard is not None)
+        result = to_result(outcome, verb if self.guard is None else None)
         result.resource = self._manager.name
         return result

@@ -28,8 +28,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from iogate.backends.sqlite.connection import Completion, Connection, Job, close_connection
-from iogate.backends.sqlite.groups import (
+from iogate.core.deadline import Deadline
+from iogate.core.errors import ClosedError, OperationTimeoutError
+
+from .connection import Completion, Connection, Job, close_connection
+from .groups import (
     attempt,
     begin_reads,
     end_reads,
@@ -37,8 +40,6 @@ from iogate.backends.sqlite.groups import (
     group_write,
     run_group,
 )
-from iogate.core.deadline import Deadline
-from iogate.core.errors import ClosedError, OperationTimeoutError
 
 __all__ = ["STATEMENT_LATE", "WRITE_LATE", "Worker", "abandon_workers", "bounded"]
 
