@@ -55,6 +55,9 @@ BINDING_ERRORS = (OverflowError, UnicodeEncodeError)
 _INTERRUPTED = "interrupted"  # a statement stopped by the progress handler
 
 
+# -- statements -----------------------------------------------------------------
+
+
 def _first_verb(query: str) -> str:
     match = _LEADING.match(query)
     return match.group(1).upper() if match else ""
@@ -129,12 +132,11 @@ def to_result(outcome: Outcome, verb: str | None) -> Result:
 
     ``verb`` is the statement's first keyword, or None for a guarded
     statement, which is never judged by its text. ``rows_affected`` is
-    reported for statements that change rows (a read's rowcount means
-    nothing; a guarded statement's is SQLite's own count), ``last_insert_id``
-    for a trusted INSERT or REPLACE that wrote one row: SQLite's is the
-    connection's, so on the shared writer a guarded INSERT that sets none
-    (WITHOUT ROWID, an upsert's update) would show another key's
-    (``last_insert_rowid()`` is refused likewise).
+    reported unless the statement is a trusted read (whose rowcount means
+    nothing). ``last_insert_id`` only for a trusted INSERT or REPLACE that
+    wrote one row: SQLite's is the connection's, so on the shared writer a
+    guarded INSERT that sets none (WITHOUT ROWID, an upsert's update) would
+    show another key's (``last_insert_rowid()`` is refused likewise).
     ``AsyncSQLiteManager._execute`` builds the same inline (its hot path).
     """
     rows, rowcount, truncated, rowid = outcome
