@@ -10,7 +10,7 @@ drift of the machine hits all of them alike; the table shows the median of
 the rounds with the spread (min-max). Loopback only.
 
 Run: ``.venv/bin/python -m bench.db_bench [--quick] [--rounds N] [--only sqlite]
-[--sqlite-baseline OLD_SQLITE_PY]``.
+[--sqlite-baseline OLD_SQLITE_PACKAGE_OR_PY]``.
 The "CPU us/op" column is process CPU time (all threads) per operation.
 """
 
@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiosqlite
 import asyncpg
@@ -150,12 +151,25 @@ async def postgres(total: int, rounds: int, concurrencies: tuple[int, ...]) -> l
 
 
 def load_sqlite_baseline(path: str) -> type[AsyncSQLiteManager]:
-    """AsyncSQLiteManager from another version of ``sqlite.py``, for an A/B in one process.
+    """AsyncSQLiteManager from another version of the SQLite backend, for an A/B in one process.
 
-    Make one with ``git show REV:src/iogate/backends/sqlite.py > /tmp/old_sqlite.py``;
-    it shares the rest of iogate (core, base class) with the current code.
+    ``path`` is a copy of the ``backends/sqlite`` package (``git archive REV
+    src/iogate/backends/sqlite | tar -x -C /tmp/old``, then
+    ``/tmp/old/src/iogate/backends/sqlite``) or, for revisions before it
+    became a package, of ``sqlite.py`` (``git show REV:src/iogate/backends/sqlite.py
+    > /tmp/old_sqlite.py``). It shares the rest of iogate (core, base class)
+    with the current code; the package's modules import each other relatively
+    so that the copy uses its own.
     """
-    spec = importlib.util.spec_from_file_location("iogate_sqlite_baseline", path)
+    folder = Path(path)
+    if folder.is_dir():
+        spec = importlib.util.spec_from_file_location(
+            "iogate_sqlite_baseline",
+            folder / "__init__.py",
+            submodule_search_locations=[str(folder)],
+        )
+    else:
+        spec = importlib.util.spec_from_file_location("iogate_sqlite_baseline", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"--sqlite-baseline: cannot load {path!r}")
     module = importlib.util.module_from_spec(spec)
@@ -271,7 +285,7 @@ def main() -> None:
     parser.add_argument(
         "--sqlite-baseline",
         metavar="PATH",
-        help="another version of sqlite.py to interleave as 'iogate baseline'",
+        help="another version of the sqlite package (or sqlite.py), as 'iogate baseline'",
     )
     args = parser.parse_args()
     if args.loop == "uvloop":

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from iogate import AsyncPostgreSQLManager, AsyncSQLiteManager
 from iogate.core import events
 from iogate.core.events import Event, OperationEvent
+from iogate.orchestrator import AsyncOperationOrchestrator, DatabaseType
+from iogate.orchestrator.batch import execute_batch
 
 
 @pytest.fixture
@@ -75,3 +79,35 @@ async def test_postgres_statements_in_a_transaction_are_counted(
         assert len([e for e in seen if e.resource == pg_manager.name]) == 2
     finally:
         await pg_manager.execute_query(f"DROP TABLE {table}")
+
+
+async def test_sqlite_statements_grouped_by_a_batch_are_counted(
+    tmp_path: Path, seen: list[OperationEvent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with AsyncOperationOrchestrator() as orchestrator:
+        await orchestrator.add_database_manager(
+            "lite", DatabaseType.SQLITE, str(tmp_path / "batch.db")
+        )
+        manager = orchestrator.databases["lite"]
+        assert isinstance(manager, AsyncSQLiteManager)
+        created = await manager.execute_query("CREATE TABLE t (x INTEGER)")
+        assert created.success, created.error
+        groups: list[int] = []
+        execute_many = manager.execute_many
+
+        async def counted(query: str, params_list: list[Any], **kwargs: Any) -> Any:
+            groups.append(len(params_list))
+            return await execute_many(query, params_list, **kwargs)
+
+        monkeypatch.setattr(manager, "execute_many", counted)
+        before = manager.get_stats()["count"]
+        seen.clear()
+        insert = {"type": "database", "db_name": "lite", "query": "INSERT INTO t VALUES (?)"}
+        results = await execute_batch(orchestrator, [{**insert, "params": [x]} for x in range(5)])
+        assert [r.success for r in results] == [True] * 5
+        assert groups == [5]  # one group, run by execute_many
+        assert manager.get_stats()["count"] == before + 5
+        statements = [e for e in seen if e.resource == "lite" and e.operation == "query"]
+        assert [(e.kind, e.backend, e.error_type) for e in statements] == [
+            ("database", "sqlite", None)
+        ] * 5

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from iogate.backends import guard_sqlite
-from iogate.backends.guard_sqlite import (
+from iogate.backends.sqlite import guard as guard_sqlite
+from iogate.backends.sqlite.guard import (
     ConnectionGuard,
     GuardableConnection,
     classify,
