@@ -16,18 +16,16 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 
 from iogate.core.errors import ConfigError, IogateError
-from iogate.gateway.admission import admission_snapshot
 from iogate.gateway.audit import AuditMiddleware
-from iogate.gateway.auth import OBSERVE, Authenticator, Principal, may_observe, principal_of
+from iogate.gateway.auth import Authenticator
 from iogate.gateway.browser import (
     HostCheck,
     HostCheckMiddleware,
@@ -35,7 +33,7 @@ from iogate.gateway.browser import (
     allowed_hosts_for,
     cors_options,
 )
-from iogate.gateway.deps import DirectDispatch, orchestrator_of, settings_of
+from iogate.gateway.deps import DirectDispatch
 from iogate.gateway.docs import install_docs
 from iogate.gateway.jobs_state import GatewayJobs
 from iogate.gateway.logging import (
@@ -45,9 +43,10 @@ from iogate.gateway.logging import (
 )
 from iogate.gateway.middleware import BodyLimitMiddleware
 from iogate.gateway.privileges import log_privilege_warnings
-from iogate.gateway.responses import ORJSONResponse, declared, problem
+from iogate.gateway.responses import problem
 from iogate.gateway.routes import ROUTERS
 from iogate.gateway.routes.dashboard import start_history, stop_history
+from iogate.gateway.routes.observability import own_stats
 from iogate.gateway.routes.operations import install_operation_schemas
 from iogate.gateway.settings import (
     Settings,
@@ -63,30 +62,6 @@ from iogate.orchestrator import AsyncOperationOrchestrator, create_database_mana
 __all__ = ["build_orchestrator", "create_app", "load_checked", "validate_resources"]
 
 logger = logging.getLogger("iogate.gateway")
-
-READY_TIMEOUT = 1.0
-# /stats and /metrics: no key 401, a key without observe 403.
-OBSERVE_RESPONSES = declared(problem=(401, 403, 500))
-
-
-class Readiness(BaseModel):
-    """``/ready``'s body: the status for everyone, the details for an observer."""
-
-    status: str = Field(description="ready or not_ready (also the HTTP status: 200 or 503)")
-    down: list[str] | None = Field(
-        default=None,
-        description="Resources the gateway needs that are down (observe scope only)",
-    )
-    degraded: list[str] | None = Field(
-        default=None,
-        description=(
-            "APIs that are down or whose circuit is open or half-open, which do not "
-            "fail readiness unless [gateway] ready_includes_apis (observe scope only)"
-        ),
-    )
-    resources: dict[str, dict[str, Any]] | None = Field(
-        default=None, description="Each resource's check (observe scope only)"
-    )
 
 
 def build_orchestrator(settings: Settings) -> AsyncOperationOrchestrator:
@@ -250,7 +225,7 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
         # Rate limits, invalidations, breaker openings and /stats across processes.
         sharing = GatewaySharing(
             settings.gateway.shared_state,
-            lambda: _own_stats(app, started_at),
+            lambda: own_stats(app),
             metrics_dir=metrics_dir,
         )
         await sharing.start(orchestrator)
@@ -293,6 +268,7 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     install_docs(app)
     install_operation_schemas(app)
     app.state.settings = settings
+    app.state.started_at = started_at
     app.state.authenticator = Authenticator.from_settings(settings)
     # Added first = innermost: requests for DirectRoute routes skip FastAPI's
     # router, still inside the body limit, the audit record and the request id.
@@ -321,97 +297,7 @@ def create_app(settings: Settings | None = None, *, metrics_dir: str | None = No
     for router in ROUTERS:
         app.include_router(router)
 
-    @app.get(
-        "/health",
-        tags=["observability"],
-        summary="Liveness (no I/O)",
-        description="Needs no key; like every route, only under an allowed Host name.",
-    )
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "uptime_s": round(time.time() - started_at, 3)}
-
-    @app.get(
-        "/ready",
-        tags=["observability"],
-        summary="Readiness: pings every resource",
-        description=(
-            "Needs no key. 503 when a database or cache does not answer; an API "
-            "that is down or whose circuit is open is reported as `degraded` and "
-            "keeps the gateway ready, unless `[gateway] ready_includes_apis = true`. "
-            "The status for everyone; what is down or degraded and each resource's "
-            "check only for a key with the `observe` scope (or when no keys are "
-            "configured). An unknown key is not refused, just not shown more."
-        ),
-        responses={
-            200: {"model": Readiness, "description": "Every resource the gateway needs answers"},
-            503: {"model": Readiness, "description": "A database or cache is down"},
-        },
-    )
-    async def ready(request: Request) -> Response:
-        observer = may_observe(request)
-        report = await orchestrator_of(request).readiness(
-            READY_TIMEOUT, include_apis=settings_of(request).gateway.ready_includes_apis
-        )
-        body: dict[str, Any] = {"status": "ready" if report["ready"] else "not_ready"}
-        if observer:
-            body["down"] = report["down"]
-            body["degraded"] = report["degraded"]
-            body["resources"] = report["resources"]
-        return ORJSONResponse(body, status_code=200 if report["ready"] else 503)
-
-    @app.get(
-        "/stats",
-        tags=["observability"],
-        summary="Per-resource statistics",
-        description="Needs a key with the `observe` scope (when keys are configured).",
-        responses=OBSERVE_RESPONSES,
-    )
-    async def stats(
-        request: Request, principal: Annotated[Principal, Depends(principal_of)]
-    ) -> Response:
-        principal.require(OBSERVE)
-        body = {
-            "uptime_s": round(time.time() - started_at, 3),
-            **orchestrator_of(request).get_stats(),
-            "operations": request.app.state.operation_stats.snapshot(),
-            "admission": admission_snapshot(request),  # adaptive concurrency, per resource
-        }
-        sharing: GatewaySharing | None = getattr(request.app.state, "sharing", None)
-        if sharing is not None:  # every worker's aggregate, and a `workers` list
-            body = await sharing.stats_body(body)
-        return ORJSONResponse(body)
-
-    @app.get(
-        "/metrics",
-        tags=["observability"],
-        summary="Prometheus metrics",
-        response_class=PlainTextResponse,
-        description=(
-            "Needs a key with the `observe` scope (when keys are configured); "
-            "Prometheus sends it with `authorization` in its scrape config."
-        ),
-        responses={200: {"content": {"application/openmetrics-text": {}}}, **OBSERVE_RESPONSES},
-    )
-    async def metrics(
-        request: Request, principal: Annotated[Principal, Depends(principal_of)]
-    ) -> Response:
-        principal.require(OBSERVE)
-        collector: MetricsCollector = request.app.state.metrics
-        body, content_type = collector.render(request.headers.get("accept"))
-        return Response(body, media_type=content_type)
-
     return app
-
-
-def _own_stats(app: FastAPI, started_at: float) -> dict[str, Any]:
-    """This process's ``/stats`` body outside a request (what other workers are shown)."""
-    admission = getattr(app.state, "admission", None)  # built on the first request
-    return {
-        "uptime_s": round(time.time() - started_at, 3),
-        **app.state.orchestrator.get_stats(),
-        "operations": app.state.operation_stats.snapshot(),
-        "admission": admission.snapshot() if admission is not None else {},
-    }
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -6,7 +6,7 @@ running app only through ``iogate.gateway.deps``.
 
 from fastapi import APIRouter
 
-from iogate.gateway.routes import api, batch, dashboard, database, jobs
+from iogate.gateway.routes import api, batch, dashboard, database, jobs, observability
 
 ROUTERS: list[APIRouter] = [
     database.router,
@@ -14,6 +14,7 @@ ROUTERS: list[APIRouter] = [
     dashboard.router,
     batch.router,
     jobs.router,
+    observability.router,
 ]
 
 __all__ = ["ROUTERS"]
