@@ -1,55 +1,23 @@
-"""Cache-aside with single-flight loads, tags, and a cache that may be down.
-
-``Cache`` stores orjson-serialised values in any key-value manager (the
-in-process memory store by default, Redis when given a Redis manager or
-URL). ``get_or_load(key, loader)`` returns the cached value or runs
-``loader`` once, however many tasks miss the same key at the same time
-(single-flight, per process): the first one loads, the others await it.
-
-A cache is an optimisation, never a dependency: when the backend fails
-(Redis down, a timeout), a lookup counts as a miss, a write is skipped, the
-failure is counted in ``stats()`` and logged (once when it starts, once when
-it ends), and the caller still gets the loader's value. Only the loader's
-own exceptions reach the caller.
-
-``@cached(ttl=..., key=..., database=..., tags=...)`` wraps an async
-function or method. The default key is ``"{function name}:{arg}:{arg}"``
-without ``self``, the key seed 002 invalidates
-(``get_post_by_id_cached:{post_id}``), so keys are stored unprefixed unless
-a ``namespace`` is given.
-"""
+"""``Cache``: cache-aside with single-flight loads and tags over a key-value manager."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
-import types
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
 from iogate.backends.base import AsyncDatabaseManager
 from iogate.backends.kv import RESERVED_PREFIX
-from iogate.core.errors import ResourceNotFoundError
 from iogate.core.jsonable import jsonable
 from iogate.core.result import Result
 
-__all__ = [
-    "DEFAULT_CACHE_TTL",
-    "Cache",
-    "CacheStats",
-    "CachedFunction",
-    "cache_for",
-    "cached",
-    "default_cache",
-    "set_database_lookup",
-]
+__all__ = ["DEFAULT_CACHE_TTL", "DEFAULT_TAG_PREFIX", "Cache", "CacheStats", "manager_for"]
 
 logger = logging.getLogger("iogate.cache")
 
@@ -96,7 +64,7 @@ class Cache:
         self.namespace = namespace
         self.tag_prefix = tag_prefix
         self._owns_manager = not isinstance(database, AsyncDatabaseManager)
-        self.manager = _manager_for(database, name)
+        self.manager = manager_for(database, name)
         self.stats = CacheStats()
         self._inflight: dict[str, asyncio.Task[Any]] = {}
         self._degraded = False
@@ -309,7 +277,7 @@ class Cache:
             logger.debug("cache %r failed again (%s)", self.name, reason)
 
 
-def _manager_for(database: AsyncDatabaseManager | str | None, name: str) -> AsyncDatabaseManager:
+def manager_for(database: AsyncDatabaseManager | str | None, name: str) -> AsyncDatabaseManager:
     if isinstance(database, AsyncDatabaseManager):
         return database
     if database is None or database in ("memory://", "memory:"):
@@ -319,169 +287,3 @@ def _manager_for(database: AsyncDatabaseManager | str | None, name: str) -> Asyn
     from iogate.backends.redis import AsyncRedisManager
 
     return AsyncRedisManager(database, name=name)
-
-
-# -- caches for managers and the default --------------------------------------------------
-
-DatabaseLookup = Callable[[str], AsyncDatabaseManager]
-
-# How ``@cached(database="NAME")`` finds the manager called NAME. The cache sits
-# below the orchestrator and must not import it, so the orchestrator module
-# installs its lookup (the current orchestrator's database) when it is imported.
-_database_lookup: DatabaseLookup | None = None
-
-
-def set_database_lookup(lookup: DatabaseLookup | None) -> None:
-    """Where ``@cached(database="NAME")`` resolves NAME (the orchestrator sets it)."""
-    global _database_lookup
-    _database_lookup = lookup
-
-
-def _named_database(name: str) -> AsyncDatabaseManager:
-    if _database_lookup is None:
-        raise ResourceNotFoundError(
-            f"cached(database={name!r}): no orchestrator to find it on; "
-            "create an AsyncOperationOrchestrator first"
-        )
-    return _database_lookup(name)
-
-
-_by_manager: weakref.WeakKeyDictionary[AsyncDatabaseManager, Cache] = weakref.WeakKeyDictionary()
-_default: Cache | None = None
-
-
-def default_cache() -> Cache:
-    """The process-wide in-memory cache ``@cached`` uses when given no database."""
-    global _default
-    if _default is None:
-        _default = Cache(name="default")
-    return _default
-
-
-def cache_for(manager: AsyncDatabaseManager) -> Cache:
-    """The one Cache over ``manager`` (so single-flight spans all its users)."""
-    cache = _by_manager.get(manager)
-    if cache is None:
-        cache = _by_manager[manager] = Cache(manager, name=manager.name)
-    return cache
-
-
-# -- the decorator ----------------------------------------------------------------------------
-
-CacheSource = Cache | AsyncDatabaseManager | str | Callable[[Any], Any] | None
-
-
-class CachedFunction(Generic[P, R]):
-    """An async function whose results are cached; also works as a method."""
-
-    def __init__(
-        self,
-        func: Callable[P, Awaitable[R]],
-        *,
-        ttl: float | None,
-        key: str | Callable[..., str] | None,
-        database: CacheSource,
-        tags: Iterable[str] | Callable[..., Iterable[str]],
-    ) -> None:
-        if not inspect.iscoroutinefunction(func):
-            raise TypeError(f"@cached needs an async function, got {func!r}")
-        functools.update_wrapper(self, func)
-        self.__wrapped__ = func
-        self._func = func
-        self._signature = inspect.signature(func)
-        parameters = list(self._signature.parameters)
-        self._skip_first = bool(parameters) and parameters[0] in ("self", "cls")
-        self.ttl = ttl
-        self._key = key
-        self._tags = tags
-        self._source = database
-        # A fixed cache is built now (no I/O until first use); callables and
-        # orchestrator names are resolved per call.
-        self.cache: Cache | None = None
-        if isinstance(database, Cache):
-            self.cache = database
-        elif isinstance(database, AsyncDatabaseManager):
-            self.cache = cache_for(database)
-        elif isinstance(database, str) and "://" in database:
-            self.cache = Cache(database, name=f"cache:{func.__name__}")
-
-    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
-        if instance is None:
-            return self
-        return types.MethodType(self, instance)
-
-    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        cache = self._resolve(args)
-        key = self.key_for(*args, **kwargs)
-        tags = self._tags_for(args, kwargs)
-        return await cache.get_or_load(
-            key, lambda: self._func(*args, **kwargs), ttl=self.ttl, tags=tags
-        )
-
-    def key_for(self, *args: Any, **kwargs: Any) -> str:
-        """The cache key a call with these arguments uses."""
-        if callable(self._key):
-            return self._key(*args, **kwargs)
-        if isinstance(self._key, str):
-            return self._key.format(**self._bind(args, kwargs))
-        parts = [str(a) for a in (args[1:] if self._skip_first else args)]
-        parts += [f"{k}={kwargs[k]}" for k in sorted(kwargs)]
-        return ":".join([self._func.__name__, *parts])
-
-    async def invalidate(self, *args: Any, **kwargs: Any) -> int:
-        """Drop the entry a call with these arguments would read."""
-        return await self._resolve(args).delete(self.key_for(*args, **kwargs))
-
-    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        bound = self._signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return dict(bound.arguments)
-
-    def _tags_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
-        if callable(self._tags):
-            return list(self._tags(*args, **kwargs))
-        tags = list(self._tags)
-        if not tags:
-            return []
-        arguments = self._bind(args, kwargs)
-        return [tag.format(**arguments) for tag in tags]
-
-    def _resolve(self, args: tuple[Any, ...]) -> Cache:
-        if self.cache is not None:
-            return self.cache
-        source = self._source
-        if source is None:
-            return default_cache()
-        if isinstance(source, str):  # a database name on the current orchestrator
-            return cache_for(_named_database(source))
-        if not callable(source) or isinstance(source, Cache | AsyncDatabaseManager):
-            raise TypeError(f"cached(database=...) cannot use {type(source).__name__}")
-        resolved = source(args[0] if args else None)  # callable: given the instance
-        if isinstance(resolved, Cache):
-            return resolved
-        if isinstance(resolved, AsyncDatabaseManager):
-            return cache_for(resolved)
-        raise TypeError(f"cached(database=...) callable returned {type(resolved).__name__}")
-
-
-def cached(
-    ttl: float | None = DEFAULT_CACHE_TTL,
-    *,
-    key: str | Callable[..., str] | None = None,
-    database: CacheSource = None,
-    tags: Iterable[str] | Callable[..., Iterable[str]] = (),
-) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
-    """Cache an async function's result for ``ttl`` seconds (seed 002's ``@cached``).
-
-    ``key``: a format string over the arguments (``"post:{post_id}"``), a
-    callable taking the arguments, or None for ``"name:arg:arg"``.
-    ``database``: None (the in-memory default), a ``Cache``, a manager, a
-    Redis URL, the name of a database on the current orchestrator, or a
-    callable given the method's instance (``lambda self: self.cache``).
-    ``tags``: format strings like ``"user:{user_id}"`` for ``invalidate_tag``.
-    """
-
-    def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
-        return CachedFunction(func, ttl=ttl, key=key, database=database, tags=tags)
-
-    return decorate
