@@ -1,17 +1,16 @@
 """Before/after: make bench's scripts on two checkouts, interleaved in one run.
 
-Each script runs as a subprocess, alternately for the two trees (A B A B ...),
-with ``PYTHONPATH=<tree>/src`` and ``cwd=<tree>``: each tree is measured by its
-own copy of the benchmark, with the same arguments. Figures are read from the
-script's Markdown output; where the script measures the raw driver (or the bare
-Starlette floor) in the same process, the figure is the ratio to it, which a
-drift of the machine between subprocesses barely moves. Each figure is the
-median of the rounds per tree; the table flags one more than 3 % worse.
-Left out: checks_cost, jobs_bench and overload (long; they measure other things).
+Each script runs as a subprocess alternately for the two trees (A B A B ...), with
+``PYTHONPATH=<tree>/src`` and ``cwd=<tree>``: each tree is measured by its own copy
+of the benchmark, same arguments. Figures come from the script's Markdown tables:
+the ratio to the raw driver (or the Starlette floor) measured in the same process
+where there is one, which machine drift between subprocesses barely moves. Median
+of the rounds per tree; a figure more than 3 % worse is flagged. Left out:
+checks_cost, jobs_bench, overload (long; they measure other things).
 
-Run: ``.venv/bin/python bench/compare_trees.py --before DIR --after DIR
-[--rounds N] [--quick] [--only db,redis,...] [--out DIR]``; each DIR is the
-root of a checkout (DIR/src, DIR/bench), e.g. a ``git worktree``.
+Run: ``.venv/bin/python bench/compare_trees.py --before DIR --after DIR [--rounds N]
+[--quick] [--only db redis ...] [--out DIR | --reread DIR]``; each DIR is the root
+of a checkout (DIR/src, DIR/bench), e.g. a ``git worktree``.
 """
 
 from __future__ import annotations
@@ -28,16 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 Figure = tuple[str, float, bool]  # name, value, higher is better
-Table = tuple[list[str], list[list[str]]]  # header cells, body rows' cells
+Row = dict[str, str]  # a table row: column header -> cell
 THRESHOLD = 0.03  # a figure worse than this is flagged (issue 15: "no figure worse by > 3 %")
 
 
-# -- reading the scripts' Markdown -------------------------------------------------
-
-
-def tables(text: str) -> list[Table]:
-    """Every Markdown table in ``text``: its header and its body rows, as cells."""
-    found: list[Table] = []
+def tables(text: str) -> list[tuple[list[str], list[Row]]]:
+    """Every Markdown table in ``text``: its header and its body rows."""
+    found: list[tuple[list[str], list[Row]]] = []
     lines = [line.strip() for line in text.splitlines()]
     for at, line in enumerate(lines):
         if not line.startswith("|"):
@@ -46,16 +42,29 @@ def tables(text: str) -> list[Table]:
         if at + 1 < len(lines) and re.fullmatch(r"\|[-:| ]+\|", lines[at + 1]):
             found.append((cells, []))
         elif found and not re.fullmatch(r"\|[-:| ]+\|", line):
-            found[-1][1].append(cells)
+            found[-1][1].append(dict(zip(found[-1][0], cells, strict=False)))
     return found
 
 
-def number(cell: str) -> float:
+def cell(row: Row, column: str) -> str:
+    """The cell under the first column whose header starts with ``column``
+    (by name, not position: a column added to a script's table moves the others)."""
+    for header, value in row.items():
+        if header.startswith(column):
+            return value
+    raise KeyError(f"no column {column!r} in {list(row)}")
+
+
+def num(row: Row, column: str) -> float:
     """The first number in a cell: ``"1,234 (1,100-1,300)"`` -> 1234.0, ``"**0.52**"`` -> 0.52."""
-    match = re.search(r"-?[\d,]*\.?\d+", cell)
+    match = re.search(r"-?[\d,]*\.?\d+", cell(row, column))
     if match is None:
-        raise ValueError(f"no number in {cell!r}")
+        raise ValueError(f"no number under {column!r} in {row}")
     return float(match.group().replace(",", ""))
+
+
+def ratio(row: Row, base: Row, column: str) -> float:
+    return num(row, column) / num(base, column)
 
 
 # -- one parser per script: its output -> figures ----------------------------------
@@ -63,95 +72,97 @@ def number(cell: str) -> float:
 
 def db_figures(text: str) -> Iterator[Figure]:
     """Each (work, concurrency) group ends with the raw driver (asyncpg pool, aiosqlite)."""
-    groups: dict[tuple[str, str], list[list[str]]] = {}
+    groups: dict[tuple[str, str], list[Row]] = {}
     for _, rows in tables(text):
         for row in rows:
-            groups.setdefault((row[0], row[1]), []).append(row)
+            groups.setdefault((row["work"], row["concurrency"]), []).append(row)
     for (work, concurrency), rows in groups.items():
         raw = rows[-1]
         for row in rows:
-            if row[2].startswith("iogate"):
-                name = f"db {work}, c{concurrency}: iogate / {raw[2]}"
-                yield f"{name} ops/s", number(row[3]) / number(raw[3]), True
-                yield f"{name} CPU per op", number(row[6]) / number(raw[6]), False
+            if row["variant"].startswith("iogate"):
+                name = f"db {work}, c{concurrency}: iogate / {raw['variant']}"
+                yield f"{name} ops/s", ratio(row, raw, "ops/s"), True
+                yield f"{name} CPU per op", ratio(row, raw, "CPU"), False
 
 
 def redis_figures(text: str) -> Iterator[Figure]:
-    """Columns: client, concurrency, GET ops/s, SET ops/s, GET CPU, SET CPU."""
+    """Every manager variant against redis.asyncio at the same concurrency."""
     for _, rows in tables(text):
-        raw = {row[1]: row for row in rows if "(raw)" in row[0]}
+        raw = {row["concurrency"]: row for row in rows if "(raw)" in row["client"]}
         for row in rows:
-            if row[1] not in raw or row is raw[row[1]]:
+            concurrency = row["concurrency"]
+            if concurrency not in raw or row is raw[concurrency]:
                 continue
-            label = row[0].removeprefix("AsyncRedisManager ")
-            for verb, rate, cpu in (("GET", 2, 4), ("SET", 3, 5)):
-                name = f"redis {label}, c{row[1]} {verb}: manager / raw"
-                yield f"{name} ops/s", number(row[rate]) / number(raw[row[1]][rate]), True
-                yield f"{name} CPU per op", number(row[cpu]) / number(raw[row[1]][cpu]), False
+            label = row["client"].removeprefix("AsyncRedisManager ")
+            for verb in ("GET", "SET"):
+                name = f"redis {label}, c{concurrency} {verb}: manager / raw"
+                yield f"{name} ops/s", ratio(row, raw[concurrency], f"{verb} ops/s"), True
+                yield f"{name} CPU per op", ratio(row, raw[concurrency], f"{verb} CPU"), False
 
 
 def batch_figures(text: str) -> Iterator[Figure]:
     """Ratios to the raw ``asyncio.gather`` where the table has it; else ms and CPU us/op."""
     for header, rows in tables(text):
-        title = header[0].split(" (")[0]
-        raw = next((row for row in rows if "raw driver" in row[0]), None)
+        title = header[0]
+        raw = next((row for row in rows if "raw driver" in row[title]), None)
         for row in rows:
             if row is raw:
                 continue
-            name = f"batch {title}: {row[0]}"
+            name = f"batch {title.split(' (')[0]}: {row[title]}"
             if raw is not None:
-                yield f"{name}, ms / raw gather", number(row[1]) / number(raw[1]), False
-                yield f"{name}, CPU / raw gather", number(row[3]) / number(raw[3]), False
+                yield f"{name}, ms / raw gather", ratio(row, raw, "ms"), False
+                yield f"{name}, CPU / raw gather", ratio(row, raw, "CPU"), False
             else:
-                yield f"{name}, ms", number(row[1]), False
-                yield f"{name}, CPU us/op", number(row[3]), False
+                yield f"{name}, ms", num(row, "ms"), False
+                yield f"{name}, CPU us/op", num(row, "CPU"), False
 
 
 def api_figures(text: str) -> Iterator[Figure]:
-    """Columns: concurrency, raw req/s, manager req/s, ratio, raw CPU, manager CPU."""
+    """AsyncAPIManager against raw aiohttp at each concurrency."""
     for _, rows in tables(text):
         for row in rows:
-            name = f"api c{row[0]}: AsyncAPIManager / aiohttp"
-            yield f"{name} req/s", number(row[2]) / number(row[1]), True
-            yield f"{name} CPU per req", number(row[5]) / number(row[4]), False
+            name = f"api c{row['concurrency']}: AsyncAPIManager / aiohttp"
+            rate = num(row, "AsyncAPIManager req/s") / num(row, "raw aiohttp req/s")
+            yield f"{name} req/s", rate, True
+            yield f"{name} CPU per req", num(row, "manager CPU") / num(row, "raw CPU"), False
 
 
 def gateway_figures(text: str) -> Iterator[Figure]:
     """Every iogate target against the bare Starlette floor on the same database."""
     for _, rows in tables(text):
-        floor = {row[0].split()[-1]: row for row in rows if row[0].startswith("floor ")}
+        floor = {r["target"].split()[-1]: r for r in rows if r["target"].startswith("floor ")}
         for row in rows:
-            database = "PostgreSQL" if "PostgreSQL" in row[0] else "SQLite"
-            if not row[0].startswith("iogate ") or database not in floor:
+            database = "PostgreSQL" if "PostgreSQL" in row["target"] else "SQLite"
+            if not row["target"].startswith("iogate ") or database not in floor:
                 continue
-            name = f"gateway {row[0]} / floor"
-            yield f"{name} req/s", number(row[1]) / number(floor[database][1]), True
-            yield f"{name} CPU per req", number(row[4]) / number(floor[database][4]), False
+            name = f"gateway {row['target']} / floor"
+            yield f"{name} req/s", ratio(row, floor[database], "req/s"), True
+            yield f"{name} CPU per req", ratio(row, floor[database], "server CPU"), False
 
 
 def logging_figures(text: str) -> Iterator[Figure]:
     """The default / warning throughput ratio, and the server CPU per request of each."""
-    for database, ratio in re.findall(
+    for database, figure in re.findall(
         r"^- iogate (\S+) default / warning: \*\*([\d.]+)", text, re.M
     ):
-        yield f"logging {database}: default / warning req/s", float(ratio), True
+        yield f"logging {database}: default / warning req/s", float(figure), True
     for _, rows in tables(text):
         for row in rows:
-            if row[0].startswith("iogate "):
-                yield f"logging {row[0]}: server CPU us/req", number(row[4]), False
+            if row["target"].startswith("iogate "):
+                yield f"logging {row['target']}: server CPU us/req", num(row, "server CPU"), False
 
 
 def memory_figures(text: str) -> Iterator[Figure]:
     """Absolute MiB/KiB of the iogate rows (memory does not drift with load)."""
     for _, rows in tables(text):
         for row in rows:
-            if not row[1].startswith("iogate") or row[2].startswith("failed"):
+            if not row["variant"].startswith("iogate") or "failed" in cell(row, "driver"):
                 continue
-            name = f"memory {row[0]} {row[1]}"
-            yield f"{name}: iogate import MiB", number(row[3]), False
-            yield f"{name}: open + ops MiB", number(row[4]), False
-            if row[5] != "-":
-                yield f"{name}: Python heap KiB", number(row[5]), False
+            name = f"memory {row['resource']} {row['variant']}"
+            yield f"{name}: iogate import MiB", num(row, "iogate import"), False
+            yield f"{name}: open + ops MiB", num(row, "open + "), False
+            if cell(row, "Python heap") != "-":
+                yield f"{name}: Python heap KiB", num(row, "Python heap"), False
 
 
 @dataclass(frozen=True)
@@ -186,14 +197,11 @@ class Run:
     status: str = "ok"
 
 
-def tree_env(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree / "src")}
-
-
 def check_tree(tree: Path) -> None:
     """The tree's iogate must be the one imported, not the installed one."""
     command = [sys.executable, "-c", "import iogate; print(iogate.__file__)"]
-    done = subprocess.run(command, cwd=tree, env=tree_env(tree), capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     imported = Path(done.stdout.strip() or "?").resolve()
     if not imported.is_relative_to((tree / "src").resolve()):
         raise SystemExit(f"{tree}: iogate is imported from {imported}, not {tree}/src")
@@ -204,21 +212,17 @@ def run_once(script: Script, tree: Path, run: Run, quick: bool, out: Path | None
     shown = " ".join(command[1:])
     print(f"== {run.tree} {run.round + 1}: {shown} (load {run.load:.2f})", file=sys.stderr)
     started = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=tree, env=tree_env(tree), capture_output=True, text=True, timeout=3600
-    )
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}  # this tree's iogate, first
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=3600)
     run.seconds = time.perf_counter() - started
     text = done.stdout
     if done.returncode != 0:
         run.status = f"exit {done.returncode}"
         text += f"\n\nexit {done.returncode}:\n{done.stderr[-3000:]}"
     if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
         (out / f"{script.name}-{run.tree}-{run.round + 1}.md").write_text(text, encoding="utf-8")
     return text if done.returncode == 0 else ""
-
-
-def fmt(value: float) -> str:
-    return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
 def report(values: dict[str, dict[str, list[float]]], higher: dict[str, bool]) -> list[str]:
@@ -232,12 +236,12 @@ def report(values: dict[str, dict[str, list[float]]], higher: dict[str, bool]) -
             lines.append(f"| {name} | | | | | missing {'after' if before else 'before'} |")
             continue
         b, a = statistics.median(before), statistics.median(after)
-        ratio = a / b if b else 1.0 if a == b else float("inf")
-        worse = ratio < 1 - THRESHOLD if better else ratio > 1 + THRESHOLD
-        flag = f"**{abs(ratio - 1):.1%} worse**" if worse else ""
+        change = a / b if b else 1.0 if a == b else float("inf")
+        worse = change < 1 - THRESHOLD if better else change > 1 + THRESHOLD
+        flag = f"**{abs(change - 1):.1%} worse**" if worse else ""
         lines.append(
-            f"| {name} | {'higher' if better else 'lower'} | {fmt(b)} | {fmt(a)} "
-            f"| {ratio:.3f} | {flag} |"
+            f"| {name} | {'higher' if better else 'lower'} | {b:,.4g} | {a:,.4g} "
+            f"| {change:.3f} | {flag} |"
         )
     return lines
 
@@ -248,18 +252,14 @@ def main() -> None:
     parser.add_argument("--after", type=Path, required=True, help="root of the after checkout")
     parser.add_argument("--rounds", type=int, default=2, help="before/after pairs per script")
     parser.add_argument("--quick", action="store_true", help="each script's quick workload")
-    parser.add_argument("--only", help="comma-separated: " + ", ".join(s.name for s in SCRIPTS))
+    parser.add_argument("--only", nargs="+", choices=[s.name for s in SCRIPTS], metavar="SCRIPT")
     parser.add_argument("--out", type=Path, help="keep every subprocess's output in this folder")
+    parser.add_argument("--reread", type=Path, help="re-read what --out kept; run nothing")
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else [s.name for s in SCRIPTS]
-    if unknown := set(names) - {s.name for s in SCRIPTS}:
-        parser.error(f"--only: no script {', '.join(unknown)}")
-    chosen = [s for s in SCRIPTS if s.name in names]
+    chosen = [s for s in SCRIPTS if not args.only or s.name in args.only]
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     for tree in trees.values():
         check_tree(tree)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
 
     values: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     higher: dict[str, bool] = {}
@@ -268,21 +268,23 @@ def main() -> None:
     for script in chosen:
         for number_ in range(args.rounds):
             for label, tree in trees.items():  # A B A B ...
-                run = Run(script.name, label, number_, os.getloadavg()[0])
+                load = float("nan") if args.reread else os.getloadavg()[0]
+                run = Run(script.name, label, number_, load)
                 runs.append(run)
-                text = run_once(script, tree, run, args.quick, args.out)
+                if args.reread:
+                    text = (args.reread / f"{script.name}-{label}-{number_ + 1}.md").read_text()
+                else:
+                    text = run_once(script, tree, run, args.quick, args.out)
                 try:
                     for name, value, better in script.figures(text):
                         higher.setdefault(name, better)
                         values[label].setdefault(name, []).append(value)
-                except (ValueError, IndexError, ZeroDivisionError) as exc:
+                except (KeyError, ValueError, ZeroDivisionError) as exc:
                     run.status = f"unreadable output: {exc}"
 
-    print(
-        f"before: {trees['before']}, after: {trees['after']}; {args.rounds} interleaved "
-        f"round(s){', quick' if args.quick else ''}; median per tree; "
-        f"{(time.perf_counter() - started) / 60:.0f} min in all.\n"
-    )
+    minutes = (time.perf_counter() - started) / 60
+    how = f"{args.rounds} round(s){', quick' if args.quick else ''}, {minutes:.0f} min"
+    print(f"before {trees['before']}, after {trees['after']}: {how}\n")
     print("\n".join(report(values, higher)))
     print("\n| script | tree | round | load average before | seconds | status |")
     print("|---|---|---:|---:|---:|---|")
