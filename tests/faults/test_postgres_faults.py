@@ -374,7 +374,7 @@ async def test_loss_before_commit_is_connection_error(
         async with through_proxy.transaction() as tx:
             assert (await tx.execute_query(f"INSERT INTO {table} VALUES ('c')")).success
             await pg_fault.reset()
-            await poll(lambda: tx._conn.raw.is_closed())  # type: ignore[attr-defined]
+            await poll(lambda: tx.conn.raw.is_closed())  # type: ignore[attr-defined]
     assert not isinstance(raised.value, UnknownOutcomeError)
     assert await pg_raw.fetchval(f"SELECT count(*) FROM {table}") == 0
 
