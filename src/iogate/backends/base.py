@@ -56,6 +56,8 @@ class Transaction(abc.ABC):
     A statement that fails inside the block returns a failed Result as usual;
     the transaction is then rolled back at the end of the block instead of
     committed (``status`` says which), so it is always all or nothing.
+    ``status`` is ``unknown`` when the answer to COMMIT was lost
+    (:class:`UnknownOutcomeError`): it may have been applied.
     With a ``guard`` every statement is checked as untrusted SQL
     (:mod:`iogate.core.sqlguard`) before it runs.
     """
@@ -358,6 +360,23 @@ class AsyncDatabaseManager(Lifecycle):
             result.operation or "query",
             attempts,
         )
+
+    def _finish_each(self, results: list[Result], started: float) -> list[Result]:
+        """Record each of a group's Results (``execute_many``) as one operation.
+
+        The group ran from ``started``; each statement gets an equal share of
+        that time, so the stats' latencies add up to the group's.
+        """
+        if not results:
+            return results
+        share = (perf_counter() - started) / len(results)
+        name = self._name
+        for result in results:
+            result.resource = name
+            if not result.operation:
+                result.operation = "query"
+            self._finish(result, perf_counter() - share)
+        return results
 
     @abc.abstractmethod
     async def _execute(

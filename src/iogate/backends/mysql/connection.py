@@ -9,14 +9,17 @@ protocol's COM_RESET_CONNECTION and iogate's session settings again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from asyncmy.connection import Connection as MySQLConnection
 from asyncmy.constants import CLIENT, COMMAND
+from asyncmy.errors import MySQLError
 
-from iogate.backends.mysql.errors import MySQLErrors
+from iogate.backends.mysql.errors import UNKNOWN_THREAD, MySQLErrors, error_code, error_message
 from iogate.core.errors import ConfigError
 from iogate.core.redact import redact_url
 
@@ -28,14 +31,18 @@ __all__ = [
     "connect_mysql",
     "execute_sql",
     "is_mariadb",
+    "kill_thread",
     "parse_mysql_url",
     "reset_connection",
 ]
+
+logger = logging.getLogger("iogate.mysql")
 
 DEFAULT_MYSQL_PORT = 3306
 _SCHEMES = frozenset({"mysql", "mariadb", "mysql+asyncmy"})
 _URL_OPTIONS = frozenset({"charset"})
 STATEMENT_CACHE_SIZE = 256
+_KILL_TIMEOUT = 5.0
 # COM_RESET_CONNECTION, which asyncmy names COM_END (the last command it knows).
 _COM_RESET_CONNECTION = COMMAND.COM_END
 # The role a MariaDB session started with (its user's default role, or None),
@@ -193,3 +200,21 @@ async def close_connection(raw: MySQLConnection) -> None:
             await raw.ensure_closed()
     finally:
         raw.close()
+
+
+async def kill_thread(connect: Callable[[], Awaitable[MySQLConnection]], thread_id: int) -> None:
+    """Stop an interrupted statement's server thread from a side connection."""
+    try:
+        async with asyncio.timeout(_KILL_TIMEOUT):
+            side = await connect()
+            try:
+                cursor = side.cursor()
+                await cursor.execute(f"KILL {int(thread_id)}")
+                await cursor.close()
+            finally:
+                await close_connection(side)
+    except MySQLError as exc:
+        if error_code(exc) != UNKNOWN_THREAD:  # already gone: nothing to stop
+            logger.warning("could not kill MySQL thread %s: %s", thread_id, error_message(exc))
+    except Exception as exc:  # best effort: the server times the thread out anyway
+        logger.warning("could not kill MySQL thread %s: %s", thread_id, type(exc).__name__)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncmy.constants import SERVER_STATUS
 from asyncmy.errors import MySQLError
@@ -26,10 +26,11 @@ from iogate.backends.mysql.connection import (
     close_connection,
     connect_mysql,
     execute_sql,
+    kill_thread,
     parse_mysql_url,
     reset_connection,
 )
-from iogate.backends.mysql.errors import UNKNOWN_THREAD, MySQLErrors, error_code, error_message
+from iogate.backends.mysql.errors import MySQLErrors
 from iogate.backends.mysql.meter import ResultMeter
 from iogate.backends.mysql.placeholders import bind_parameters, classify_guarded
 from iogate.backends.mysql.results import (
@@ -53,6 +54,7 @@ from iogate.core.errors import (
 )
 from iogate.core.params import Params, normalize_params
 from iogate.core.redact import redact_url
+from iogate.core.resource import Resource
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access, require
 
@@ -61,7 +63,6 @@ __all__ = ["AsyncMySQLManager"]
 logger = logging.getLogger("iogate.mysql")
 
 _RESET_TIMEOUT = 5.0
-_KILL_TIMEOUT = 5.0
 _RESET_STATEMENTS = ("ROLLBACK", "SET autocommit = 1", "UNLOCK TABLES")
 # What a guarded statement must leave as it found: still inside iogate's
 # transaction, autocommit still on (it comes back when the transaction ends).
@@ -145,7 +146,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             # A statement was cut off mid-flight: the stream is out of step
             # and the server may still be running it.
             self._pool.release(conn, discard=True)
-            self._spawn(self._kill(raw.thread_id()))
+            self._spawn(kill_thread(self._connect, raw.thread_id()))
             return
         if not raw.connected:
             self._pool.release(conn, discard=True)
@@ -177,23 +178,6 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             return
         conn.needs_reset = False
         self._pool.release(conn)
-
-    async def _kill(self, thread_id: int) -> None:
-        """Stop an interrupted statement's server thread from a side connection."""
-        try:
-            async with asyncio.timeout(_KILL_TIMEOUT):
-                side = await self._connect()
-                try:
-                    cursor = side.cursor()
-                    await cursor.execute(f"KILL {int(thread_id)}")
-                    await cursor.close()
-                finally:
-                    await close_connection(side)
-        except MySQLError as exc:
-            if error_code(exc) != UNKNOWN_THREAD:  # already gone: nothing to stop
-                logger.warning("could not kill MySQL thread %s: %s", thread_id, error_message(exc))
-        except Exception as exc:  # best effort: the server times the thread out anyway
-            logger.warning("could not kill MySQL thread %s: %s", thread_id, type(exc).__name__)
 
     # -- operations -------------------------------------------------------------
 
@@ -442,3 +426,7 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
             except asyncio.CancelledError:
                 conn.cache["interrupted"] = True
                 raise
+
+
+if TYPE_CHECKING:  # mypy proves the manager is a Resource
+    _resource: Resource = AsyncMySQLManager("mysql://")

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -40,6 +40,7 @@ from iogate.core.errors import (
 )
 from iogate.core.params import Params, check_count, normalize_params
 from iogate.core.redact import redact_url
+from iogate.core.resource import Resource
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access, require
 
@@ -277,7 +278,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
                 require(classify_postgres(query), guard)
             except IogateError as exc:
                 refused = [Result.from_exception(exc, operation="query") for _ in params_list]
-                return self._record_each(refused, started)
+                return self._finish_each(refused, started)
         # Without a deadline each step is bounded (see _step_deadline).
         deadline = deadline or Deadline.never()
         args_list = [normalize_params(params) for params in params_list]
@@ -304,18 +305,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             # The connection was aborted, so the transaction is rolled back:
             # run one by one, where only that statement fails.
             return None
-        return self._record_each(results, started)
-
-    def _record_each(self, results: list[Result], started: float) -> list[Result]:
-        """Record each Result as one operation, the group's time shared out."""
-        if not results:
-            return results
-        share = (perf_counter() - started) / len(results)
-        name = self.name
-        for result in results:
-            result.resource = name
-            self._finish(result, perf_counter() - share)
-        return results
+        return self._finish_each(results, started)
 
     async def _many(
         self,
@@ -420,3 +410,7 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
         async with self.acquire(stateless=True) as conn:
             with PostgresErrors():
                 await conn.raw.fetchval("SELECT 1")
+
+
+if TYPE_CHECKING:  # mypy proves the manager is a Resource
+    _resource: Resource = AsyncPostgreSQLManager("postgresql://")
