@@ -314,10 +314,10 @@ def test_mysql_errors_redact_the_password() -> None:
 
 def test_rows_result_truncates_past_max_rows() -> None:
     rows = [(1, "a"), (2, "b"), (3, "c")]
-    result = rows_result(("id", "name"), rows, 2)
+    result = rows_result(("id", "name"), rows, 2, None)
     assert result.data == [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
     assert result.truncated
-    whole = rows_result(("id", "name"), rows, None, rows_affected=3)
+    whole = rows_result(("id", "name"), rows, None, 3)
     assert (len(whole.data), whole.truncated, whole.rows_affected) == (3, False, 3)
 
 

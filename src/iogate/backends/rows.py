@@ -22,16 +22,16 @@ def rows_result(
     columns: Sequence[str],
     rows: Sequence[Any],
     max_rows: int | None,
-    *,
-    rows_affected: int | None = None,
+    rows_affected: int | None,
 ) -> Result:
-    """A successful ``query`` Result of ``rows`` (dicts keyed by ``columns``)."""
+    """A successful ``query`` Result of ``rows`` (dicts keyed by ``columns``).
+
+    Called with its four arguments in order, and building the Result as
+    ``Result.ok`` does (positionally, in field order): every SQL query goes
+    through here, and keyword arguments cost a slower call each.
+    """
     truncated = max_rows is not None and len(rows) > max_rows
     if truncated:
         rows = rows[:max_rows]
-    return Result.ok(
-        [row_to_dict(columns, row) for row in rows],
-        operation="query",
-        rows_affected=rows_affected,
-        truncated=truncated,
-    )
+    data = [row_to_dict(columns, row) for row in rows]
+    return Result(True, data, None, None, None, "query", 0.0, 1, rows_affected, None, truncated)

@@ -30,7 +30,7 @@ from iogate.backends.mysql.connection import (
     parse_mysql_url,
     reset_connection,
 )
-from iogate.backends.mysql.errors import MySQLErrors
+from iogate.backends.mysql.errors import MySQLErrors, map_error
 from iogate.backends.mysql.meter import ResultMeter
 from iogate.backends.mysql.placeholders import bind_parameters, classify_guarded
 from iogate.backends.mysql.results import (
@@ -41,7 +41,7 @@ from iogate.backends.mysql.results import (
     to_result,
 )
 from iogate.backends.pool import PooledConnection
-from iogate.backends.pooled import PooledDatabaseManager
+from iogate.backends.pooled import Checkout, PooledDatabaseManager
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline, deadline_error
 from iogate.core.errors import (
@@ -198,7 +198,9 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         read_only = read_only or self.options.read_only or guard is Access.READ
         max_rows = max_rows or self.options.max_rows
         max_bytes = max_result_bytes or self.options.max_result_bytes or NO_BYTE_CAP
-        async with self.acquire(deadline, stateless=guard is not None) as conn:
+        # Checkout itself, positionally: acquire()'s call, and a keyword
+        # argument's slower one, saved on every query.
+        async with Checkout(self, deadline, guard is not None) as conn:
             if guard is not None:
                 outcome = await self._guarded(conn, sql, args, read_only, deadline, max_bytes)
             else:
@@ -316,41 +318,47 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         With ``max_bytes``, its result is metered (see :class:`ResultMeter`).
         """
         raw: MySQLConnection = conn.raw
-        timeout = self._step_deadline(deadline).remaining()
+        timeout = deadline.or_within(self._step_budget).remaining()
         if timeout is not None and timeout <= 0:
             raise deadline_error("the statement", started=False)
         meter = ResultMeter.of(raw) if max_bytes else None
-        with MySQLErrors(timeout, self._target_url.password):
-            try:
-                async with asyncio.timeout(timeout):
-                    if meter is not None:
-                        meter.arm(max_bytes)
-                    cursor = raw.cursor()
-                    await cursor.execute(sql, args)
-                    description = cursor.description
-                    rows = list(await cursor.fetchall()) if description else []
-                    outcome = Outcome(
-                        columns=tuple(column[0] for column in description) if description else None,
-                        rows=rows,
-                        rowcount=count(cursor.rowcount),
-                        last_insert_id=int(cursor.lastrowid or 0),
-                    )
-                    await cursor.close()
-                    return outcome
-            except (TimeoutError, asyncio.CancelledError):
+        # map_error from an except clause, not `with MySQLErrors`: two calls
+        # fewer per statement.
+        try:
+            async with asyncio.timeout(timeout):
+                if meter is not None:
+                    meter.arm(max_bytes)
+                cursor = raw.cursor()
+                await cursor.execute(sql, args)
+                description = cursor.description
+                rows = list(await cursor.fetchall()) if description else []
+                outcome = Outcome(
+                    columns=tuple(column[0] for column in description) if description else None,
+                    rows=rows,
+                    rowcount=count(cursor.rowcount),
+                    last_insert_id=int(cursor.lastrowid or 0),
+                )
+                await cursor.close()
+                return outcome
+        except asyncio.CancelledError:
+            conn.cache["interrupted"] = True  # see TimeoutError below
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
                 # Cut off mid-flight: the stream is out of step (release()
                 # discards the connection and kills its server thread).
                 conn.cache["interrupted"] = True
+            elif meter is not None and meter.tripped and isinstance(exc, MySQLError):
+                # The server may still be producing rows: kill its thread.
+                conn.cache["interrupted"] = True
+                raise ResultTooLargeError(max_bytes) from exc
+            error = map_error(exc, timeout, self._target_url.password)
+            if error is None:
                 raise
-            except MySQLError as exc:
-                if meter is not None and meter.tripped:
-                    # The server may still be producing rows: kill its thread.
-                    conn.cache["interrupted"] = True
-                    raise ResultTooLargeError(max_bytes) from exc
-                raise
-            finally:
-                if meter is not None:
-                    meter.budget = NO_BYTE_CAP
+            raise error from exc
+        finally:
+            if meter is not None:
+                meter.budget = NO_BYTE_CAP
 
     @asynccontextmanager
     async def _transaction_impl(

@@ -80,7 +80,7 @@ def to_result(outcome: Outcome, max_rows: int | None, query: str) -> Result:
         )
     rows = outcome.rows
     written = len(rows) if verb in _RETURNING_VERBS else None
-    return rows_result(outcome.columns, rows, max_rows, rows_affected=written)
+    return rows_result(outcome.columns, rows, max_rows, written)
 
 
 def count(rowcount: object) -> int:

@@ -23,4 +23,4 @@ def to_result(rows: list[Any], status: str, max_rows: int | None) -> Result:
         count = rest.rsplit(" ", 1)[-1]
         rows_affected = int(count) if count.isdigit() else None
     columns = list(rows[0].keys()) if rows else ()
-    return rows_result(columns, rows, max_rows, rows_affected=rows_affected)
+    return rows_result(columns, rows, max_rows, rows_affected)
