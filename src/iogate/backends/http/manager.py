@@ -1,0 +1,483 @@
+"""``AsyncAPIManager``: one external HTTP API behind one pooled aiohttp session.
+
+Every call becomes a ``Result``: 2xx is a success with the parsed JSON body
+(text when it is not JSON), ``status_code`` and the response headers;
+anything else is a failed Result whose ``error_type`` is ``http_error``
+(with the size-capped upstream body as ``data``), ``rate_limited``,
+``timeout``, ``connection_error``, ``circuit_open`` or ``invalid_request``.
+
+Around each request, in this order: the endpoint is joined to the base URL
+(``iogate.backends.urls`` refuses anything that could leave it), one deadline
+is set (the smaller of ``timeout`` and the caller's), then attempts run;
+each attempt passes the circuit breaker and the rate limiter before it
+touches the network (``wire.py``), and a failed one is retried under
+``iogate.resilience.retry``.
+
+A call made under a caller's ``Deadline`` (every gateway request has one)
+tells the upstream, on every attempt, how long it has left: in
+``Request-Timeout`` (seconds) by default, or in the forms the caller's
+``ClientDeadline`` came in (``grpc-timeout`` for a gRPC client of the
+gateway), so a chain of services shrinks one deadline instead of starting a
+fresh timeout at each hop (``deadline_header=None`` sends nothing). Retries
+are bounded three ways: the policy's attempts, the deadline (a wait,
+``Retry-After`` included, that would not end before it means no retry: the
+upstream's answer is returned at once), and the manager's ``RetryBudget``
+(attempts stay within 1.2x the requests against an upstream that fails
+everything). aiohttp's own silent repeat of an idempotent request on a
+dropped connection is switched off, so that every attempt is one the budget
+counted.
+
+The hot path, measured (docs/benchmarks.md, "HTTP APIs"): what is fixed per
+manager (configured headers and their secrets, whether they carry an
+Idempotency-Key, checked endpoints, the retry stop checks, one timeout
+object) is worked out once; features that are off cost nothing; the first
+attempt runs inline and the retry machinery is built only for a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random as _random
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import aiohttp
+
+from iogate.backends.http.attempts import Attempts
+from iogate.backends.http.body import (
+    DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    encode_body,
+    query_params,
+)
+from iogate.backends.http.headers import (
+    IDEMPOTENT_METHODS,
+    METHODS,
+    checked_headers,
+    configured_secrets,
+    has_idempotency_key,
+    mask_with,
+    take_deadline_headers,
+)
+from iogate.backends.http.tls import client_ssl_context, handshake_failure
+from iogate.backends.http.wire import Call, Wire
+from iogate.backends.urls import BaseURL, join_endpoint
+from iogate.core import events
+from iogate.core.deadline import Deadline
+from iogate.core.errors import (
+    APIConnectionError,
+    CircuitOpenError,
+    ClosedError,
+    ConfigError,
+    InvalidRequestError,
+    IogateError,
+    OperationTimeoutError,
+)
+from iogate.core.lifecycle import Lifecycle
+from iogate.core.recording import record
+from iogate.core.redact import SecretMask
+from iogate.core.resource import Health, Kind, PoolStats, ResourceState, empty_pool_stats
+from iogate.core.result import Result
+from iogate.core.stats import OperationStats
+from iogate.resilience.breaker import CircuitBreaker, CircuitBreakerConfig
+from iogate.resilience.budget import RetryBudget
+from iogate.resilience.deadline_headers import (
+    DEADLINE_HEADERS,
+    REQUEST_TIMEOUT,
+    ClientDeadline,
+)
+from iogate.resilience.ratelimit import RateLimiter
+from iogate.resilience.retry import Random, RetryPolicy, Sleep
+
+if TYPE_CHECKING:
+    from iogate.core.resource import Resource
+
+__all__ = ["DEFAULT_DNS_CACHE_TTL", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT", "AsyncAPIManager"]
+
+DEFAULT_MAX_CONNECTIONS = 30
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_DNS_CACHE_TTL = 300
+_URL_CACHE_SIZE = 256
+_TRANSIENT = frozenset({"timeout", "connection_error"})
+
+perf_counter = time.perf_counter
+
+
+class AsyncAPIManager(Lifecycle):
+    """One external API: pooled session, retries, breaker, rate limit (seed 000).
+
+    ``retry``, ``circuit_breaker`` accept their config object, a dict from a
+    config file, or ``False`` to turn them off; ``rate_limit`` is a string
+    such as ``"100/second"`` (``rate_limit_storage`` an async ``limits``
+    storage URI to share it between processes). ``verify_ssl`` and
+    ``ca_bundle`` configure HTTPS certificate checks (``tls.py``).
+    ``max_json_depth`` (at most ``DEFAULT_MAX_JSON_DEPTH``) bounds the
+    nesting of a JSON reply; deeper is a failed ``http_error`` Result.
+    ``deadline_header`` (``"Request-Timeout"`` or ``"grpc-timeout"``, None
+    for none) carries the time left of a caller's deadline to the upstream.
+    """
+
+    backend: ClassVar[str] = "http"
+
+    def __init__(
+        self,
+        base_url: str,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | bool | int | None = None,
+        circuit_breaker: CircuitBreakerConfig | Mapping[str, Any] | bool | None = None,
+        rate_limit: str | None = None,
+        *,
+        name: str | None = None,
+        rate_limit_storage: str | None = None,
+        retry_budget: RetryBudget | bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+        verify_ssl: bool = True,
+        ca_bundle: str | None = None,
+        deadline_header: str | None = REQUEST_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        random: Random = _random.random,
+    ) -> None:
+        self.base = BaseURL.parse(base_url)
+        super().__init__(name=name or self.base.host)
+        if max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive, got {timeout}")
+        self.max_connections = max_connections
+        self.timeout = float(timeout)
+        self.max_response_bytes = max_response_bytes
+        if not 1 <= max_json_depth <= DEFAULT_MAX_JSON_DEPTH:
+            raise ConfigError(
+                f"max_json_depth must be between 1 and {DEFAULT_MAX_JSON_DEPTH}, "
+                f"got {max_json_depth}"
+            )
+        self.max_json_depth = max_json_depth
+        if deadline_header is not None and deadline_header.lower() not in DEADLINE_HEADERS:
+            raise ConfigError(
+                f"deadline_header must be one of {', '.join(DEADLINE_HEADERS.values())} "
+                f"or None, got {deadline_header!r}"
+            )
+        self.deadline_header = (
+            None if deadline_header is None else DEADLINE_HEADERS[deadline_header.lower()]
+        )
+        self.verify_ssl = verify_ssl
+        self.ca_bundle = ca_bundle
+        self._ssl = client_ssl_context(verify_ssl=verify_ssl, ca_bundle=ca_bundle)
+        self._headers = checked_headers(headers or {}, configured=True)
+        self._mask = SecretMask(configured_secrets(self._headers))
+        # Configured headers do not change: an Idempotency-Key among them
+        # makes every call idempotent, decided once rather than per call.
+        self._idempotent_by_config = has_idempotency_key(self._headers)
+        self.retry_policy = RetryPolicy.coerce(retry)
+        breaker_config = CircuitBreakerConfig.coerce(circuit_breaker)
+        self.breaker = (
+            None
+            if breaker_config is None
+            else CircuitBreaker(breaker_config, name=self.name, clock=clock)
+        )
+        self.rate_limiter = (
+            None
+            if rate_limit is None
+            else RateLimiter(rate_limit, name=self.name, storage_uri=rate_limit_storage)
+        )
+        if retry_budget is True:
+            self.retry_budget: RetryBudget | None = RetryBudget(clock=clock)
+        elif retry_budget is False:
+            self.retry_budget = None
+        else:
+            self.retry_budget = retry_budget
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._stats = OperationStats()
+        wire = Wire(
+            self.base,
+            timeout=self.timeout,
+            max_response_bytes=max_response_bytes,
+            max_json_depth=max_json_depth,
+        )
+        self._attempts = Attempts(
+            wire,
+            policy=self.retry_policy,
+            breaker=self.breaker,
+            rate_limiter=self.rate_limiter,
+            budget=self.retry_budget,
+            sleep=sleep,
+            random=random,
+        )
+        # Endpoints already checked and joined: the same few recur on a hot path.
+        self._urls: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<AsyncAPIManager {self.name!r} {self.base} state={self.state.value}>"
+
+    # -- the Resource surface (iogate.core.resource) ------------------------
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.API
+
+    @property
+    def target(self) -> str:
+        """The base URL (``BaseURL`` refuses credentials in it, so none to redact)."""
+        return str(self.base)
+
+    def health(self) -> Health:
+        return Health(self.state, self.breaker_state())
+
+    def breaker_state(self) -> str:
+        """``closed``/``open``/``half_open``, or ``disabled`` without a breaker."""
+        return "disabled" if self.breaker is None else self.breaker.state.value
+
+    def pool_stats(self) -> PoolStats:
+        # aiohttp's connector keeps its counts private: the limit is what it
+        # exposes, so the rest stays zero rather than read from internals.
+        return empty_pool_stats(self.max_connections)
+
+    def pool_details(self) -> dict[str, int]:
+        return {"max_connections": self.max_connections}
+
+    def get_stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.backend,
+            "state": self.state.value,
+            "base_url": str(self.base),
+            **self._stats.snapshot(),
+            "circuit": None if self.breaker is None else self.breaker.snapshot(),
+            "retry_budget": None if self.retry_budget is None else self.retry_budget.snapshot(),
+            "rate_limit": None if self.rate_limiter is None else self.rate_limiter.snapshot(),
+            "pool": {**self.pool_stats(), **self.pool_details()},
+        }
+
+    # -- lifecycle (iogate.core.lifecycle) ----------------------------------
+
+    async def initialize_session(self) -> None:
+        """Open the pooled session; idempotent (seed 000's name for ``open()``)."""
+        if self.state is not ResourceState.OPEN:
+            await self._ensure_open()
+
+    async def _open(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections,
+            limit_per_host=self.max_connections,
+            ttl_dns_cache=DEFAULT_DNS_CACHE_TTL,
+            ssl=self._ssl,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=None),
+            # Proxies from the environment would send our requests (and
+            # credentials) somewhere the config does not name.
+            trust_env=False,
+            raise_for_status=False,
+        )
+        # aiohttp silently repeats a GET/PUT/DELETE once when its connection
+        # drops (RFC 9112 §9.3.1): an attempt that neither the retry policy
+        # nor the retry budget would see. A test pins this private switch
+        # (aiohttp's own test client sets it too).
+        session._retry_connection = False
+        self._session = session
+
+    async def _close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
+
+    def _not_opened(self, timeout: float) -> IogateError:
+        return APIConnectionError(f"{self.name}: session not opened within {timeout:.3g}s")
+
+    # -- operations ---------------------------------------------------------
+
+    async def get(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("GET", endpoint, data, params, headers)
+
+    async def post(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("POST", endpoint, data, params, headers)
+
+    async def put(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("PUT", endpoint, data, params, headers)
+
+    async def patch(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("PATCH", endpoint, data, params, headers)
+
+    async def delete(
+        self,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Result:
+        return await self.request("DELETE", endpoint, data, params, headers)
+
+    async def request(
+        self,
+        method: str,
+        endpoint: str,
+        data: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        deadline: Deadline | None = None,
+    ) -> Result:
+        """One call to the API; never raises for a failure (see module doc)."""
+        started = perf_counter()
+        verb = method.upper() if isinstance(method, str) else "?"
+        call = Call(verb, False)
+        tracer = events.tracer
+        if tracer is not None:  # the upstream continues the trace (W3C traceparent)
+            span = tracer.start("api", self, verb, endpoint)
+            headers = tracer.inject(headers)
+        try:
+            # The preparation and the first attempt run here, not in a helper
+            # coroutine: one frame less per call (measured).
+            if verb not in METHODS:
+                raise InvalidRequestError(
+                    f"method must be one of {', '.join(sorted(METHODS))}, got {verb[:16]!r}"
+                )
+            url = self._urls.get(endpoint) if type(endpoint) is str else None
+            if url is None:
+                url = join_endpoint(self.base, endpoint)  # checks it; raises if unsafe
+                if len(self._urls) < _URL_CACHE_SIZE:
+                    self._urls[endpoint] = url
+            forms = self._deadline_forms(deadline)
+            mask = self._mask
+            extra_headers: dict[str, str] | None = None
+            if headers:
+                extra_headers = checked_headers(headers, configured=False)
+                if forms:
+                    forms = take_deadline_headers(extra_headers, forms)
+                mask = mask_with(mask, extra_headers)
+                call.idempotent = has_idempotency_key(extra_headers)
+            query = query_params(params) if params else None
+            body: bytes | None = None
+            if data is not None:
+                body, content_type = encode_body(data)
+                if content_type is not None:
+                    extra_headers = {**(extra_headers or {}), "Content-Type": content_type}
+            call.idempotent = (
+                call.idempotent or verb in IDEMPOTENT_METHODS or self._idempotent_by_config
+            )
+            # One deadline bounds every attempt and every wait between them.
+            if deadline is not None and (
+                (remaining := deadline.remaining()) is not None and remaining < self.timeout
+            ):
+                effective = deadline
+            else:
+                effective = Deadline(self.timeout, clock=self._clock)
+            if self.state is not ResourceState.OPEN:
+                await self._ensure_open(effective)
+            session = self._session
+            assert session is not None
+            if effective.expired():
+                raise OperationTimeoutError("deadline passed before the request started")
+            attempts = self._attempts
+            result = await attempts.attempt(
+                session, call, url, query, body, extra_headers, effective, mask, forms
+            )
+            if attempts.may_retry and attempts.should_retry(call, result):
+                result = await attempts.retry(
+                    result, session, call, url, query, body, extra_headers, effective, mask, forms
+                )
+        except IogateError as exc:
+            result = Result.from_exception(exc)
+        except BaseException as exc:
+            if tracer is not None:
+                tracer.finish(span, None, exc)
+            raise
+        result.resource = self._name
+        result.operation = verb
+        record(
+            self._stats,
+            result,
+            started,
+            self._name,
+            Kind.API,
+            "http",
+            verb if verb in METHODS else "invalid",  # labels from a closed set
+            call.attempts or 1,
+        )
+        if tracer is not None:
+            tracer.finish(span, result)
+        return result
+
+    def _deadline_forms(self, deadline: Deadline | None) -> tuple[str, ...]:
+        """Headers that tell the upstream how long it has: the client's forms, or ours.
+
+        Only for a call made under a caller's deadline (every gateway request
+        has one): a call bounded by nothing but the manager's own timeout
+        sends none, and pays nothing for it.
+        """
+        if self.deadline_header is None or deadline is None or deadline.expires_at is None:
+            return ()
+        if isinstance(deadline, ClientDeadline):
+            return deadline.headers
+        return (self.deadline_header,)
+
+    # -- health --------------------------------------------------------------
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """Raise unless the breaker is not open and the upstream accepts TCP."""
+        if self.state is ResourceState.CLOSED:
+            raise ClosedError(f"{self.name}: manager is closed")
+        if self.breaker is not None and self.breaker.state.value == "open":
+            raise CircuitOpenError(
+                f"{self.name}: circuit is open", retry_after=self.breaker.retry_after()
+            )
+        # For https the handshake is part of the check: an untrusted
+        # certificate makes every request fail, so it makes /ready fail too.
+        tls = self._ssl if self.base.scheme == "https" else None
+        try:
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(self.base.host, self.base.port, ssl=tls)
+        except TimeoutError:
+            raise OperationTimeoutError(
+                f"{self.name}: {self.base.origin} did not accept a connection within {timeout}s"
+            ) from None
+        except ssl.SSLError as exc:
+            raise APIConnectionError(
+                f"{self.name}: {handshake_failure(exc)} for {self.base.host}"
+            ) from exc
+        except OSError as exc:
+            raise APIConnectionError(f"{self.name}: cannot connect to {self.base.origin}") from exc
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+if TYPE_CHECKING:
+    _: Resource = AsyncAPIManager("http://example.invalid")
