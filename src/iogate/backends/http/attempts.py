@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import random as _random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -24,7 +25,7 @@ from iogate.core.deadline import Deadline
 from iogate.core.errors import CircuitOpenError, RateLimitedError
 from iogate.core.redact import SecretMask
 from iogate.core.result import Result
-from iogate.resilience.breaker import CircuitBreaker
+from iogate.resilience.breaker import CircuitBreaker, CircuitBreakerConfig
 from iogate.resilience.budget import RetryBudget
 from iogate.resilience.deadline_headers import format_timeout
 from iogate.resilience.ratelimit import RateLimiter
@@ -70,6 +71,47 @@ class Attempts:
         self.sleep = sleep
         self.random = random
         self.stop_checks = self._stop_checks()
+
+    @classmethod
+    def configure(
+        cls,
+        wire: Wire,
+        *,
+        name: str,
+        retry: RetryPolicy | Mapping[str, Any] | bool | int | None,
+        circuit_breaker: CircuitBreakerConfig | Mapping[str, Any] | bool | None,
+        rate_limit: str | None,
+        rate_limit_storage: str | None,
+        retry_budget: RetryBudget | bool,
+        clock: Callable[[], float],
+        sleep: Sleep,
+        random: Random,
+    ) -> Attempts:
+        """From the manager's options: each feature built, or None when it is off."""
+        breaker_config = CircuitBreakerConfig.coerce(circuit_breaker)
+        if retry_budget is True:
+            budget: RetryBudget | None = RetryBudget(clock=clock)
+        elif retry_budget is False:
+            budget = None
+        else:
+            budget = retry_budget
+        return cls(
+            wire,
+            policy=RetryPolicy.coerce(retry),
+            breaker=(
+                None
+                if breaker_config is None
+                else CircuitBreaker(breaker_config, name=name, clock=clock)
+            ),
+            rate_limiter=(
+                None
+                if rate_limit is None
+                else RateLimiter(rate_limit, name=name, storage_uri=rate_limit_storage)
+            ),
+            budget=budget,
+            sleep=sleep,
+            random=random,
+        )
 
     def _stop_checks(self) -> list[Callable[[], bool]]:
         checks: list[Callable[[], bool]] = []

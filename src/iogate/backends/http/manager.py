@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import random as _random
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -61,7 +60,7 @@ from iogate.backends.http.headers import (
     mask_with,
     take_deadline_headers,
 )
-from iogate.backends.http.tls import client_ssl_context, handshake_failure
+from iogate.backends.http.tls import client_ssl_context, probe
 from iogate.backends.http.wire import Call, Wire
 from iogate.backends.urls import BaseURL, join_endpoint
 from iogate.core import events
@@ -81,14 +80,13 @@ from iogate.core.redact import SecretMask
 from iogate.core.resource import Health, Kind, PoolStats, ResourceState, empty_pool_stats
 from iogate.core.result import Result
 from iogate.core.stats import OperationStats
-from iogate.resilience.breaker import CircuitBreaker, CircuitBreakerConfig
+from iogate.resilience.breaker import CircuitBreakerConfig
 from iogate.resilience.budget import RetryBudget
 from iogate.resilience.deadline_headers import (
     DEADLINE_HEADERS,
     REQUEST_TIMEOUT,
     ClientDeadline,
 )
-from iogate.resilience.ratelimit import RateLimiter
 from iogate.resilience.retry import Random, RetryPolicy, Sleep
 
 if TYPE_CHECKING:
@@ -103,6 +101,9 @@ _URL_CACHE_SIZE = 256
 _TRANSIENT = frozenset({"timeout", "connection_error"})
 
 perf_counter = time.perf_counter
+# Module constants: reading an enum member off its class costs ~0.2 µs (3.11).
+_OPEN = ResourceState.OPEN
+_API = Kind.API
 
 
 class AsyncAPIManager(Lifecycle):
@@ -174,24 +175,6 @@ class AsyncAPIManager(Lifecycle):
         # Configured headers do not change: an Idempotency-Key among them
         # makes every call idempotent, decided once rather than per call.
         self._idempotent_by_config = has_idempotency_key(self._headers)
-        self.retry_policy = RetryPolicy.coerce(retry)
-        breaker_config = CircuitBreakerConfig.coerce(circuit_breaker)
-        self.breaker = (
-            None
-            if breaker_config is None
-            else CircuitBreaker(breaker_config, name=self.name, clock=clock)
-        )
-        self.rate_limiter = (
-            None
-            if rate_limit is None
-            else RateLimiter(rate_limit, name=self.name, storage_uri=rate_limit_storage)
-        )
-        if retry_budget is True:
-            self.retry_budget: RetryBudget | None = RetryBudget(clock=clock)
-        elif retry_budget is False:
-            self.retry_budget = None
-        else:
-            self.retry_budget = retry_budget
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._stats = OperationStats()
@@ -201,15 +184,22 @@ class AsyncAPIManager(Lifecycle):
             max_response_bytes=max_response_bytes,
             max_json_depth=max_json_depth,
         )
-        self._attempts = Attempts(
+        self._attempts = attempts = Attempts.configure(
             wire,
-            policy=self.retry_policy,
-            breaker=self.breaker,
-            rate_limiter=self.rate_limiter,
-            budget=self.retry_budget,
+            name=self.name,
+            retry=retry,
+            circuit_breaker=circuit_breaker,
+            rate_limit=rate_limit,
+            rate_limit_storage=rate_limit_storage,
+            retry_budget=retry_budget,
+            clock=clock,
             sleep=sleep,
             random=random,
         )
+        self.retry_policy = attempts.policy
+        self.breaker = attempts.breaker
+        self.rate_limiter = attempts.rate_limiter
+        self.retry_budget = attempts.budget
         # Endpoints already checked and joined: the same few recur on a hot path.
         self._urls: dict[str, str] = {}
 
@@ -372,7 +362,7 @@ class AsyncAPIManager(Lifecycle):
                 url = join_endpoint(self.base, endpoint)  # checks it; raises if unsafe
                 if len(self._urls) < _URL_CACHE_SIZE:
                     self._urls[endpoint] = url
-            forms = self._deadline_forms(deadline)
+            forms = () if deadline is None else self._deadline_forms(deadline)
             mask = self._mask
             extra_headers: dict[str, str] | None = None
             if headers:
@@ -397,11 +387,13 @@ class AsyncAPIManager(Lifecycle):
                 effective = deadline
             else:
                 effective = Deadline(self.timeout, clock=self._clock)
-            if self.state is not ResourceState.OPEN:
+            if self.state is not _OPEN:
                 await self._ensure_open(effective)
             session = self._session
             assert session is not None
-            if effective.expired():
+            # Only a caller's deadline can have passed already: our own was set
+            # just above to a positive timeout (and opening waits within it).
+            if effective is deadline and deadline.expired():
                 raise OperationTimeoutError("deadline passed before the request started")
             attempts = self._attempts
             result = await attempts.attempt(
@@ -424,7 +416,7 @@ class AsyncAPIManager(Lifecycle):
             result,
             started,
             self._name,
-            Kind.API,
+            _API,
             "http",
             verb if verb in METHODS else "invalid",  # labels from a closed set
             call.attempts or 1,
@@ -433,14 +425,14 @@ class AsyncAPIManager(Lifecycle):
             tracer.finish(span, result)
         return result
 
-    def _deadline_forms(self, deadline: Deadline | None) -> tuple[str, ...]:
+    def _deadline_forms(self, deadline: Deadline) -> tuple[str, ...]:
         """Headers that tell the upstream how long it has: the client's forms, or ours.
 
         Only for a call made under a caller's deadline (every gateway request
         has one): a call bounded by nothing but the manager's own timeout
         sends none, and pays nothing for it.
         """
-        if self.deadline_header is None or deadline is None or deadline.expires_at is None:
+        if self.deadline_header is None or deadline.expires_at is None:
             return ()
         if isinstance(deadline, ClientDeadline):
             return deadline.headers
@@ -456,27 +448,7 @@ class AsyncAPIManager(Lifecycle):
             raise CircuitOpenError(
                 f"{self.name}: circuit is open", retry_after=self.breaker.retry_after()
             )
-        # For https the handshake is part of the check: an untrusted
-        # certificate makes every request fail, so it makes /ready fail too.
-        tls = self._ssl if self.base.scheme == "https" else None
-        try:
-            async with asyncio.timeout(timeout):
-                _, writer = await asyncio.open_connection(self.base.host, self.base.port, ssl=tls)
-        except TimeoutError:
-            raise OperationTimeoutError(
-                f"{self.name}: {self.base.origin} did not accept a connection within {timeout}s"
-            ) from None
-        except ssl.SSLError as exc:
-            raise APIConnectionError(
-                f"{self.name}: {handshake_failure(exc)} for {self.base.host}"
-            ) from exc
-        except OSError as exc:
-            raise APIConnectionError(f"{self.name}: cannot connect to {self.base.origin}") from exc
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+        await probe(self.name, self.base, self._ssl, timeout)
 
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""TLS for API sessions: one client context per session, and why a handshake failed.
+"""TLS for API sessions: one client context per session, why a handshake failed,
+and the connection probe behind ``ping()`` (for https the handshake is part of it).
 
 Certificates are verified by default against the system CA store;
 ``ca_bundle`` (a PEM file) replaces that store, ``verify_ssl=False`` turns
@@ -9,13 +10,15 @@ request.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import aiohttp
 
-from iogate.core.errors import ConfigError, tls_reason
+from iogate.backends.urls import BaseURL
+from iogate.core.errors import APIConnectionError, ConfigError, OperationTimeoutError, tls_reason
 
-__all__ = ["client_ssl_context", "handshake_failure"]
+__all__ = ["client_ssl_context", "handshake_failure", "probe"]
 
 
 def client_ssl_context(*, verify_ssl: bool, ca_bundle: str | None) -> ssl.SSLContext:
@@ -53,3 +56,28 @@ def handshake_failure(exc: BaseException) -> str:
     elif isinstance(exc, aiohttp.ClientSSLError) and exc.__cause__ is not None:
         cause = exc.__cause__
     return tls_reason(cause)
+
+
+async def probe(name: str, base: BaseURL, context: ssl.SSLContext, timeout: float) -> None:
+    """Raise an iogate error unless ``base`` accepts a connection within ``timeout``.
+
+    For https the handshake is part of the check: an untrusted certificate
+    makes every request fail, so it makes ``/ready`` fail too.
+    """
+    tls = context if base.scheme == "https" else None
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(base.host, base.port, ssl=tls)
+    except TimeoutError:
+        raise OperationTimeoutError(
+            f"{name}: {base.origin} did not accept a connection within {timeout}s"
+        ) from None
+    except ssl.SSLError as exc:
+        raise APIConnectionError(f"{name}: {handshake_failure(exc)} for {base.host}") from exc
+    except OSError as exc:
+        raise APIConnectionError(f"{name}: cannot connect to {base.origin}") from exc
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
