@@ -217,11 +217,14 @@ class Attempts:
             raise
         if ticket is not None:
             assert breaker is not None
-            if _upstream_failed(result):
+            # 4xx means the upstream is up: only these count against it.
+            status = result.status_code
+            if result.error_type in _TRANSIENT or (status is not None and status >= 500):
                 breaker.record_failure(ticket)
             else:
                 breaker.record_success(ticket)
-        self._deposit(call)
+        if call.attempts == 1 and self.budget is not None:  # _deposit, inlined
+            self.budget.deposit()
         return result
 
     def _deposit(self, call: Call) -> None:
@@ -235,10 +238,3 @@ class Attempts:
         """
         if call.attempts == 1 and self.budget is not None:
             self.budget.deposit()
-
-
-def _upstream_failed(result: Result) -> bool:
-    """Does this attempt count against the breaker? 4xx means the upstream is up."""
-    if result.error_type in _TRANSIENT:
-        return True
-    return result.status_code is not None and result.status_code >= 500

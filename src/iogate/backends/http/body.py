@@ -98,14 +98,16 @@ def decode_body(
     """The body as JSON (when whole and valid) or text, masked, cut to ``cap`` bytes."""
     if not raw:
         return None
-    text = raw.decode("utf-8", errors="replace") if mask else None
+    # ``mask.secrets``, not ``mask``: no Python-level __bool__ on every reply.
+    text = raw.decode("utf-8", errors="replace") if mask.secrets else None
     if "json" in content_type and not truncated:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass  # answered as text below, like any body that is not JSON
         else:
-            if deeper_than(raw, data, max_depth):
+            # A body shorter than max_depth bytes cannot nest that deep.
+            if len(raw) > max_depth and deeper_than(raw, data, max_depth):
                 raise TooDeepError
             if text is not None and mask.may_occur(text):
                 # Parsed strings have their JSON escapes undone already.

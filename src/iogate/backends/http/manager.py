@@ -399,7 +399,7 @@ class AsyncAPIManager(Lifecycle):
             result = await attempts.attempt(
                 session, call, url, query, body, extra_headers, effective, mask, forms
             )
-            if attempts.may_retry and attempts.should_retry(call, result):
+            if not result.success and attempts.may_retry and attempts.should_retry(call, result):
                 result = await attempts.retry(
                     result, session, call, url, query, body, extra_headers, effective, mask, forms
                 )

@@ -54,14 +54,11 @@ class Call:
     # True after a failure that another attempt would repeat (a TLS handshake).
     permanent: bool = False
 
-    def attempt_ended(self, not_sent: bool) -> None:
-        self.not_sent = not_sent and (self.attempts == 1 or self.not_sent)
-
 
 class Wire:
     """How one API's attempts go on the wire (fixed when its manager is built)."""
 
-    __slots__ = ("base", "full_timeout", "max_json_depth", "max_response_bytes")
+    __slots__ = ("base", "full_timeout", "full_total", "max_json_depth", "max_response_bytes")
 
     def __init__(
         self, base: BaseURL, *, timeout: float, max_response_bytes: int, max_json_depth: int
@@ -72,17 +69,8 @@ class Wire:
         # Most attempts run under the manager's own fresh deadline, so one
         # timeout object serves them; it is shorter than ``timeout`` by at
         # most a millisecond, so it never outlives the deadline.
-        self.full_timeout = aiohttp.ClientTimeout(total=timeout - min(0.001, timeout / 100))
-
-    def client_timeout(self, remaining: float | None) -> aiohttp.ClientTimeout:
-        full = self.full_timeout
-        if (
-            remaining is not None
-            and full.total is not None
-            and 0.0 <= remaining - full.total <= 0.002
-        ):
-            return full  # never longer than ``remaining``, at most 2 ms shorter
-        return aiohttp.ClientTimeout(total=remaining)
+        self.full_total = timeout - min(0.001, timeout / 100)
+        self.full_timeout = aiohttp.ClientTimeout(total=self.full_total)
 
     async def send(
         self,
@@ -98,7 +86,11 @@ class Wire:
         """One attempt; records in ``call`` whether it provably never left."""
         method = call.method
         target: str | URL = url
-        client_timeout = self.client_timeout(remaining)
+        client_timeout = self.full_timeout
+        if remaining is None or not 0.0 <= remaining - self.full_total <= 0.002:
+            # The shared one fits when it is never longer than ``remaining``
+            # and at most 2 ms shorter; otherwise one for this attempt.
+            client_timeout = aiohttp.ClientTimeout(total=remaining)
         not_sent = False
         try:
             for _ in range(MAX_REDIRECTS + 1):
@@ -182,7 +174,7 @@ class Wire:
                 "connection_error",
             )
         finally:
-            call.attempt_ended(not_sent)
+            call.not_sent = not_sent and (call.attempts == 1 or call.not_sent)
 
     def _refused_redirect(self, next_url: URL | None) -> str | None:
         if next_url is None:
@@ -221,7 +213,7 @@ class Wire:
             )
         # Response headers too: an upstream may echo our credentials there.
         # Names as plain str: aiohttp's are istr, which orjson refuses as keys.
-        if mask:
+        if mask.secrets:  # not ``if mask``: a Python-level __bool__ per call
             headers = {str(k): mask(v) for k, v in response_headers.items()}
         else:
             headers = {str(k): v for k, v in response_headers.items()}
