@@ -244,7 +244,15 @@ class CircuitBreaker:
             return
         if self._state is _CLOSED:
             self._consecutive_failures = 0
-            self._window.add(self._clock(), False)
+            # _Window.add(now, failed=False) inlined: once per healthy call.
+            window = self._window
+            second = int(self._clock())
+            slot = second % window._size
+            if window._seconds[slot] != second:
+                window._seconds[slot] = second
+                window._calls[slot] = 0
+                window._failures[slot] = 0
+            window._calls[slot] += 1
         elif self._state is BreakerState.HALF_OPEN:
             self._probes_succeeded += 1
             if self._probes_succeeded >= self.config.half_open_max_calls:
