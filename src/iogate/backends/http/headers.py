@@ -20,15 +20,18 @@ import functools
 import re
 from collections.abc import Mapping
 
+from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, InvalidRequestError
 from iogate.core.redact import SecretMask
-from iogate.resilience.deadline_headers import DEADLINE_HEADERS
+from iogate.resilience.deadline_headers import DEADLINE_HEADERS, ClientDeadline
 
 __all__ = [
     "IDEMPOTENT_METHODS",
     "METHODS",
     "checked_headers",
     "configured_secrets",
+    "deadline_forms",
+    "deadline_header_form",
     "has_idempotency_key",
     "mask_with",
     "request_secrets",
@@ -79,6 +82,33 @@ def checked_headers(headers: Mapping[str, str], *, configured: bool) -> dict[str
             raise error(f"{where} header {name!r} may not be set")
         out[name] = value
     return out
+
+
+def deadline_header_form(name: str | None) -> str | None:
+    """The configured ``deadline_header`` in its canonical spelling; refused if unknown."""
+    if name is None:
+        return None
+    form = DEADLINE_HEADERS.get(name.lower())
+    if form is None:
+        raise ConfigError(
+            f"deadline_header must be one of {', '.join(DEADLINE_HEADERS.values())} "
+            f"or None, got {name!r}"
+        )
+    return form
+
+
+def deadline_forms(default: str | None, deadline: Deadline) -> tuple[str, ...]:
+    """Headers that tell the upstream how long it has: the client's forms, or ours.
+
+    Only for a call made under a caller's deadline (every gateway request
+    has one): a call bounded by nothing but the manager's own timeout sends
+    none, and pays nothing for it.
+    """
+    if default is None or deadline.expires_at is None:
+        return ()
+    if isinstance(deadline, ClientDeadline):
+        return deadline.headers
+    return (default,)
 
 
 def take_deadline_headers(headers: dict[str, str], forms: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,37 +1,28 @@
 """``AsyncAPIManager``: one external HTTP API behind one pooled aiohttp session.
 
-Every call becomes a ``Result``: 2xx is a success with the parsed JSON body
-(text when it is not JSON), ``status_code`` and the response headers;
-anything else is a failed Result whose ``error_type`` is ``http_error``
-(with the size-capped upstream body as ``data``), ``rate_limited``,
-``timeout``, ``connection_error``, ``circuit_open`` or ``invalid_request``.
+Every call becomes a ``Result`` and never raises for a failure: 2xx is a
+success with the parsed JSON body (text when it is not JSON),
+``status_code`` and the response headers; anything else is a failed Result
+(``http_error`` with the size-capped upstream body as ``data``,
+``rate_limited``, ``timeout``, ``connection_error``, ``circuit_open``,
+``invalid_request``).
 
-Around each request, in this order: the endpoint is joined to the base URL
-(``iogate.backends.urls`` refuses anything that could leave it), one deadline
-is set (the smaller of ``timeout`` and the caller's), then attempts run;
-each attempt passes the circuit breaker and the rate limiter before it
-touches the network (``wire.py``), and a failed one is retried under
-``iogate.resilience.retry``.
+A request, in order: the endpoint is joined to the base URL
+(``iogate.backends.urls`` refuses anything that could leave it), caller
+headers are checked (``headers.py``), one deadline is set (the smaller of
+``timeout`` and the caller's), then attempts run (``attempts.py``: breaker,
+rate limit, budget, retries bounded by attempts, deadline and budget), each
+on the wire in ``wire.py``. A call under a caller's ``Deadline`` tells the
+upstream how long it has left (``Request-Timeout``, or the forms the
+caller's ``ClientDeadline`` came in; ``deadline_header=None`` sends none).
+aiohttp's own silent repeat of an idempotent request on a dropped
+connection is switched off, so that every attempt is one the budget counted.
 
-A call made under a caller's ``Deadline`` (every gateway request has one)
-tells the upstream, on every attempt, how long it has left: in
-``Request-Timeout`` (seconds) by default, or in the forms the caller's
-``ClientDeadline`` came in (``grpc-timeout`` for a gRPC client of the
-gateway), so a chain of services shrinks one deadline instead of starting a
-fresh timeout at each hop (``deadline_header=None`` sends nothing). Retries
-are bounded three ways: the policy's attempts, the deadline (a wait,
-``Retry-After`` included, that would not end before it means no retry: the
-upstream's answer is returned at once), and the manager's ``RetryBudget``
-(attempts stay within 1.2x the requests against an upstream that fails
-everything). aiohttp's own silent repeat of an idempotent request on a
-dropped connection is switched off, so that every attempt is one the budget
-counted.
-
-The hot path, measured (docs/benchmarks.md, "HTTP APIs"): what is fixed per
-manager (configured headers and their secrets, whether they carry an
-Idempotency-Key, checked endpoints, the retry stop checks, one timeout
-object) is worked out once; features that are off cost nothing; the first
-attempt runs inline and the retry machinery is built only for a retry.
+The hot path, measured (docs/benchmarks.md, "The API path taken apart"):
+what is fixed per manager (configured headers and their secrets, whether
+they carry an Idempotency-Key, checked endpoints, the retry stop checks, one
+timeout object) is worked out once; features that are off cost nothing; the
+first attempt runs inline and the retry machinery is built only for a retry.
 """
 
 from __future__ import annotations
@@ -56,6 +47,8 @@ from iogate.backends.http.headers import (
     METHODS,
     checked_headers,
     configured_secrets,
+    deadline_forms,
+    deadline_header_form,
     has_idempotency_key,
     mask_with,
     take_deadline_headers,
@@ -83,9 +76,7 @@ from iogate.core.stats import OperationStats
 from iogate.resilience.breaker import CircuitBreakerConfig
 from iogate.resilience.budget import RetryBudget
 from iogate.resilience.deadline_headers import (
-    DEADLINE_HEADERS,
     REQUEST_TIMEOUT,
-    ClientDeadline,
 )
 from iogate.resilience.retry import Random, RetryPolicy, Sleep
 
@@ -159,14 +150,7 @@ class AsyncAPIManager(Lifecycle):
                 f"got {max_json_depth}"
             )
         self.max_json_depth = max_json_depth
-        if deadline_header is not None and deadline_header.lower() not in DEADLINE_HEADERS:
-            raise ConfigError(
-                f"deadline_header must be one of {', '.join(DEADLINE_HEADERS.values())} "
-                f"or None, got {deadline_header!r}"
-            )
-        self.deadline_header = (
-            None if deadline_header is None else DEADLINE_HEADERS[deadline_header.lower()]
-        )
+        self.deadline_header = deadline_header_form(deadline_header)
         self.verify_ssl = verify_ssl
         self.ca_bundle = ca_bundle
         self._ssl = client_ssl_context(verify_ssl=verify_ssl, ca_bundle=ca_bundle)
@@ -362,7 +346,7 @@ class AsyncAPIManager(Lifecycle):
                 url = join_endpoint(self.base, endpoint)  # checks it; raises if unsafe
                 if len(self._urls) < _URL_CACHE_SIZE:
                     self._urls[endpoint] = url
-            forms = () if deadline is None else self._deadline_forms(deadline)
+            forms = () if deadline is None else deadline_forms(self.deadline_header, deadline)
             mask = self._mask
             extra_headers: dict[str, str] | None = None
             if headers:
@@ -424,19 +408,6 @@ class AsyncAPIManager(Lifecycle):
         if tracer is not None:
             tracer.finish(span, result)
         return result
-
-    def _deadline_forms(self, deadline: Deadline) -> tuple[str, ...]:
-        """Headers that tell the upstream how long it has: the client's forms, or ours.
-
-        Only for a call made under a caller's deadline (every gateway request
-        has one): a call bounded by nothing but the manager's own timeout
-        sends none, and pays nothing for it.
-        """
-        if self.deadline_header is None or deadline.expires_at is None:
-            return ()
-        if isinstance(deadline, ClientDeadline):
-            return deadline.headers
-        return (self.deadline_header,)
 
     # -- health --------------------------------------------------------------
 
