@@ -20,9 +20,6 @@ from iogate.backends.http.body import (
     DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_MAX_RESPONSE_BYTES,
 )
-from iogate.backends.http.body import ORJSON_MAX_DEPTH as _ORJSON_MAX_DEPTH
-from iogate.backends.http.body import deeper_than as _deeper_than
-from iogate.backends.http.headers import request_secrets as _request_secrets
 from iogate.backends.http.manager import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, AsyncAPIManager
 from iogate.backends.http.session import ExternalAPISession
 
@@ -35,6 +32,3 @@ __all__ = [
     "AsyncAPIManager",
     "ExternalAPISession",
 ]
-
-# Private names kept importable for tests written against the single module.
-_PRIVATE_COMPAT = (_ORJSON_MAX_DEPTH, _deeper_than, _request_secrets)
