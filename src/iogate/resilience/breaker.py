@@ -71,6 +71,9 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
+_CLOSED = BreakerState.CLOSED
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CircuitBreakerConfig:
     """``failure_ratio=None`` disables the ratio rule (consecutive only)."""
@@ -216,6 +219,10 @@ class CircuitBreaker:
 
     def acquire(self) -> int:
         """Admit one call or raise ``CircuitOpenError``; returns its ticket."""
+        if self._state is _CLOSED:
+            # Every call of a healthy upstream comes here: no property, no
+            # clock (only an open breaker's state depends on the time).
+            return self._generation
         state = self.state
         if state is BreakerState.CLOSED:
             return self._generation
@@ -235,9 +242,17 @@ class CircuitBreaker:
     def record_success(self, ticket: int) -> None:
         if ticket != self._generation:
             return
-        if self._state is BreakerState.CLOSED:
+        if self._state is _CLOSED:
             self._consecutive_failures = 0
-            self._window.add(self._clock(), failed=False)
+            # _Window.add(now, failed=False) inlined: once per healthy call.
+            window = self._window
+            second = int(self._clock())
+            slot = second % window._size
+            if window._seconds[slot] != second:
+                window._seconds[slot] = second
+                window._calls[slot] = 0
+                window._failures[slot] = 0
+            window._calls[slot] += 1
         elif self._state is BreakerState.HALF_OPEN:
             self._probes_succeeded += 1
             if self._probes_succeeded >= self.config.half_open_max_calls:
