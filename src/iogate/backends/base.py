@@ -75,7 +75,9 @@ class Transaction(abc.ABC):
     async def execute_query(self, query: str, params: Params = None) -> Result:
         started = time.perf_counter()
         tracer = events.tracer
-        span = tracer.start("database", self, query, params) if tracer is not None else None
+        span = None
+        if tracer is not None:  # the span names the manager the statement runs on
+            span = tracer.start("database", self._recorder or self, query, params)
         try:
             result = await self._execute(query, params)
         except IogateError as exc:
