@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import enum
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -40,6 +41,7 @@ __all__ = [
     "SQLTransaction",
     "Transaction",
     "TransactionDriver",
+    "TransactionStatus",
 ]
 
 perf_counter = time.perf_counter
@@ -48,6 +50,16 @@ _NO_DEADLINE = Deadline.never()
 
 # The lifecycle states of every resource (the name predates ResourceState).
 ManagerState = ResourceState
+
+
+class TransactionStatus(enum.StrEnum):
+    """Where a transaction stands (compares equal to its string value)."""
+
+    ACTIVE = "active"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled_back"
+    # COMMIT was sent and its answer lost: it may or may not have been applied.
+    UNKNOWN = "unknown"
 
 
 class Transaction(abc.ABC):
@@ -65,7 +77,7 @@ class Transaction(abc.ABC):
     def __init__(
         self, guard: Access | None = None, manager: AsyncDatabaseManager | None = None
     ) -> None:
-        self.status = "active"  # active | committed | rolled_back | unknown
+        self.status = TransactionStatus.ACTIVE
         self.failed = False
         self.guard = guard
         # Statements are the manager's operations too: counted in its stats
@@ -166,7 +178,7 @@ class SQLTransaction(Transaction):
         try:
             await driver._begin(self)
         except BaseException:
-            self.status = "rolled_back"
+            self.status = TransactionStatus.ROLLED_BACK
             raise
         raised: BaseException | None = None
         try:
@@ -177,16 +189,16 @@ class SQLTransaction(Transaction):
         try:
             if self.failed:
                 await driver._end(self, commit=False)
-                self.status = "rolled_back"
+                self.status = TransactionStatus.ROLLED_BACK
             else:
                 await driver._end(self, commit=True)
-                self.status = "committed"
+                self.status = TransactionStatus.COMMITTED
         except UnknownOutcomeError:
-            self.status = "unknown"
+            self.status = TransactionStatus.UNKNOWN
             raise
         finally:
-            if self.status == "active":
-                self.status = "rolled_back"
+            if self.status is TransactionStatus.ACTIVE:
+                self.status = TransactionStatus.ROLLED_BACK
         if raised is not None:
             raise raised
 
