@@ -22,7 +22,7 @@ perf_counter = time.perf_counter
 
 
 def record(
-    stats: OperationStats,
+    stats: OperationStats | None,
     result: Result,
     started: float,
     resource: str,
@@ -32,7 +32,8 @@ def record(
     attempts: int = 1,
 ) -> Result:
     """Time ``result`` from ``started`` (``perf_counter``), count it in ``stats``
-    and emit its event; returns ``result`` (with ``duration_ms``/``attempts``).
+    and emit its event; returns ``result`` (with ``duration_ms``/``attempts``),
+    which it changes in place: pass a Result of the caller's own.
 
     ``operation`` is the event's label: callers pass a value from a closed set
     (a verb, ``query``, a registered name), never raw user input.
@@ -42,7 +43,8 @@ def record(
     result.duration_ms = duration_ms = round(duration * 1_000_000) / 1000
     result.attempts = attempts
     error_type = result.error_type
-    stats.record(duration_ms, error_type)
+    if stats is not None:  # None: counted from the events only (named operations)
+        stats.record(duration_ms, error_type)
     if events.hooks:
         events.emit(
             OperationEvent(resource, kind, backend, operation, duration, error_type, attempts)

@@ -45,6 +45,7 @@ import string
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -55,8 +56,8 @@ from iogate.cache import DEFAULT_TAG_PREFIX, cache_for
 from iogate.core import events
 from iogate.core.deadline import Deadline
 from iogate.core.errors import IogateError, ResourceNotFoundError
-from iogate.core.events import OperationEvent, emit
 from iogate.core.jsonable import jsonable
+from iogate.core.recording import record
 from iogate.core.result import Result
 from iogate.orchestrator.registry import (
     NamedOperation,
@@ -170,20 +171,11 @@ async def execute_named_operation(
         if tracer is not None:
             tracer.finish(span, None, exc)
         raise
-    duration = time.perf_counter() - started
-    result.operation = name
-    result.resource = result.resource or op.resource
-    emit(
-        OperationEvent(
-            resource=op.resource,
-            kind="operation",
-            backend=op.kind,
-            operation=name,
-            duration_s=duration,
-            error_type=result.error_type,
-        )
-    )
-    result = result.with_timing(duration * 1000, result.attempts)
+    # A copy of its own: a cached Result is shared by every caller it served.
+    result = replace(result, operation=name, resource=result.resource or op.resource)
+    # Counted from its event (the gateway's StatsRegistry), not in a manager's stats:
+    # its statements were counted by the managers that ran them.
+    record(None, result, started, op.resource, "operation", op.kind, name, result.attempts)
     if tracer is not None:
         tracer.finish(span, result)
     return result
