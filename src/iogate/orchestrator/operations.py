@@ -39,6 +39,7 @@ the operation still runs.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import string
@@ -54,7 +55,7 @@ import orjson
 from iogate.backends.kv import RESERVED_PREFIX
 from iogate.cache import DEFAULT_TAG_PREFIX, cache_for
 from iogate.core import events
-from iogate.core.deadline import Deadline
+from iogate.core.deadline import Deadline, deadline_error
 from iogate.core.errors import IogateError, ResourceNotFoundError
 from iogate.core.jsonable import jsonable
 from iogate.core.recording import record
@@ -202,14 +203,25 @@ async def _cached_run(
             for template in spec.invalidates:
                 await cache.invalidate_tag(_tag(template, values))
         return result
-    return await cache.get_or_load(
-        _cache_key(op, values),
-        functools.partial(_run, orchestrator, op, values, deadline),
-        ttl=spec.ttl,
-        tags=[_tag(template, values) for template in spec.tags],
-        encode=_cache_entry,
-        decode=functools.partial(_cached_result, op.resource),
-    )
+    # The cache's own calls are bounded by its manager's timeouts, not by this
+    # caller's deadline: the caller stops waiting at its deadline (a shared
+    # load goes on for the other callers waiting on it).
+    remaining = deadline.remaining()
+    waiting = asyncio.timeout(remaining)
+    try:
+        async with waiting:
+            return await cache.get_or_load(
+                _cache_key(op, values),
+                functools.partial(_run, orchestrator, op, values, deadline),
+                ttl=spec.ttl,
+                tags=[_tag(template, values) for template in spec.tags],
+                encode=_cache_entry,
+                decode=functools.partial(_cached_result, op.resource),
+            )
+    except TimeoutError:
+        if not waiting.expired():
+            raise  # the operation's own timeout error
+        raise deadline_error(f"operation {op.name!r}", budget=remaining) from None
 
 
 def _cache_entry(result: Result) -> dict[str, Any] | None:
