@@ -71,9 +71,19 @@ def without_created_values(found: Samples) -> Samples:
     return {key: (0.0 if key[0].endswith("_created") else v) for key, v in found.items()}
 
 
+def in_runs(events: list[Event]) -> list[Event]:
+    """The same events, those of one label set next to each other (long runs)."""
+    return sorted(events, key=lambda e: e[:4] if isinstance(e, OperationEvent) else ("~",))
+
+
+@pytest.mark.parametrize("runs", [False, True], ids=["interleaved", "in-runs"])
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
-def test_tallies_expose_what_prometheus_objects_would(openmetrics: bool) -> None:
+def test_tallies_expose_what_prometheus_objects_would(openmetrics: bool, runs: bool) -> None:
+    # Interleaved label sets are tallied event by event, runs of one label
+    # set all at once (TalliedEvents._tally_run): both must match exactly.
     events = random_events(3, 3000)
+    if runs:
+        events = in_runs(events)
     reference_registry = CollectorRegistry()
     reference = PrometheusEvents(DEFAULT_DURATION_BUCKETS, DEFAULT_ACQUIRE_BUCKETS)
     for metric in (
