@@ -38,7 +38,6 @@ from iogate.backends.http.wire import Call
 from iogate.backends.urls import BaseURL
 from iogate.backends.urls import _join as join_endpoint_cached
 from iogate.core import events
-from iogate.core.deadline import Deadline
 from iogate.core.events import OperationEvent
 from iogate.core.recording import record
 from iogate.core.redact import SecretMask
@@ -75,15 +74,27 @@ def pieces() -> list[Piece]:
     stats = OperationStats()
     result = Result.ok({"id": 1}, status_code=200)
 
+    def call_state() -> object:
+        # What request() does without a caller's deadline: the Call is the deadline.
+        call = Call("GET", False, time.monotonic)
+        call.expires_at = time.monotonic() + 60.0
+        return call
+
     def breaker_pass() -> None:
         breaker.record_success(breaker.acquire())
+
+    names: dict[str, str] = {}
 
     def response() -> object:
         headers = RESPONSE_HEADERS
         data = decode_body(PAYLOAD, headers.get("Content-Type", ""), mask, 10_000_000, False, 200)
-        out = Result.ok(data, status_code=200, truncated=False)
-        out.headers = {str(k): v for k, v in headers.items()}
-        return out
+        copied: dict[str, str] = {}  # as Wire._result copies them
+        for name, value in headers.items():
+            plain = names.get(name)
+            if plain is None:
+                plain = names[plain] = str(name)
+            copied[plain] = value
+        return Result(True, data, None, None, None, None, 0.0, 1, None, 200, False, copied)
 
     def recording() -> object:
         return record(stats, result, time.perf_counter(), "bench", "api", "http", "GET", 1)
@@ -133,9 +144,9 @@ def pieces() -> list[Piece]:
             None,
         ),
         (
-            "per-call state: Call + Deadline",
+            "per-call state: Call, its own Deadline",
             "every call",
-            lambda: (Call("GET", False), Deadline(60.0)),
+            call_state,
             None,
         ),
         ("response: JSON decoded, headers copied, Result built", "every call", response, None),

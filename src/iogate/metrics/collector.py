@@ -138,7 +138,7 @@ class MetricsCollector:
         acquire_bounds = bounds(acquire_buckets)
         self._events: TalliedEvents | PrometheusEvents
         if self.multiprocess_dir is None:
-            # One process: plain additions under one lock per event, turned
+            # One process: events queued, added up in batches (no lock per event), turned
             # into metric families when the registry is collected.
             tallied = TalliedEvents(duration_bounds, acquire_bounds)
             self.registry.register(tallied)

@@ -127,13 +127,18 @@ class CircuitBreakerConfig:
 class _Window:
     """Calls and failures per second over the last ``window`` seconds."""
 
-    __slots__ = ("_calls", "_failures", "_seconds", "_size")
+    __slots__ = ("_calls", "_failures", "_seconds", "_size", "slot", "start", "until")
 
     def __init__(self, window: float) -> None:
         self._size = max(1, math.ceil(window))
         self._seconds = [-1] * self._size
         self._calls = [0] * self._size
         self._failures = [0] * self._size
+        # The clock readings of the second last added to, and its slot: a
+        # success in that second is counted without int() or the slot check
+        # (CircuitBreaker.record_success). Empty until a positive second.
+        self.start = self.until = 0.0
+        self.slot = 0
 
     def add(self, now: float, failed: bool) -> None:
         second = int(now)
@@ -142,6 +147,8 @@ class _Window:
             self._seconds[slot] = second
             self._calls[slot] = 0
             self._failures[slot] = 0
+        if second > 0:
+            self.start, self.until, self.slot = float(second), second + 1.0, slot
         self._calls[slot] += 1
         if failed:
             self._failures[slot] += 1
@@ -157,6 +164,7 @@ class _Window:
 
     def clear(self) -> None:
         self._seconds = [-1] * self._size
+        self.start = self.until = 0.0
 
 
 class CircuitBreaker:
@@ -244,15 +252,14 @@ class CircuitBreaker:
             return
         if self._state is _CLOSED:
             self._consecutive_failures = 0
-            # _Window.add(now, failed=False) inlined: once per healthy call.
+            # _Window.add(now, failed=False), inlined for a second already
+            # counted in: once per healthy call.
             window = self._window
-            second = int(self._clock())
-            slot = second % window._size
-            if window._seconds[slot] != second:
-                window._seconds[slot] = second
-                window._calls[slot] = 0
-                window._failures[slot] = 0
-            window._calls[slot] += 1
+            now = self._clock()
+            if window.start <= now < window.until:
+                window._calls[window.slot] += 1
+            else:
+                window.add(now, failed=False)
         elif self._state is BreakerState.HALF_OPEN:
             self._probes_succeeded += 1
             if self._probes_succeeded >= self.config.half_open_max_calls:

@@ -329,7 +329,7 @@ class AsyncAPIManager(Lifecycle):
         """One call to the API; never raises for a failure (see module doc)."""
         started = perf_counter()
         verb = method.upper() if isinstance(method, str) else "?"
-        call = Call(verb, False)
+        call = Call(verb, False, self._clock)
         tracer = events.tracer
         if tracer is not None:  # the upstream continues the trace (W3C traceparent)
             span = tracer.start("api", self, verb, endpoint)
@@ -370,7 +370,9 @@ class AsyncAPIManager(Lifecycle):
             ):
                 effective = deadline
             else:
-                effective = Deadline(self.timeout, clock=self._clock)
+                # The call is its own deadline (wire.Call): one object less per call.
+                call.expires_at = self._clock() + self.timeout
+                effective = call
             if self.state is not _OPEN:
                 await self._ensure_open(effective)
             session = self._session
