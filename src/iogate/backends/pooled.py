@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from iogate.backends.base import AsyncDatabaseManager
+from iogate.backends.base import AsyncDatabaseManager, SQLTransaction, Transaction
 from iogate.backends.pool import Pool, PooledConnection
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.errors import DatabaseConnectionError, IogateError, PoolExhaustedError
+from iogate.core.params import Params
 from iogate.core.resource import PoolStats, ResourceState
+from iogate.core.result import Result
+from iogate.core.sqlguard import Access
 
 __all__ = ["DEADLINE_MARGIN", "Checkout", "PooledDatabaseManager"]
 
@@ -90,6 +94,40 @@ class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
 
     def pool_stats(self) -> PoolStats:
         return self._pool.stats()
+
+    # -- transactions: one checkout, one SQLTransaction block ---------------------
+
+    def _transaction(
+        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
+    ) -> AbstractAsyncContextManager[Transaction]:
+        return self._pooled_transaction(read_only, deadline, guard)
+
+    @asynccontextmanager
+    async def _pooled_transaction(
+        self, read_only: bool, deadline: Deadline, guard: Access | None
+    ) -> AsyncIterator[Transaction]:
+        async with self.acquire(deadline, stateless=guard is not None) as conn:
+            tx = SQLTransaction(
+                self,
+                conn,
+                deadline,
+                read_only=read_only or self.options.read_only,
+                guard=guard,
+                manager=self,
+            )
+            async with tx.block():
+                yield tx
+
+    # The steps of SQLTransaction (iogate.backends.base.TransactionDriver).
+
+    @abc.abstractmethod
+    async def _begin(self, tx: SQLTransaction) -> None: ...
+
+    @abc.abstractmethod
+    async def _end(self, tx: SQLTransaction, *, commit: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def _statement(self, tx: SQLTransaction, query: str, params: Params) -> Result: ...
 
     def _renamed(self, name: str) -> None:
         self._pool.resource = name

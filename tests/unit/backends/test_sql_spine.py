@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import pytest
 from asyncmy.errors import OperationalError, ProgrammingError
 
-from iogate.backends.base import SQLTransaction, Transaction
+from iogate.backends.base import SQLTransaction
 from iogate.backends.mysql.errors import MySQLErrors
 from iogate.backends.pool import PooledConnection
 from iogate.backends.pooled import PooledDatabaseManager
@@ -78,9 +78,13 @@ class FakeSQLManager(PooledDatabaseManager[int]):
     ) -> Result:
         raise AssertionError("not used")
 
-    def _transaction(
-        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
-    ) -> AbstractAsyncContextManager[Transaction]:
+    async def _begin(self, tx: SQLTransaction) -> None:
+        raise AssertionError("not used")
+
+    async def _end(self, tx: SQLTransaction, *, commit: bool) -> None:
+        raise AssertionError("not used")
+
+    async def _statement(self, tx: SQLTransaction, query: str, params: Params) -> Result:
         raise AssertionError("not used")
 
     async def _ping(self) -> None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from asyncmy.constants import SERVER_STATUS
 from asyncmy.errors import MySQLError
 
-from iogate.backends.base import SQLTransaction, Transaction
+from iogate.backends.base import SQLTransaction
 from iogate.backends.meter import NO_BYTE_CAP
 from iogate.backends.mysql.connection import (
     MySQLConnection,
@@ -359,27 +358,6 @@ class AsyncMySQLManager(PooledDatabaseManager[MySQLConnection]):
         finally:
             if meter is not None:
                 meter.budget = NO_BYTE_CAP
-
-    @asynccontextmanager
-    async def _transaction_impl(
-        self, read_only: bool, deadline: Deadline, guard: Access | None
-    ) -> AsyncIterator[Transaction]:
-        async with self.acquire(deadline, stateless=guard is not None) as conn:
-            tx = SQLTransaction(
-                self,
-                conn,
-                deadline,
-                read_only=read_only or self.options.read_only,
-                guard=guard,
-                manager=self,
-            )
-            async with tx.block():
-                yield tx
-
-    def _transaction(
-        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
-    ) -> AbstractAsyncContextManager[Transaction]:
-        return self._transaction_impl(read_only, deadline, guard)
 
     # The steps of SQLTransaction (iogate.backends.base.TransactionDriver).
 

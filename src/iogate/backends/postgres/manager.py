@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from iogate.backends.base import SQLTransaction, Transaction
+from iogate.backends.base import SQLTransaction
 from iogate.backends.meter import NO_BYTE_CAP
 from iogate.backends.pool import PooledConnection
 from iogate.backends.pooled import Checkout, PooledDatabaseManager
@@ -365,27 +364,6 @@ class AsyncPostgreSQLManager(PooledDatabaseManager[asyncpg.Connection]):
             raise UnknownOutcomeError(
                 f"{exc} while committing: the transaction may have been applied"
             ) from exc
-
-    @asynccontextmanager
-    async def _transaction_impl(
-        self, read_only: bool, deadline: Deadline, guard: Access | None
-    ) -> AsyncIterator[Transaction]:
-        async with self.acquire(deadline, stateless=guard is not None) as conn:
-            tx = SQLTransaction(
-                self,
-                conn,
-                deadline,
-                read_only=read_only or self.options.read_only,
-                guard=guard,
-                manager=self,
-            )
-            async with tx.block():
-                yield tx
-
-    def _transaction(
-        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
-    ) -> AbstractAsyncContextManager[Transaction]:
-        return self._transaction_impl(read_only, deadline, guard)
 
     # The steps of SQLTransaction (iogate.backends.base.TransactionDriver).
 
