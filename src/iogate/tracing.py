@@ -37,7 +37,6 @@ for OpenTelemetry.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Literal
@@ -49,6 +48,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, TracerProvid
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from iogate.core import events
+from iogate.core.resource import Kind, Resource
 from iogate.core.result import Result
 
 __all__ = [
@@ -174,7 +174,10 @@ class IogateTracer:
             return self._endpoints[manager]
         except (KeyError, TypeError):
             pass
-        endpoint = _endpoint_of(manager)
+        try:
+            endpoint = _endpoint_of(manager)
+        except AttributeError:  # not a Resource (a hand-made Transaction's own span)
+            endpoint = {}
         try:
             self._endpoints[manager] = endpoint
         except TypeError:  # not weak-referenceable: computed each time
@@ -243,35 +246,25 @@ def _parameters(params: Any) -> dict[str, Any]:
     return {f"db.query.parameter.{key}": str(value) for key, value in items}
 
 
-def _endpoint_of(manager: Any) -> dict[str, Any]:
-    """db.system, db.namespace, server.address and server.port of a manager.
-
-    Read from the attributes each backend keeps its target in (pinned by
-    tests/integration/test_tracing.py): ``_dsn`` (PostgreSQL), ``_url``
-    (MySQL), ``url`` (Redis), ``path`` (SQLite), ``base`` (an API).
-    """
-    backend = getattr(manager, "backend", "other")
+def _endpoint_of(manager: Resource) -> dict[str, Any]:
+    """db.system, db.namespace, server.address and server.port of a manager,
+    read from its redacted ``target`` (pinned by tests/integration/test_tracing.py)."""
+    backend = manager.backend
+    target = manager.target
+    if manager.kind is Kind.API:
+        parts = urlsplit(target)
+        return {
+            "server.address": parts.hostname,
+            "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+        }
     attributes: dict[str, Any] = {"db.system": backend, "db.system.name": backend}
-    base = getattr(manager, "base", None)
-    if base is not None and hasattr(base, "host"):  # an API manager
-        return {"server.address": base.host, "server.port": base.port}
     if backend == "sqlite":
-        path = getattr(manager, "path", None)
-        if isinstance(path, str | os.PathLike):
-            attributes["db.namespace"] = os.fspath(path)
+        attributes["db.namespace"] = target
         return attributes
-    url = next(
-        (
-            u
-            for u in (getattr(manager, a, None) for a in ("_dsn", "_url", "url", "target"))
-            if isinstance(u, str)
-        ),
-        None,
-    )
-    if url is None:
+    if "://" not in target:
         return attributes
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(target)
         host, port = parts.hostname, parts.port
     except ValueError:
         return attributes

@@ -346,6 +346,8 @@ async def test_loss_during_commit_is_unknown_outcome(
         async with through_proxy.transaction() as tx:
             assert (await tx.execute_query(f"INSERT INTO {table} VALUES ('c')")).success
             await mysql_fault.close_after(0)  # COMMIT reaches the server, its answer does not
+    # Neither committed nor rolled back, as far as iogate can know.
+    assert tx.status == "unknown"
     assert await count(direct, table) == 1
 
 
@@ -359,7 +361,7 @@ async def test_loss_before_commit_is_connection_error(
         async with through_proxy.transaction() as tx:
             assert (await tx.execute_query(f"INSERT INTO {table} VALUES ('c')")).success
             await mysql_fault.reset()
-            raw = tx._conn.raw  # type: ignore[attr-defined]
+            raw = tx.conn.raw  # type: ignore[attr-defined]
             await poll(lambda: bool(raw._stream_broken))
     assert not isinstance(raised.value, UnknownOutcomeError)
     await poll_async(lambda: count(direct, table), 0)

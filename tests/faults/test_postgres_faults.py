@@ -360,6 +360,8 @@ async def test_loss_during_commit_is_unknown_outcome(
         async with through_proxy.transaction() as tx:
             assert (await tx.execute_query(f"INSERT INTO {table} VALUES ('c')")).success
             await pg_fault.close_after(0)  # COMMIT reaches the server, its answer does not
+    # Neither committed nor rolled back, as far as iogate can know.
+    assert tx.status == "unknown"
     assert await pg_raw.fetchval(f"SELECT count(*) FROM {table}") == 1
 
 
@@ -374,7 +376,7 @@ async def test_loss_before_commit_is_connection_error(
         async with through_proxy.transaction() as tx:
             assert (await tx.execute_query(f"INSERT INTO {table} VALUES ('c')")).success
             await pg_fault.reset()
-            await poll(lambda: tx._conn.raw.is_closed())  # type: ignore[attr-defined]
+            await poll(lambda: tx.conn.raw.is_closed())  # type: ignore[attr-defined]
     assert not isinstance(raised.value, UnknownOutcomeError)
     assert await pg_raw.fetchval(f"SELECT count(*) FROM {table}") == 0
 

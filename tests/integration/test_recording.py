@@ -17,8 +17,10 @@ import pytest
 from iogate import AsyncPostgreSQLManager, AsyncSQLiteManager
 from iogate.core import events
 from iogate.core.events import Event, OperationEvent
+from iogate.core.sqlguard import Access
 from iogate.orchestrator import AsyncOperationOrchestrator, DatabaseType
 from iogate.orchestrator.batch import execute_batch
+from tests.conftest import poll
 
 
 @pytest.fixture
@@ -111,3 +113,55 @@ async def test_sqlite_statements_grouped_by_a_batch_are_counted(
         assert [(e.kind, e.backend, e.error_type) for e in statements] == [
             ("database", "sqlite", None)
         ] * 5
+
+
+@pytest.mark.parametrize(
+    "insert",
+    ["INSERT INTO {table} VALUES ($1)", "INSERT INTO {table} SELECT $1::int"],
+    ids=["pipelined", "one-by-one"],
+)
+async def test_postgres_execute_many_counts_each_statement(
+    pg_manager: AsyncPostgreSQLManager, seen: list[OperationEvent], insert: str
+) -> None:
+    """A batch group's statements are the manager's operations, one each."""
+    table = f"rec_{uuid.uuid4().hex[:8]}"
+    await pg_manager.execute_query(f"CREATE TABLE {table} (x int)")
+    try:
+        before = pg_manager.get_stats()["count"]
+        seen.clear()
+        results = await pg_manager.execute_many(insert.format(table=table), [[x] for x in range(5)])
+        assert results is not None
+        assert [r.rows_affected for r in results] == [1] * 5
+        assert all(r.resource == pg_manager.name for r in results)
+        assert pg_manager.get_stats()["count"] == before + 5
+        mine = [e for e in seen if e.resource == pg_manager.name]
+        assert [(e.backend, e.operation) for e in mine] == [("postgresql", "query")] * 5
+    finally:
+        await pg_manager.execute_query(f"DROP TABLE {table}")
+
+
+async def test_postgres_execute_many_refused_by_the_guard_counts_each_error(
+    pg_manager: AsyncPostgreSQLManager,
+) -> None:
+    before = pg_manager.get_stats()
+    results = await pg_manager.execute_many(
+        "DELETE FROM pg_class WHERE false", [[], []], guard=Access.READ
+    )
+    assert results is not None
+    assert [r.error_type for r in results] == ["forbidden_statement"] * 2
+    after = pg_manager.get_stats()
+    assert after["count"] == before["count"] + 2
+    assert after["errors"] == before["errors"] + 2
+
+
+async def test_postgres_transaction_status_after_a_rollback(
+    pg_manager: AsyncPostgreSQLManager,
+) -> None:
+    """A block that raised is rolled back, and the exception is the caller's."""
+    with pytest.raises(LookupError):
+        async with pg_manager.transaction() as tx:
+            assert (await tx.execute_query("SELECT 1")).success
+            raise LookupError("the caller's own error")
+    assert tx.status == "rolled_back"
+    # The connection comes back (reset first: the block failed).
+    assert await poll(lambda: pg_manager.pool_stats()["in_use"] == 0)

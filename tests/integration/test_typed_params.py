@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from iogate import AsyncOperationOrchestrator, AsyncPostgreSQLManager, AsyncSQLiteManager
-from iogate.backends import postgres as postgres_backend
 from iogate.backends.mysql import AsyncMySQLManager
+from iogate.backends.postgres import statements as postgres_backend
 from iogate.core.sqlguard import Access
 from iogate.orchestrator.operations import execute_named_operation, register_operation
 from tests.conftest import poll

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import enum
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from iogate.core import events
-from iogate.core.deadline import Deadline
-from iogate.core.errors import (
-    IogateError,
-    OperationTimeoutError,
-)
+from iogate.core.deadline import Deadline, deadline_error
+from iogate.core.errors import IogateError, UnknownOutcomeError
 from iogate.core.lifecycle import Lifecycle
 from iogate.core.params import Params
 from iogate.core.recording import record
@@ -37,7 +35,14 @@ from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 from iogate.core.stats import OperationStats
 
-__all__ = ["AsyncDatabaseManager", "ManagerState", "Transaction"]
+__all__ = [
+    "AsyncDatabaseManager",
+    "ManagerState",
+    "SQLTransaction",
+    "Transaction",
+    "TransactionDriver",
+    "TransactionStatus",
+]
 
 perf_counter = time.perf_counter
 _NO_DEADLINE = Deadline.never()
@@ -47,12 +52,24 @@ _NO_DEADLINE = Deadline.never()
 ManagerState = ResourceState
 
 
+class TransactionStatus(enum.StrEnum):
+    """Where a transaction stands (compares equal to its string value)."""
+
+    ACTIVE = "active"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled_back"
+    # COMMIT was sent and its answer lost: it may or may not have been applied.
+    UNKNOWN = "unknown"
+
+
 class Transaction(abc.ABC):
     """Statements run on one connection inside one database transaction.
 
     A statement that fails inside the block returns a failed Result as usual;
     the transaction is then rolled back at the end of the block instead of
     committed (``status`` says which), so it is always all or nothing.
+    ``status`` is ``unknown`` when the answer to COMMIT was lost
+    (:class:`UnknownOutcomeError`): it may have been applied.
     With a ``guard`` every statement is checked as untrusted SQL
     (:mod:`iogate.core.sqlguard`) before it runs.
     """
@@ -60,7 +77,7 @@ class Transaction(abc.ABC):
     def __init__(
         self, guard: Access | None = None, manager: AsyncDatabaseManager | None = None
     ) -> None:
-        self.status = "active"  # active | committed | rolled_back
+        self.status = TransactionStatus.ACTIVE
         self.failed = False
         self.guard = guard
         # Statements are the manager's operations too: counted in its stats
@@ -70,7 +87,9 @@ class Transaction(abc.ABC):
     async def execute_query(self, query: str, params: Params = None) -> Result:
         started = time.perf_counter()
         tracer = events.tracer
-        span = tracer.start("database", self, query, params) if tracer is not None else None
+        span = None
+        if tracer is not None:  # the span names the manager the statement runs on
+            span = tracer.start("database", self._recorder or self, query, params)
         try:
             result = await self._execute(query, params)
         except IogateError as exc:
@@ -97,6 +116,91 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     async def _execute(self, query: str, params: Params) -> Result: ...
+
+
+class TransactionDriver(Protocol):
+    """What a SQL backend gives :class:`SQLTransaction`: how a transaction
+    begins, how it ends, and how one statement runs inside it."""
+
+    async def _begin(self, tx: SQLTransaction) -> None:
+        """Open the transaction (``BEGIN``, read-only when ``tx.read_only``)."""
+
+    async def _end(self, tx: SQLTransaction, *, commit: bool) -> None:
+        """COMMIT (or, when the backend prefers it for ``tx``, ROLLBACK), or ROLLBACK.
+
+        A COMMIT whose answer is lost raises :class:`UnknownOutcomeError`; a
+        ROLLBACK that cannot be sent raises nothing (the server rolls back
+        the transaction of a connection that goes away): the backend marks
+        the connection for a reset or discard instead.
+        """
+
+    async def _statement(self, tx: SQLTransaction, query: str, params: Params) -> Result:
+        """Run one statement of ``tx`` (iogate errors are raised, not returned)."""
+        ...
+
+
+class SQLTransaction(Transaction):
+    """A transaction on one connection of a SQL backend: the block's logic, once.
+
+    ``async with tx.block():`` begins it, yields it, and ends it: a block
+    that raised or ran a failed statement is rolled back (``rolled_back``),
+    any other is committed (``committed``). A COMMIT whose answer was lost
+    leaves ``unknown``: the transaction may or may not have been applied
+    (:class:`UnknownOutcomeError` is raised). The backend (``driver``) says
+    how each step is done on its connection ``conn``.
+    """
+
+    def __init__(
+        self,
+        driver: TransactionDriver,
+        conn: Any,
+        deadline: Deadline,
+        *,
+        read_only: bool,
+        guard: Access | None,
+        manager: AsyncDatabaseManager | None = None,
+    ) -> None:
+        super().__init__(guard, manager)
+        self.conn = conn
+        self.deadline = deadline
+        self.read_only = read_only
+        # Set by a backend when a statement ended the transaction itself
+        # (COMMIT, or DDL's implicit commit): nothing more may run in it.
+        self.ended = False
+        self._driver = driver
+
+    async def _execute(self, query: str, params: Params) -> Result:
+        return await self._driver._statement(self, query, params)
+
+    @asynccontextmanager
+    async def block(self) -> AsyncIterator[SQLTransaction]:
+        driver = self._driver
+        try:
+            await driver._begin(self)
+        except BaseException:
+            self.status = TransactionStatus.ROLLED_BACK
+            raise
+        raised: BaseException | None = None
+        try:
+            yield self
+        except BaseException as exc:
+            self.failed = True
+            raised = exc
+        try:
+            if self.failed:
+                await driver._end(self, commit=False)
+                self.status = TransactionStatus.ROLLED_BACK
+            else:
+                await driver._end(self, commit=True)
+                self.status = TransactionStatus.COMMITTED
+        except UnknownOutcomeError:
+            self.status = TransactionStatus.UNKNOWN
+            raise
+        finally:
+            if self.status is TransactionStatus.ACTIVE:
+                self.status = TransactionStatus.ROLLED_BACK
+        if raised is not None:
+            raise raised
 
 
 class AsyncDatabaseManager(Lifecycle):
@@ -164,7 +268,7 @@ class AsyncDatabaseManager(Lifecycle):
             if deadline is None:
                 deadline = self._default_deadline()
             elif deadline.expired():
-                raise OperationTimeoutError("deadline passed before the query started")
+                raise deadline_error("the query", started=False)
             if self.state is not ManagerState.OPEN:
                 await self._ensure_open(deadline)
             if max_result_bytes is not None and self.bounds_result_bytes:
@@ -235,7 +339,7 @@ class AsyncDatabaseManager(Lifecycle):
             async with asyncio.timeout(deadline.remaining()):
                 await self._ping()
         except TimeoutError:
-            raise OperationTimeoutError(f"{self.name}: no answer within {timeout}s") from None
+            raise deadline_error(f"the ping of {self.name}", budget=timeout) from None
 
     def get_stats(self) -> dict[str, Any]:
         return {
@@ -270,6 +374,23 @@ class AsyncDatabaseManager(Lifecycle):
             result.operation or "query",
             attempts,
         )
+
+    def _finish_each(self, results: list[Result], started: float) -> list[Result]:
+        """Record each of a group's Results (``execute_many``) as one operation.
+
+        The group ran from ``started``; each statement gets an equal share of
+        that time, so the stats' latencies add up to the group's.
+        """
+        if not results:
+            return results
+        share = (perf_counter() - started) / len(results)
+        name = self._name
+        for result in results:
+            result.resource = name
+            if not result.operation:
+                result.operation = "query"
+            self._finish(result, perf_counter() - share)
+        return results
 
     @abc.abstractmethod
     async def _execute(

@@ -50,12 +50,18 @@ C = TypeVar("C")
 
 @dataclass(slots=True, eq=False)
 class PooledConnection(Generic[C]):
-    """A driver connection plus the pool's bookkeeping and a per-connection cache."""
+    """A driver connection plus the pool's bookkeeping and a per-connection cache.
+
+    ``needs_reset``: the operation that holds it left session state behind
+    (a ROLLBACK that could not be sent, a statement that changes the
+    session); the backend resets it before it is reused.
+    """
 
     raw: C
     created_at: float
     last_used: float
     cache: dict[str, Any] = field(default_factory=dict)
+    needs_reset: bool = False
 
 
 class Pool(Generic[C]):

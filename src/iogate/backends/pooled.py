@@ -1,10 +1,12 @@
 """What the network SQL managers (PostgreSQL, MySQL) share: iogate's pool.
 
 A subclass gives the driver's ``connect``/``close``, a description of its
-target for messages (never with a password), a cheap liveness check and its
-own ``release`` (how a connection is judged clean and how it is reset
-differs per driver). This class owns the pool, bounds every acquire, and
-keeps the background tasks (resets, kills) that a cancelled caller must not
+target for messages (never with a password), a cheap liveness check, which
+errors leave a session intact (``_leaves_clean``) and its own ``release``
+(how a connection is judged clean and how it is reset differs per driver).
+This class owns the pool, bounds every acquire, hands connections out
+through one context manager (:meth:`acquire`, :class:`Checkout`) and keeps
+the background tasks (resets, kills) that a cancelled caller must not
 interrupt.
 
 Deadlines. Every call ends by a deadline: the caller's, or, for a call made
@@ -21,22 +23,28 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from iogate.backends.base import AsyncDatabaseManager
+from iogate.backends.base import AsyncDatabaseManager, SQLTransaction, Transaction
 from iogate.backends.pool import Pool, PooledConnection
 from iogate.core.config import DatabaseOptions
 from iogate.core.deadline import Deadline
 from iogate.core.errors import DatabaseConnectionError, IogateError, PoolExhaustedError
-from iogate.core.resource import PoolStats
+from iogate.core.params import Params
+from iogate.core.resource import PoolStats, ResourceState
+from iogate.core.result import Result
+from iogate.core.sqlguard import Access
 
-__all__ = ["DEADLINE_MARGIN", "PooledDatabaseManager"]
+__all__ = ["DEADLINE_MARGIN", "Checkout", "PooledDatabaseManager"]
 
 C = TypeVar("C")
 
 # How long past the statement timeout the client still waits for the answer.
 DEADLINE_MARGIN = 0.5
+_NEVER = Deadline.never()
 
 
 class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
@@ -87,6 +95,40 @@ class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
     def pool_stats(self) -> PoolStats:
         return self._pool.stats()
 
+    # -- transactions: one checkout, one SQLTransaction block ---------------------
+
+    def _transaction(
+        self, *, read_only: bool, deadline: Deadline, guard: Access | None = None
+    ) -> AbstractAsyncContextManager[Transaction]:
+        return self._pooled_transaction(read_only, deadline, guard)
+
+    @asynccontextmanager
+    async def _pooled_transaction(
+        self, read_only: bool, deadline: Deadline, guard: Access | None
+    ) -> AsyncIterator[Transaction]:
+        async with self.acquire(deadline, stateless=guard is not None) as conn:
+            tx = SQLTransaction(
+                self,
+                conn,
+                deadline,
+                read_only=read_only or self.options.read_only,
+                guard=guard,
+                manager=self,
+            )
+            async with tx.block():
+                yield tx
+
+    # The steps of SQLTransaction (iogate.backends.base.TransactionDriver).
+
+    @abc.abstractmethod
+    async def _begin(self, tx: SQLTransaction) -> None: ...
+
+    @abc.abstractmethod
+    async def _end(self, tx: SQLTransaction, *, commit: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def _statement(self, tx: SQLTransaction, query: str, params: Params) -> Result: ...
+
     def _renamed(self, name: str) -> None:
         self._pool.resource = name
 
@@ -115,21 +157,23 @@ class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
         """``deadline``, or for a block without one, a bound for its next step."""
         return deadline.or_within(self._step_budget)
 
-    def _reusable(self, clean: bool, guard: object) -> bool:
-        """Whether a connection a call left ``clean`` may skip the reset.
-
-        With ``reset_session``, trusted code's connections (no ``guard``)
-        are always reset; guarded SQL can set nothing.
-        """
-        return clean and (guard is not None or not self.options.reset_session)
-
     async def _close(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self._pool.close()
 
-    async def acquire(self, deadline: Deadline | None = None) -> PooledConnection[Any]:
-        """Check out a pooled connection (pair with :meth:`release`)."""
+    def acquire(self, deadline: Deadline | None = None, *, stateless: bool = False) -> Checkout[C]:
+        """``async with manager.acquire(deadline) as conn``: one pooled connection.
+
+        Released on leaving the block, reset first unless it is known clean
+        (see :class:`Checkout`). ``stateless``: the work done on it can set no
+        session state (guarded SQL, a ping), so ``reset_session`` need not
+        reset it. ``conn = await manager.acquire()`` also works; pair it with
+        :meth:`release`.
+        """
+        return Checkout(self, deadline, stateless)
+
+    async def _checkout(self, deadline: Deadline | None) -> PooledConnection[C]:
         await self._ensure_open(deadline)
         timeout = (deadline or Deadline.never()).cap(self.options.acquire_timeout)
         try:
@@ -139,8 +183,74 @@ class PooledDatabaseManager(AsyncDatabaseManager, Generic[C]):
         except TimeoutError:
             raise self._not_opened(timeout or 0.0) from None
 
+    def _leaves_clean(self, exc: BaseException) -> bool:
+        """Whether an operation that raised ``exc`` left its session as it found it.
+
+        By default none does (the connection is reset before reuse); a
+        backend names the errors the server answered with cleanly.
+        """
+        return False
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in a task of its own, awaited by ``close()``."""
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+class Checkout(Generic[C]):
+    """One connection checked out of a manager's pool (asyncpg's acquire shape).
+
+    ``async with``: the block gets the :class:`PooledConnection`, and leaving
+    it gives the connection back. It is returned as it is when the block
+    ended normally, or with an error the backend knows leaves the session
+    intact (:meth:`PooledDatabaseManager._leaves_clean`), and nothing marked
+    it ``needs_reset``; otherwise the backend resets it first, and throws it
+    away when the reset fails. Release is synchronous bookkeeping (a reset
+    runs in a task of the manager's own), so a cancelled caller cannot leave
+    a connection checked out. Awaited instead, it just checks one out.
+    """
+
+    __slots__ = ("_conn", "_deadline", "_manager", "_stateless")
+    _conn: PooledConnection[C]
+
+    def __init__(
+        self, manager: PooledDatabaseManager[C], deadline: Deadline | None, stateless: bool
+    ) -> None:
+        self._manager = manager
+        self._deadline = deadline
+        self._stateless = stateless
+        # _conn is set by __aenter__ (__aexit__ runs only after it succeeded).
+
+    def __await__(self) -> Generator[Any, None, PooledConnection[C]]:
+        return self._manager._checkout(self._deadline).__await__()
+
+    async def __aenter__(self) -> PooledConnection[C]:
+        # _checkout inlined, and the opening only awaited when it is needed:
+        # two coroutines fewer per call on the hot path.
+        manager = self._manager
+        deadline = self._deadline
+        if manager.state is not ResourceState.OPEN:
+            await manager._ensure_open(deadline)
+        timeout = (deadline or _NEVER).cap(manager.options.acquire_timeout) or 0.0
+        try:
+            conn = await manager._pool.acquire(timeout)
+        except PoolExhaustedError:
+            raise
+        except TimeoutError:
+            raise manager._not_opened(timeout) from None
+        self._conn = conn
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        manager = self._manager
+        clean = (exc is None or manager._leaves_clean(exc)) and not conn.needs_reset
+        if clean and not self._stateless and manager.options.reset_session:
+            clean = False  # trusted code's connections are always reset
+        manager.release(conn, clean=clean)

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from iogate.core.errors import ConfigError, IogateError, OperationTimeoutError
 from iogate.core.redact import redact_url
+from iogate.core.resource import Kind
 from iogate.gateway.app import build_orchestrator, load_checked
 from iogate.gateway.privileges import privilege_warnings
 from iogate.gateway.settings import Settings
@@ -103,10 +104,9 @@ async def _check_one(
     except Exception as exc:  # a check reports every failure as a row, never a traceback
         detail = str(exc) or type(exc).__name__
         return CheckRow(resource=name, type=kind, status="down", latency_ms=None, detail=detail)
-    breaker = getattr(manager, "breaker_state", None)
     detail = target
-    if callable(breaker):
-        detail += f" (circuit {breaker()})"
+    if manager.kind is Kind.API:
+        detail += f" (circuit {manager.health().breaker})"
     return CheckRow(resource=name, type=kind, status="up", latency_ms=latency_ms, detail=detail)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-__all__ = ["Deadline"]
+from iogate.core.errors import OperationTimeoutError
+
+__all__ = ["Deadline", "deadline_error"]
 
 Clock = Callable[[], float]
 
@@ -61,3 +63,19 @@ class Deadline:
 
 
 _NEVER = Deadline(None)
+
+
+def deadline_error(
+    what: str, *, budget: float | None = None, started: bool = True
+) -> OperationTimeoutError:
+    """The one message for a deadline that ended ``what`` (a query, a COMMIT...).
+
+    ``started=False``: the deadline had passed before ``what`` began (nothing
+    was sent); otherwise ``what`` was cut off, after ``budget`` seconds when
+    that is known.
+    """
+    if not started:
+        return OperationTimeoutError(f"deadline passed before {what} started")
+    if budget is None:
+        return OperationTimeoutError(f"{what} did not finish within the deadline")
+    return OperationTimeoutError(f"{what} did not finish within the deadline ({budget:.3g}s)")

@@ -1,8 +1,9 @@
 """The lifecycle every resource shares: opened once, closed once, never reopened.
 
 ``Lifecycle`` is the one copy of the state machine (httpx's ``ClientState``
-shape) that managers, the API manager and the seed-compatibility wrappers
-inherit: a :class:`ResourceState`, ``async with``, an idempotent
+shape) that the database managers, the API manager and seed 002's
+``ExternalAPISession`` inherit (``DatabaseConnectionPool`` delegates to the
+manager it wraps): a :class:`ResourceState`, ``async with``, an idempotent
 ``close()``/``aclose()``, a :class:`ResourceWarning` for an open resource
 that is garbage-collected, and one opening shared by concurrent callers.
 

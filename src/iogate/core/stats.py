@@ -75,7 +75,7 @@ class _Throughput:
     a comparison and an addition; ``OperationStats.record`` does that inline.
     """
 
-    __slots__ = ("_clock", "_counts", "_seconds", "current", "second")
+    __slots__ = ("_clock", "_counts", "_seconds", "current", "second", "start", "until")
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
@@ -83,15 +83,23 @@ class _Throughput:
         self._seconds = [-1] * 60
         self.second = -1  # the second ``current`` counts
         self.current = 0
+        # The clock readings ``int()`` maps to ``second``: start <= now < until.
+        # Comparing a reading with them costs less than ``int(now)`` (measured);
+        # empty (0, 0) until a positive second is counted, so roll() decides.
+        self.start = 0.0
+        self.until = 0.0
 
     def roll(self, second: int) -> None:
         """Move the finished second into the ring and start counting ``second``."""
-        if self.second >= 0:
-            slot = self.second % 60
-            self._seconds[slot] = self.second
-            self._counts[slot] = self.current
-        self.second = second
-        self.current = 0
+        if second != self.second:
+            if self.second >= 0:
+                slot = self.second % 60
+                self._seconds[slot] = self.second
+                self._counts[slot] = self.current
+            self.second = second
+            self.current = 0
+        if second > 0:
+            self.start, self.until = float(second), second + 1.0
 
     def per_second(self) -> float:
         now = int(self._clock())
@@ -108,26 +116,35 @@ class _Throughput:
 class OperationStats:
     """Counts, errors by type, latency quantiles and recent throughput."""
 
-    __slots__ = ("_add_latency", "_clock", "_throughput", "count", "errors", "latency")
+    __slots__ = ("_clock", "_throughput", "count", "errors", "latency")
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.count = 0
         self.errors: Counter[str] = Counter()
         self.latency = LatencySketch()
-        self._add_latency = self.latency.add
         self._clock = clock
         self._throughput = _Throughput(clock)
 
     def record(self, duration_ms: float, error_type: str | None) -> None:
-        """Called once per operation, so the throughput tick is inlined here."""
+        """Called once per operation, so the sketch's ``add`` and the
+        throughput tick are inlined here (one call frame each, measured)."""
         self.count += 1
         if error_type is not None:
             self.errors[error_type] += 1
-        self._add_latency(duration_ms)
+        latency = self.latency  # LatencySketch.add, inlined
+        index = _ceil(_log(duration_ms) * _INV_LOG_GAMMA) if duration_ms > _MIN_MS else _MIN_INDEX
+        buckets = latency._buckets
+        buckets[index] = buckets.get(index, 0) + 1
+        latency.count += 1
+        latency.total += duration_ms
+        if duration_ms < latency.min:
+            latency.min = duration_ms
+        if duration_ms > latency.max:
+            latency.max = duration_ms
         throughput = self._throughput
-        second = int(self._clock())
-        if second != throughput.second:
-            throughput.roll(second)
+        now = self._clock()
+        if not throughput.start <= now < throughput.until:
+            throughput.roll(int(now))
         throughput.current += 1
 
     def snapshot(self) -> dict[str, Any]:

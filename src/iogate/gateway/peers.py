@@ -189,7 +189,6 @@ class PeerLink:
 def _breakers(orchestrator: AsyncOperationOrchestrator) -> dict[str, CircuitBreaker]:
     found: dict[str, CircuitBreaker] = {}
     for name, manager in orchestrator.apis.items():
-        breaker = getattr(manager, "breaker", None)
-        if breaker is not None:
-            found[name] = breaker
+        if manager.breaker is not None:
+            found[name] = manager.breaker
     return found

@@ -34,6 +34,7 @@ from prometheus_client import (
 
 from iogate.core.errors import ConfigError
 from iogate.core.events import Event, add_hook, remove_hook
+from iogate.core.resource import Kind, PoolStats, Resource
 from iogate.metrics.feed import PrometheusEvents, TalliedEvents, bounds
 from iogate.metrics.multiprocess import (
     check_multiprocess,
@@ -85,10 +86,10 @@ class ResourceRegistry(Protocol):
     """What ``watch`` needs of an orchestrator: its named managers."""
 
     @property
-    def databases(self) -> Mapping[str, Any]: ...
+    def databases(self) -> Mapping[str, Resource]: ...
 
     @property
-    def apis(self) -> Mapping[str, Any]: ...
+    def apis(self) -> Mapping[str, Resource]: ...
 
 
 class MetricsCollector:
@@ -137,7 +138,7 @@ class MetricsCollector:
         acquire_bounds = bounds(acquire_buckets)
         self._events: TalliedEvents | PrometheusEvents
         if self.multiprocess_dir is None:
-            # One process: plain additions under one lock per event, turned
+            # One process: events queued, added up in batches (no lock per event), turned
             # into metric families when the registry is collected.
             tallied = TalliedEvents(duration_bounds, acquire_bounds)
             self.registry.register(tallied)
@@ -219,21 +220,16 @@ class MetricsCollector:
         ``AsyncOperationOrchestrator``); managers added later are seen too.
         """
 
-        def managers() -> dict[str, Any]:
+        def managers() -> dict[str, Resource]:
             return {**resources.databases, **resources.apis}
 
         def pools() -> dict[str, Mapping[str, int]]:
-            return {
-                name: m.pool_stats() for name, m in managers().items() if hasattr(m, "pool_stats")
-            }
+            return {name: _pool_numbers(m.pool_stats()) for name, m in managers().items()}
 
         def breakers() -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for name, manager in managers().items():
-                state = getattr(manager, "breaker_state", None)
-                if state is not None:
-                    out[name] = state() if callable(state) else state
-            return out
+            return {
+                name: m.health().breaker for name, m in managers().items() if m.kind is Kind.API
+            }
 
         self.add_pool_source(pools)
         self.add_breaker_source(breakers)
@@ -294,6 +290,16 @@ class MetricsCollector:
         # scrape of their own that is here, at most once per interval.
         if self._clock() - self._last_refresh >= self._refresh_interval:
             self.refresh()
+
+
+def _pool_numbers(stats: PoolStats) -> dict[str, int]:
+    return {
+        "size": stats["size"],
+        "max_size": stats["max_size"],
+        "in_use": stats["in_use"],
+        "idle": stats["idle"],
+        "waiting": stats["waiting"],
+    }
 
 
 def _breaker_code(state: Any) -> int | None:

@@ -1,7 +1,7 @@
 """The event-fed metrics, two ways: tallied in-process, or written for several processes.
 
-``TalliedEvents`` is the one-process hook (plain additions under one lock,
-turned into metric families when the registry is collected);
+``TalliedEvents`` is the one-process hook (events queued, added up in
+batches, turned into metric families when the registry is collected);
 ``PrometheusEvents`` writes every sample to prometheus-client's per-process
 files at once (multiprocess mode). Both expose the same series.
 """
@@ -11,9 +11,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import reduce
+from itertools import groupby
+from operator import add, itemgetter
 
 from prometheus_client import Counter, Histogram
 from prometheus_client import metrics as prometheus_metrics
@@ -25,6 +29,15 @@ from iogate.core.events import Event, OperationEvent, PoolEvent
 __all__ = ["PrometheusEvents", "TalliedEvents", "bounds"]
 
 
+# TalliedEvents adds up its queued events once this many are waiting (and at
+# every collection): the queue stays small, the tally runs rarely.
+_BATCH = 64
+# A run of events of one label set at least this long is added up at once.
+_RUN = 8
+_first_four = itemgetter(0, 1, 2, 3)
+_duration = itemgetter(4)
+_error_type = itemgetter(5)
+_attempts = itemgetter(6)
 _OP_LABELS = ("kind", "resource", "backend", "operation")
 _POOL_LABELS = ("resource", "backend")
 _DURATION = (
@@ -117,72 +130,149 @@ class _OperationTally:
 
     def __init__(self, bucket_count: int) -> None:
         self.duration = _Tally(bucket_count)
-        self.success = _Tally()
+        self.success = _Tally()  # its value is derived when collected (_successes)
         self.error = _Tally()
         self.retries = _Tally()
         self.errors: dict[str, _Tally] = {}
+
+    def add_error(self, error_type: str) -> None:
+        errors = self.errors.get(error_type)
+        if errors is None:
+            errors = self.errors[error_type] = _Tally()
+        errors.value += 1
 
 
 class TalliedEvents:
     """The event-fed metrics of one process, as a prometheus-client collector.
 
     ``Histogram.observe`` plus ``Counter.inc`` cost about 1.5 us per event
-    (a lock and a method call per series); this hook takes one lock and
-    adds a few numbers, and the metric families are built when the registry
-    is collected (a scrape, ``render()``, ``get_sample_value``). Counts are
-    exact at every collection. The series, names and samples are the ones
-    prometheus-client's own Histogram and Counter expose, ``_created``
-    included.
+    (a lock and a method call per series). This hook only appends the event
+    to a queue; the queue is tallied (plain additions) in batches of
+    ``_BATCH`` and whenever the registry is collected (a scrape,
+    ``render()``, ``get_sample_value``), so counts are exact at every
+    collection. The series, names and samples are the ones prometheus-client's
+    own Histogram and Counter expose, ``_created`` included (a series'
+    ``_created`` is the time its first batch was tallied, never later than
+    the first collection that shows it).
+
+    Thread safety without a lock per event: any thread may emit and any
+    thread may collect. ``deque.append`` and ``deque.popleft`` are atomic
+    (one C call each, under the GIL or the deque's own lock on a free-threaded
+    build), so an event appended while another thread tallies is either
+    popped by that tally or left for the next one, never lost or counted
+    twice. Only the tally (and the copy ``collect`` takes) holds ``_lock``,
+    so one thread at a time pops and adds, and the ``len()`` it read is a
+    lower bound of what it can pop. Measured (docs/benchmarks.md, "The API
+    path taken apart"): the hook went from about 7,400 to about 4,400
+    instructions per event (1,400 to queue, the rest its share of a tally).
     """
 
     def __init__(
         self, duration_bounds: tuple[float, ...], acquire_bounds: tuple[float, ...]
     ) -> None:
         self._lock = threading.Lock()
+        self._pending: deque[Event] = deque()
         self._duration_bounds = (*duration_bounds, math.inf)
         self._acquire_bounds = (*acquire_bounds, math.inf)
-        self._operations: dict[tuple[str, str, str, str], _OperationTally] = {}
+        # Keyed by the event's first four fields as they come
+        # (resource, kind, backend, operation): a slice, no reordering per event.
+        self._operations: dict[tuple[str, ...], _OperationTally] = {}
         self._acquire_wait: dict[tuple[str, str], _Tally] = {}
         self._acquire_failures: dict[tuple[str, str], _Tally] = {}
 
     def observe(self, event: Event) -> None:
-        """The event hook; runs once per operation, so it stays small."""
-        if isinstance(event, OperationEvent):
-            labels = (event.kind, event.resource, event.backend, event.operation)
-            duration = event.duration_s
-            index = bisect_left(self._duration_bounds, duration)
+        """The event hook; runs once per operation, so it only queues the event."""
+        pending = self._pending
+        pending.append(event)
+        if len(pending) >= _BATCH:
             with self._lock:
-                tally = self._operations.get(labels)
-                if tally is None:
-                    tally = self._operations[labels] = _OperationTally(len(self._duration_bounds))
-                histogram = tally.duration
-                histogram.buckets[index] += 1
-                histogram.sum += duration
-                error_type = event.error_type
-                if error_type is None:
-                    tally.success.value += 1
-                else:
-                    tally.error.value += 1
-                    errors = tally.errors.get(error_type)
-                    if errors is None:
-                        errors = tally.errors[error_type] = _Tally()
-                    errors.value += 1
-                if event.attempts > 1:
-                    tally.retries.value += event.attempts - 1
-        elif isinstance(event, PoolEvent):
-            labels_pool = (event.resource, event.backend)
-            with self._lock:
-                if event.acquired:
-                    wait = self._acquire_wait.get(labels_pool)
-                    if wait is None:
-                        wait = self._acquire_wait[labels_pool] = _Tally(len(self._acquire_bounds))
-                    wait.buckets[bisect_left(self._acquire_bounds, event.wait_s)] += 1
-                    wait.sum += event.wait_s
-                else:
-                    failures = self._acquire_failures.get(labels_pool)
-                    if failures is None:
-                        failures = self._acquire_failures[labels_pool] = _Tally()
-                    failures.value += 1
+                self._tally()
+
+    def _tally(self) -> None:
+        """Add up the queued events; the caller holds ``_lock``.
+
+        Consecutive events of one label set (one manager's calls, mostly) are
+        added up as a run: its durations sorted once and the bucket counts
+        read off with one bisection per bound, its sum, errors and retries
+        through C-level passes (measured: about 2,900 instructions per event
+        against 4,800 one at a time). A short run goes event by event.
+        """
+        pending = self._pending
+        popleft = pending.popleft
+        # Only the lock holder pops, so at least len(pending) events are there.
+        events = [popleft() for _ in range(len(pending))]
+        # An OperationEvent's key is four str, a PoolEvent's holds a float and
+        # a bool: the two kinds never share a run.
+        for _, run in groupby(events, _first_four):
+            batch = list(run)
+            first = batch[0]
+            if not isinstance(first, OperationEvent):
+                for event in batch:
+                    self._tally_pool(event)  # type: ignore[arg-type]
+            elif len(batch) < _RUN:
+                for event in batch:
+                    self._tally_operation(event)  # type: ignore[arg-type]
+            else:
+                self._tally_run(first, batch)  # type: ignore[arg-type]
+
+    def _operation_tally(self, labels: tuple[str, ...]) -> _OperationTally:
+        tally = self._operations.get(labels)
+        if tally is None:
+            tally = self._operations[labels] = _OperationTally(len(self._duration_bounds))
+        return tally
+
+    def _tally_operation(self, event: OperationEvent) -> None:
+        tally = self._operation_tally(event[:4])
+        _, _, _, _, duration, error_type, attempts = event
+        histogram = tally.duration
+        histogram.buckets[bisect_left(self._duration_bounds, duration)] += 1
+        histogram.sum += duration
+        # Successes are not counted here: every event lands in one duration
+        # bucket, so collect() reads them as count - errors.
+        if error_type is not None:
+            tally.error.value += 1
+            tally.add_error(error_type)
+        if attempts > 1:
+            tally.retries.value += attempts - 1
+
+    def _tally_run(self, first: OperationEvent, batch: list[OperationEvent]) -> None:
+        tally = self._operation_tally(first[:4])
+        histogram = tally.duration
+        durations = list(map(_duration, batch))
+        # Added one by one in event order, as prometheus-client's Histogram
+        # does, so the sum is the same to the last bit.
+        histogram.sum = reduce(add, durations, histogram.sum)
+        durations.sort()
+        buckets = histogram.buckets
+        below = 0
+        for index, bound in enumerate(self._duration_bounds):
+            upto = bisect_right(durations, bound)  # bucket index = bisect_left(bounds, d)
+            buckets[index] += upto - below
+            below = upto
+        error_types = list(map(_error_type, batch))
+        failed = len(error_types) - error_types.count(None)
+        if failed:
+            tally.error.value += failed
+            for error_type in error_types:
+                if error_type is not None:
+                    tally.add_error(error_type)
+        attempts = list(map(_attempts, batch))
+        if max(attempts) > 1:
+            tally.retries.value += sum(a - 1 for a in attempts if a > 1)
+
+    def _tally_pool(self, event: PoolEvent) -> None:
+        labels = (event.resource, event.backend)
+        if event.acquired:
+            wait = self._acquire_wait.get(labels)
+            if wait is None:
+                wait = self._acquire_wait[labels] = _Tally(len(self._acquire_bounds))
+            wait.buckets[bisect_left(self._acquire_bounds, event.wait_s)] += 1
+            wait.sum += event.wait_s
+        else:
+            failures = self._acquire_failures.get(labels)
+            if failures is None:
+                failures = self._acquire_failures[labels] = _Tally()
+            failures.value += 1
 
     # prometheus-client's collector protocol ------------------------------------
 
@@ -192,16 +282,17 @@ class TalliedEvents:
 
     def collect(self) -> list[Metric]:
         with self._lock:  # a consistent copy; the families are built outside the lock
+            self._tally()
             operations = [
                 (
-                    labels,
+                    (kind, resource, backend, operation),
                     _copy(t.duration),
-                    _copy(t.success),
+                    _successes(t),
                     _copy(t.error),
                     _copy(t.retries),
                     [(name, _copy(e)) for name, e in t.errors.items()],
                 )
-                for labels, t in self._operations.items()
+                for (resource, kind, backend, operation), t in self._operations.items()
             ]
             waits = [(labels, _copy(t)) for labels, t in self._acquire_wait.items()]
             failures = [(labels, _copy(t)) for labels, t in self._acquire_failures.items()]
@@ -244,6 +335,13 @@ def _families() -> tuple[
         HistogramMetricFamily(*_ACQUIRE_WAIT, labels=_POOL_LABELS),
         CounterMetricFamily(*_ACQUIRE_FAILURES, labels=_POOL_LABELS),
     )
+
+
+def _successes(tally: _OperationTally) -> _Tally:
+    """The success counter: every event is in one duration bucket, errors are counted."""
+    copy = _copy(tally.success)
+    copy.value = sum(tally.duration.buckets) - tally.error.value
+    return copy
 
 
 def _copy(tally: _Tally) -> _Tally:

@@ -39,12 +39,14 @@ the operation still runs.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import string
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -53,10 +55,10 @@ import orjson
 from iogate.backends.kv import RESERVED_PREFIX
 from iogate.cache import DEFAULT_TAG_PREFIX, cache_for
 from iogate.core import events
-from iogate.core.deadline import Deadline
+from iogate.core.deadline import Deadline, deadline_error
 from iogate.core.errors import IogateError, ResourceNotFoundError
-from iogate.core.events import OperationEvent, emit
 from iogate.core.jsonable import jsonable
+from iogate.core.recording import record
 from iogate.core.result import Result
 from iogate.orchestrator.registry import (
     NamedOperation,
@@ -170,20 +172,11 @@ async def execute_named_operation(
         if tracer is not None:
             tracer.finish(span, None, exc)
         raise
-    duration = time.perf_counter() - started
-    result.operation = name
-    result.resource = result.resource or op.resource
-    emit(
-        OperationEvent(
-            resource=op.resource,
-            kind="operation",
-            backend=op.kind,
-            operation=name,
-            duration_s=duration,
-            error_type=result.error_type,
-        )
-    )
-    result = result.with_timing(duration * 1000, result.attempts)
+    # A copy of its own: a cached Result is shared by every caller it served.
+    result = replace(result, operation=name, resource=result.resource or op.resource)
+    # Counted from its event (the gateway's StatsRegistry), not in a manager's stats:
+    # its statements were counted by the managers that ran them.
+    record(None, result, started, op.resource, "operation", op.kind, name, result.attempts)
     if tracer is not None:
         tracer.finish(span, result)
     return result
@@ -210,14 +203,25 @@ async def _cached_run(
             for template in spec.invalidates:
                 await cache.invalidate_tag(_tag(template, values))
         return result
-    return await cache.get_or_load(
-        _cache_key(op, values),
-        functools.partial(_run, orchestrator, op, values, deadline),
-        ttl=spec.ttl,
-        tags=[_tag(template, values) for template in spec.tags],
-        encode=_cache_entry,
-        decode=functools.partial(_cached_result, op.resource),
-    )
+    # The cache's own calls are bounded by its manager's timeouts, not by this
+    # caller's deadline: the caller stops waiting at its deadline (a shared
+    # load goes on for the other callers waiting on it).
+    remaining = deadline.remaining()
+    waiting = asyncio.timeout(remaining)
+    try:
+        async with waiting:
+            return await cache.get_or_load(
+                _cache_key(op, values),
+                functools.partial(_run, orchestrator, op, values, deadline),
+                ttl=spec.ttl,
+                tags=[_tag(template, values) for template in spec.tags],
+                encode=_cache_entry,
+                decode=functools.partial(_cached_result, op.resource),
+            )
+    except TimeoutError:
+        if not waiting.expired():
+            raise  # the operation's own timeout error
+        raise deadline_error(f"operation {op.name!r}", budget=remaining) from None
 
 
 def _cache_entry(result: Result) -> dict[str, Any] | None:

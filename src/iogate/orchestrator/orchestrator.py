@@ -27,6 +27,7 @@ from iogate.core.deadline import Deadline
 from iogate.core.errors import ConfigError, IogateError, ResourceNotFoundError
 from iogate.core.options import APIManagerOptions, DatabaseManagerOptions
 from iogate.core.params import Params
+from iogate.core.resource import Kind, Resource
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
 from iogate.orchestrator.batch import execute_batch, run_transaction
@@ -411,7 +412,7 @@ class AsyncOperationOrchestrator:
         return {"ready": not down, "down": down, "degraded": degraded, "resources": checks}
 
 
-async def _check(kind: str, manager: Any, timeout: float) -> dict[str, Any]:
+async def _check(kind: str, manager: Resource, timeout: float) -> dict[str, Any]:
     started = time.perf_counter()
     entry: dict[str, Any] = {"kind": kind, "type": manager.backend}
     try:
@@ -423,7 +424,6 @@ async def _check(kind: str, manager: Any, timeout: float) -> dict[str, Any]:
     else:
         entry["status"] = "up"
     entry["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    breaker = getattr(manager, "breaker_state", None)
-    if breaker is not None:
-        entry["circuit"] = breaker() if callable(breaker) else breaker
+    if manager.kind is Kind.API:
+        entry["circuit"] = manager.health().breaker
     return entry

@@ -71,6 +71,9 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
+_CLOSED = BreakerState.CLOSED
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CircuitBreakerConfig:
     """``failure_ratio=None`` disables the ratio rule (consecutive only)."""
@@ -124,13 +127,18 @@ class CircuitBreakerConfig:
 class _Window:
     """Calls and failures per second over the last ``window`` seconds."""
 
-    __slots__ = ("_calls", "_failures", "_seconds", "_size")
+    __slots__ = ("_calls", "_failures", "_seconds", "_size", "slot", "start", "until")
 
     def __init__(self, window: float) -> None:
         self._size = max(1, math.ceil(window))
         self._seconds = [-1] * self._size
         self._calls = [0] * self._size
         self._failures = [0] * self._size
+        # The clock readings of the second last added to, and its slot: a
+        # success in that second is counted without int() or the slot check
+        # (CircuitBreaker.record_success). Empty until a positive second.
+        self.start = self.until = 0.0
+        self.slot = 0
 
     def add(self, now: float, failed: bool) -> None:
         second = int(now)
@@ -139,6 +147,8 @@ class _Window:
             self._seconds[slot] = second
             self._calls[slot] = 0
             self._failures[slot] = 0
+        if second > 0:
+            self.start, self.until, self.slot = float(second), second + 1.0, slot
         self._calls[slot] += 1
         if failed:
             self._failures[slot] += 1
@@ -154,6 +164,7 @@ class _Window:
 
     def clear(self) -> None:
         self._seconds = [-1] * self._size
+        self.start = self.until = 0.0
 
 
 class CircuitBreaker:
@@ -216,6 +227,10 @@ class CircuitBreaker:
 
     def acquire(self) -> int:
         """Admit one call or raise ``CircuitOpenError``; returns its ticket."""
+        if self._state is _CLOSED:
+            # Every call of a healthy upstream comes here: no property, no
+            # clock (only an open breaker's state depends on the time).
+            return self._generation
         state = self.state
         if state is BreakerState.CLOSED:
             return self._generation
@@ -235,9 +250,16 @@ class CircuitBreaker:
     def record_success(self, ticket: int) -> None:
         if ticket != self._generation:
             return
-        if self._state is BreakerState.CLOSED:
+        if self._state is _CLOSED:
             self._consecutive_failures = 0
-            self._window.add(self._clock(), failed=False)
+            # _Window.add(now, failed=False), inlined for a second already
+            # counted in: once per healthy call.
+            window = self._window
+            now = self._clock()
+            if window.start <= now < window.until:
+                window._calls[window.slot] += 1
+            else:
+                window.add(now, failed=False)
         elif self._state is BreakerState.HALF_OPEN:
             self._probes_succeeded += 1
             if self._probes_succeeded >= self.config.half_open_max_calls:

@@ -115,7 +115,9 @@ class RetryBudget:
             amount -= owed
         # At most ``reserve`` tokens in all, so that no client, new or long
         # healthy, has more than the reserve to spend when an outage begins.
-        room = self._cap() - self._earned - self._reserve_left
+        # (``_cap()`` inlined: this runs once per request.)
+        reserve = self.reserve
+        room = (reserve if reserve > 1.0 else 1.0) - self._earned - self._reserve_left
         if room <= 0.0:
             return
         earned = self._earned + min(amount, room)

@@ -43,6 +43,7 @@ __all__ = [
     "backoff_delay",
     "is_testing",
     "parse_retry_after",
+    "retry_after_first",
     "retry_results",
     "set_testing",
 ]
@@ -209,12 +210,40 @@ async def retry_results(
     will really happen when it is last.
     """
     # Fast path: most calls succeed first time, and tenacity's machinery
-    # costs more than a loopback round trip's worth of CPU. The first
-    # outcome is taken here and replayed to tenacity as its attempt 1 only
-    # when a retry is due, so attempt numbering and waits are unchanged.
+    # costs more than a loopback round trip's worth of CPU.
     first = await attempt()
     if policy.attempts == 1 or not should_retry(first):
         return first
+    return await retry_after_first(
+        first,
+        attempt,
+        policy=policy,
+        should_retry=should_retry,
+        deadline=deadline,
+        stop_checks=stop_checks,
+        sleep=sleep,
+        random=random,
+    )
+
+
+async def retry_after_first(
+    first: Result,
+    attempt: Callable[[], Awaitable[Result]],
+    *,
+    policy: RetryPolicy,
+    should_retry: Callable[[Result], bool],
+    deadline: Deadline | None = None,
+    stop_checks: Sequence[StopCheck] = (),
+    sleep: Sleep = asyncio.sleep,
+    random: Random = _random.random,
+) -> Result:
+    """Go on from a first attempt already run (and judged worth a retry).
+
+    For callers that run their first attempt inline, so that the common
+    case (no retry) builds no callable for this one. ``first`` is replayed
+    to tenacity as its attempt 1, so attempt numbering, waits and stop
+    checks are exactly those of :func:`retry_results`.
+    """
     replay = [first]
 
     async def next_attempt() -> Result:

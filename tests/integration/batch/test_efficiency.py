@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from iogate.core.events import Event, OperationEvent, add_hook, remove_hook
+from iogate.core.events import Event, OperationEvent, PoolEvent, add_hook, remove_hook
 from iogate.orchestrator import AsyncOperationOrchestrator
 from iogate.orchestrator.batch import execute_batch
 
@@ -118,10 +118,18 @@ async def test_repeated_insert_runs_as_one_group(
         for i in range(1000)
     ]
     seen, hook = _events()
+    checkouts: list[PoolEvent] = []
+
+    def count_checkouts(event: Event) -> None:
+        if isinstance(event, PoolEvent) and event.resource == "main_db":
+            checkouts.append(event)
+
+    add_hook(count_checkouts)
     try:
         results = await execute_batch(orchestrator, ops)
     finally:
         remove_hook(hook)
+        remove_hook(count_checkouts)
     assert all(r.success and r.rows_affected == 1 for r in results)
     assert all(r.resource == "main_db" for r in results)
     assert await pg_raw.fetchval(f"SELECT count(*) FROM {pg_table}") == 1000
@@ -131,6 +139,10 @@ async def test_repeated_insert_runs_as_one_group(
     # The group is not an operation of its own: statements are the
     # manager's operations (tests/integration/test_recording.py).
     assert "execute_many" not in {e.operation for e in seen}
+    # Every statement is one of the manager's operations (issue 15)...
+    assert [e.operation for e in seen if e.resource == "main_db"].count("query") == 1000
+    # ... run as one grouped execution: one connection checkout, not 1000.
+    assert len(checkouts) == 1
 
 
 async def test_a_failing_row_in_a_group_fails_alone(

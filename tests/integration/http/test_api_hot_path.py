@@ -13,9 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from iogate.backends import http
 from iogate.backends.http import AsyncAPIManager
-from iogate.core import events
+from iogate.core import events, recording
 from iogate.core.deadline import Deadline
 
 from .conftest import Canary, Upstream
@@ -80,7 +79,7 @@ async def test_no_event_is_built_without_a_hook(
         raise AssertionError(f"event built without a hook: {args!r}")
 
     monkeypatch.setattr(events, "hooks", ())
-    monkeypatch.setattr(http, "OperationEvent", refuse)
+    monkeypatch.setattr(recording, "OperationEvent", refuse)
     async with make_manager() as api:
         ok = await api.get("/ok")
         failed = await api.get("/status/404")

@@ -301,7 +301,7 @@ async def test_rate_limit_refuses_without_touching_upstream(
 async def test_ssrf_corpus_is_refused_before_any_connection(
     upstream: Upstream, canary: Canary, make_manager: MakeManager
 ) -> None:
-    from tests.unit.test_urls import SSRF_CORPUS
+    from tests.unit.backends.test_urls import SSRF_CORPUS
 
     endpoints = [e.replace("127.0.0.2:8080", f"127.0.0.2:{canary.port}") for e in SSRF_CORPUS]
     async with make_manager() as api:

@@ -29,8 +29,8 @@ import pytest
 from aiohttp import web
 from fastapi.testclient import TestClient
 
-from iogate.backends import http
 from iogate.backends.http import DEFAULT_ERROR_BODY_BYTES, DEFAULT_MAX_JSON_DEPTH, AsyncAPIManager
+from iogate.backends.http import body as http_body
 from iogate.core.redact import SecretMask
 from iogate.gateway.app import create_app
 from iogate.gateway.settings import parse_settings
@@ -378,11 +378,11 @@ async def test_a_lower_depth_limit_is_honoured(hostile: Hostile) -> None:
 
 def test_the_depth_check_relies_on_orjsons_encoder_limit() -> None:
     # _deeper_than wraps data in (254 - max_depth) lists and lets orjson refuse.
-    orjson.dumps(orjson.loads(_nested(http._ORJSON_MAX_DEPTH)))
+    orjson.dumps(orjson.loads(_nested(http_body.ORJSON_MAX_DEPTH)))
     with pytest.raises(orjson.JSONEncodeError):
-        orjson.dumps(orjson.loads(_nested(http._ORJSON_MAX_DEPTH + 1)))
-    assert not http._deeper_than(_nested(5), orjson.loads(_nested(5)), 5)
-    assert http._deeper_than(_nested(6), orjson.loads(_nested(6)), 5)
+        orjson.dumps(orjson.loads(_nested(http_body.ORJSON_MAX_DEPTH + 1)))
+    assert not http_body.deeper_than(_nested(5), orjson.loads(_nested(5)), 5)
+    assert http_body.deeper_than(_nested(6), orjson.loads(_nested(6)), 5)
 
 
 BAD_LOCATIONS = [

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from iogate.backends.base import Transaction
+from iogate.backends.base import SQLTransaction, Transaction
 from iogate.core.deadline import Deadline
 from iogate.core.errors import InvalidRequestError
 from iogate.core.params import Params, normalize_params
@@ -36,7 +36,7 @@ from .worker import Worker
 if TYPE_CHECKING:
     from .manager import AsyncSQLiteManager
 
-__all__ = ["SQLiteTransaction", "open_transaction"]
+__all__ = ["SQLiteSteps", "open_transaction"]
 
 
 @asynccontextmanager
@@ -46,61 +46,62 @@ async def open_transaction(
     """BEGIN on the writer, the block, then COMMIT unless a statement failed."""
     read_only = read_only or manager.options.read_only
     async with manager._writer_session(deadline) as writer:
-        tx = SQLiteTransaction(manager, writer, deadline, guard)
-        committed = False
+        tx = SQLTransaction(
+            SQLiteSteps(manager),
+            writer,
+            deadline,
+            read_only=read_only,
+            guard=guard,
+            manager=manager,
+        )
         try:
-            try:
-                await manager._call(writer, begin, (read_only,), deadline)
-            except sqlite3.Error as exc:
-                raise map_error(exc) from exc
-            yield tx
-            if not tx.failed:
-                try:
-                    await writer.submit(exec_plain, ("COMMIT",))
-                except sqlite3.Error as exc:
-                    raise map_error(exc) from exc
-                committed = True
-                tx.status = "committed"
+            async with tx.block():
+                yield tx
         finally:
-            if not committed:
-                tx.status = "rolled_back"
-            # Queued before the writer is handed on, so it runs next in
-            # the writer's thread even if this task is being cancelled;
-            # shielded so that a cancellation cannot skip it.
+            # Queued before the writer is handed on, so it runs next in the
+            # writer's thread (rolling back what did not commit) even if
+            # this task is being cancelled; shielded so that a cancellation
+            # cannot skip it.
             await asyncio.shield(writer.submit(end_session, (read_only,)))
 
 
-class SQLiteTransaction(Transaction):
-    """Statements of one block, each a job on the writer the block holds."""
+class SQLiteSteps:
+    """How a transaction begins, ends and runs a statement on the writer it holds
+    (the :class:`~iogate.backends.base.TransactionDriver` of SQLite)."""
 
-    def __init__(
-        self,
-        manager: AsyncSQLiteManager,
-        writer: Worker,
-        deadline: Deadline,
-        guard: Access | None = None,
-    ) -> None:
-        super().__init__(guard, manager)
+    def __init__(self, manager: AsyncSQLiteManager) -> None:
         self._manager = manager
-        self._writer = writer
-        self._deadline = deadline
 
-    async def _execute(self, query: str, params: Params) -> Result:
+    async def _begin(self, tx: SQLTransaction) -> None:
+        try:
+            await self._manager._call(tx.conn, begin, (tx.read_only,), tx.deadline)
+        except sqlite3.Error as exc:
+            raise map_error(exc) from exc
+
+    async def _end(self, tx: SQLTransaction, *, commit: bool) -> None:
+        # A rollback is end_session's, after the block, whatever happened.
+        if commit:
+            writer: Worker = tx.conn
+            try:
+                await writer.submit(exec_plain, ("COMMIT",))
+            except sqlite3.Error as exc:
+                raise map_error(exc) from exc
+
+    async def _statement(self, tx: SQLTransaction, query: str, params: Params) -> Result:
+        manager = self._manager
         verb, args = bind(query, normalize_params(params))
-        limits = self._manager._limits
+        limits = manager._limits
         run: Callable[..., Outcome] = run_statement
         job: tuple[Any, ...] = (query, args, limits)
-        if self.guard is not None:
+        if tx.guard is not None:
             # SQLite's authorizer refuses transaction control and the rest.
-            run, job = run_authorized, (query, args, limits, self.guard)
+            run, job = run_authorized, (query, args, limits, tx.guard)
         elif verb in TX_CONTROL:
             raise InvalidRequestError(f"{verb} inside transaction(): the block manages it")
         try:
-            outcome = await self._manager._call(self._writer, run, job, self._deadline)
+            outcome = await manager._call(tx.conn, run, job, tx.deadline)
         except (sqlite3.Error, *BINDING_ERRORS) as exc:
-            return Result.from_exception(
-                map_error(exc), resource=self._manager.name, operation="query"
-            )
-        result = to_result(outcome, verb if self.guard is None else None)
-        result.resource = self._manager.name
+            return Result.from_exception(map_error(exc), resource=manager.name, operation="query")
+        result = to_result(outcome, verb if tx.guard is None else None)
+        result.resource = manager.name
         return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from iogate.backends.base import TransactionStatus
 from iogate.core.errors import IogateError
 from iogate.core.result import Result
 from iogate.orchestrator.batch.plan import spec_text
@@ -55,7 +56,7 @@ async def run_atomic(run: BatchRun, db_name: str) -> None:
                     failed_at = step.index
                     tx.failed = True
                     break
-        committed = tx.status == "committed"
+        committed = tx.status is TransactionStatus.COMMITTED
     except IogateError as exc:
         committed = False
         failure = Result.from_exception(exc, resource=db_name, operation="transaction")

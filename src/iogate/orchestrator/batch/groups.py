@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from iogate.backends.base import TransactionStatus
 from iogate.core.deadline import Deadline
 from iogate.core.result import Result
 from iogate.core.sqlguard import Access
@@ -130,4 +131,4 @@ async def _in_one_transaction(
             if not result.success:
                 break
             results.append(result)
-    return results if tx.status == "committed" else None
+    return results if tx.status is TransactionStatus.COMMITTED else None

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from iogate.backends.base import TransactionStatus
 from iogate.core.deadline import Deadline
 from iogate.core.errors import IogateError
 from iogate.core.result import Result
@@ -60,7 +61,7 @@ async def run_transaction(
             result = await run_statements(tx, queries, db_name)
             if not result.success:
                 tx.failed = True
-        if result.success and tx.status != "committed":
+        if result.success and tx.status is not TransactionStatus.COMMITTED:
             result = Result.fail(
                 "transaction was rolled back",
                 "query_error",

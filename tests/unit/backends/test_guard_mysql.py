@@ -11,8 +11,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
 
-from iogate.backends.guard_mysql import _Tokenizer, classify_mysql
 from iogate.backends.mysql import classify_guarded
+from iogate.backends.mysql.guard import _Tokenizer, classify_mysql
 from iogate.core.errors import ForbiddenStatementError
 from iogate.core.sqlguard import FORBIDDEN_FUNCTIONS, Access, require
 

@@ -206,3 +206,36 @@ async def test_a_cache_database_that_is_not_registered_only_costs_the_cache() ->
         )
         results = [(await execute_named_operation(orch, name)).data for _ in range(2)]
     assert results == [1, 2]
+
+
+async def test_a_silent_cache_does_not_hold_a_caller_past_its_deadline() -> None:
+    """The cache's calls are bounded by its manager's timeouts (5 s here); the
+    caller stops waiting at its own deadline, with a timeout Result."""
+    from iogate.backends.redis import AsyncRedisManager
+    from iogate.core.deadline import Deadline
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with AsyncOperationOrchestrator() as orch:
+            orch.add_manager("cache", AsyncRedisManager(f"redis://127.0.0.1:{port}/0"))
+            name = unique("slow_cache")
+            register_operation(
+                orch, name, function=echo, cache=OperationCache(database="cache", ttl=60)
+            )
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            result = await execute_named_operation(orch, name, {"value": 1}, deadline=Deadline(0.3))
+            elapsed = loop.time() - started
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert result.error_type == "timeout", result
+    assert elapsed < 1.5

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from iogate.compat.metrics import track_api_operation, track_database_operation
 from iogate.core.errors import ConfigError
 from iogate.core.events import OperationEvent, PoolEvent, emit
+from iogate.core.resource import Health, Kind, PoolStats, ResourceState
 from iogate.core.result import Result
 from iogate.core.stats import LatencySketch
 from iogate.metrics.collector import MetricsCollector
@@ -281,17 +282,25 @@ def test_a_failing_source_is_logged_and_does_not_break_render(
 
 
 class FakeManager:
-    """Stands in for a manager: the collector only reads these two methods."""
+    """Stands in for a manager: the collector reads its kind, pool and health."""
 
     def __init__(self, pool: dict[str, int] | None, breaker: str | None) -> None:
-        self._pool = pool
-        self._breaker = breaker
+        self._pool = {
+            "size": 0,
+            "max_size": 0,
+            "in_use": 0,
+            "idle": 0,
+            "waiting": 0,
+            **(pool or {}),
+        }
+        self.kind = Kind.DATABASE if breaker is None else Kind.API
+        self._breaker = breaker or "disabled"
 
-    def pool_stats(self) -> dict[str, int]:
-        return self._pool or {}
+    def pool_stats(self) -> PoolStats:
+        return PoolStats(**self._pool)  # type: ignore[typeddict-item]
 
-    def breaker_state(self) -> str | None:
-        return self._breaker
+    def health(self) -> Health:
+        return Health(ResourceState.OPEN, self._breaker)
 
 
 class FakeOrchestrator:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iogate.backends.http import _request_secrets
+from iogate.backends.http.headers import request_secrets as _request_secrets
 
 
 def test_credential_headers_are_masked_but_not_the_idempotency_key() -> None:

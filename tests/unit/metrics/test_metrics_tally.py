@@ -71,9 +71,19 @@ def without_created_values(found: Samples) -> Samples:
     return {key: (0.0 if key[0].endswith("_created") else v) for key, v in found.items()}
 
 
+def in_runs(events: list[Event]) -> list[Event]:
+    """The same events, those of one label set next to each other (long runs)."""
+    return sorted(events, key=lambda e: e[:4] if isinstance(e, OperationEvent) else ("~",))
+
+
+@pytest.mark.parametrize("runs", [False, True], ids=["interleaved", "in-runs"])
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
-def test_tallies_expose_what_prometheus_objects_would(openmetrics: bool) -> None:
+def test_tallies_expose_what_prometheus_objects_would(openmetrics: bool, runs: bool) -> None:
+    # Interleaved label sets are tallied event by event, runs of one label
+    # set all at once (TalliedEvents._tally_run): both must match exactly.
     events = random_events(3, 3000)
+    if runs:
+        events = in_runs(events)
     reference_registry = CollectorRegistry()
     reference = PrometheusEvents(DEFAULT_DURATION_BUCKETS, DEFAULT_ACQUIRE_BUCKETS)
     for metric in (
@@ -155,3 +165,55 @@ def test_unsorted_and_infinite_buckets_are_normalised() -> None:
         and dict(key[1]).items() >= labels.items()
     )
     assert buckets == ["+Inf", "0.1", "1.0"]
+
+
+def test_collecting_while_threads_emit_loses_and_doubles_no_count() -> None:
+    # The hook queues events without a lock; a scrape in another thread
+    # tallies the queue while the emitters keep appending to it.
+    collector = MetricsCollector(registry=CollectorRegistry())
+    per_thread, threads = 20_000, 3
+    event = OperationEvent("api", "api", "http", "GET", 0.002, None, 1)
+    labels = {"kind": "api", "resource": "api", "backend": "http", "operation": "GET"}
+    done = threading.Event()
+    seen: list[float] = []
+
+    def work() -> None:
+        for _ in range(per_thread):
+            collector._hook(event)
+
+    def scrape() -> None:
+        while not done.is_set():
+            value = collector.registry.get_sample_value(
+                "iogate_operations_total", {**labels, "outcome": "success"}
+            )
+            seen.append(value or 0.0)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    done.set()
+    scraper.join(timeout=60)
+    assert not any(t.is_alive() for t in (*workers, scraper))
+    total = per_thread * threads
+    assert seen == sorted(seen)  # never counted back
+    assert all(value <= total for value in seen)
+    registry = collector.registry
+    assert registry.get_sample_value("iogate_operation_duration_seconds_count", labels) == total
+    assert registry.get_sample_value(
+        "iogate_operations_total", {**labels, "outcome": "success"}
+    ) == (total)
+
+
+def test_every_event_counts_at_the_next_collection_however_few() -> None:
+    collector = MetricsCollector(registry=CollectorRegistry())
+    labels = {"kind": "api", "resource": "api", "backend": "http", "operation": "GET"}
+    for expected in (1, 2, 3):
+        collector._hook(OperationEvent("api", "api", "http", "GET", 0.002, None, 1))
+        assert (
+            collector.registry.get_sample_value("iogate_operation_duration_seconds_count", labels)
+            == expected
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iogate.backends.guard_postgres import classify_postgres
+from iogate.backends.postgres.guard import classify_postgres
 from iogate.core.errors import ForbiddenStatementError, QueryError
 from iogate.core.sqlguard import Access, require
 
