@@ -23,6 +23,7 @@ from iogate.backends.redis import (
     RedisOptions,
 )
 from iogate.core.errors import ConfigError, ForbiddenStatementError
+from tests.conftest import poll
 from tests.integration.redis.conftest import LatencyProxy
 
 SECRET = "s3cret-Pa55word"
@@ -123,9 +124,16 @@ async def test_acquire_timeout_bounds_the_wait_for_a_pooled_connection(
     manager = AsyncRedisManager(redis_url, 1, auto_pipeline=False, acquire_timeout=0.1)
     await manager.initialize_pool()
     # BLPOP on an empty list holds the pool's one connection for 2 s.
+    watcher = AsyncRedisManager(redis_url)
     holder = asyncio.create_task(manager.execute_command("BLPOP", f"{prefix}empty", 2))
     try:
-        await asyncio.sleep(0.05)
+        # Wait (bounded) until the server runs the BLPOP: the one connection is taken.
+        async def blocked() -> bool:
+            clients = await watcher.execute_command("CLIENT", "LIST")
+            text = clients.decode() if isinstance(clients, bytes) else str(clients)
+            return "cmd=blpop" in text
+
+        assert await poll(blocked, timeout=2.0)
         started = time.perf_counter()
         result = await manager.execute_query(f"{prefix}k", {"operation": "get"})
         waited = time.perf_counter() - started
@@ -135,6 +143,7 @@ async def test_acquire_timeout_bounds_the_wait_for_a_pooled_connection(
     finally:
         await holder
         await manager.close()
+        await watcher.close()
 
 
 async def test_acquire_timeout_bounds_the_wait_for_the_shared_connection(
