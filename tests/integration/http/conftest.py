@@ -2,7 +2,8 @@
 
 ``upstream`` is an aiohttp.web application on 127.0.0.1 (random port) that
 counts every hit per path, with routes that answer a chosen status, fail a
-given number of times, hang, reset the connection, echo, or redirect.
+given number of times, hang, reset the connection, echo, redirect, or set a
+cookie.
 ``canary`` is a bare TCP server on 127.0.0.2 that counts accepted
 connections: SSRF tests assert it saw none. When 127.0.0.2 cannot be bound
 the canary tests skip, or fail with ``IOGATE_REQUIRE_SERVICES=1``.
@@ -43,6 +44,11 @@ class Upstream:
     @property
     def base_url(self) -> str:
         return f"{self.origin}/v1"
+
+    @property
+    def named_base_url(self) -> str:
+        """The base URL by host name: aiohttp keeps no cookies from an IP address."""
+        return f"http://localhost:{self.port}/v1"
 
     @property
     def total_hits(self) -> int:
@@ -116,6 +122,12 @@ def _build_app(upstream: Upstream) -> web.Application:
             {"headers": dict(request.headers), "body": body.decode(), "method": request.method}
         )
 
+    async def login(request: web.Request) -> web.Response:
+        await record(request)
+        response = web.json_response({"logged_in": True})
+        response.headers["Set-Cookie"] = "sid=secret-1; Path=/"
+        return response
+
     async def text(request: web.Request) -> web.Response:
         await record(request)
         return web.Response(text="plain words", content_type="text/plain")
@@ -136,6 +148,7 @@ def _build_app(upstream: Upstream) -> web.Application:
     app.router.add_route("*", "/v1/hang", hang)
     app.router.add_route("*", "/v1/reset", reset)
     app.router.add_route("*", "/v1/echo", echo)
+    app.router.add_route("*", "/v1/login", login)
     app.router.add_route("*", "/v1/text", text)
     app.router.add_route("*", "/v1/redirect/local", redirect_local)
     app.router.add_route("*", "/v1/redirect/offsite", redirect_offsite)

@@ -17,6 +17,8 @@ upstream how long it has left (``Request-Timeout``, or the forms the
 caller's ``ClientDeadline`` came in; ``deadline_header=None`` sends none).
 aiohttp's own silent repeat of an idempotent request on a dropped
 connection is switched off, so that every attempt is one the budget counted.
+The session keeps no cookies: a Set-Cookie from the upstream is returned in
+the Result's headers and never sent again.
 
 The hot path, measured (docs/benchmarks.md, "The API path taken apart"):
 what is fixed per manager (configured headers and their secrets, whether
@@ -251,6 +253,10 @@ class AsyncAPIManager(Lifecycle):
             # credentials) somewhere the config does not name.
             trust_env=False,
             raise_for_status=False,
+            # One manager serves every caller (every key of a gateway): a
+            # cookie kept from one caller's reply would go out with the next
+            # caller's requests. A caller who needs one sends a Cookie header.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         # aiohttp silently repeats a GET/PUT/DELETE once when its connection
         # drops (RFC 9112 §9.3.1): an attempt that neither the retry policy
