@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from iogate.backends.http import AsyncAPIManager
+from iogate.backends.http import AsyncAPIManager, ExternalAPISession
 
 from .conftest import Upstream
 
@@ -44,3 +44,15 @@ async def test_a_callers_cookie_header_reaches_that_call_only(
     assert cookies_received(upstream, "/v1/echo") == ["pref=dark", None]
     # A caller's Cookie value is a secret: the upstream's echo of it is masked.
     assert "pref=dark" not in str(with_cookie.data)
+
+
+async def test_external_api_session_keeps_no_cookies(upstream: Upstream) -> None:
+    async with ExternalAPISession(f"http://localhost:{upstream.port}", timeout=5.0) as holder:
+        async with holder.session.get("/v1/login") as response:
+            assert response.status == 200
+            assert "sid" in response.cookies
+        async with holder.session.get("/v1/echo") as response:
+            assert response.status == 200
+        async with holder.session.get("/v1/echo", cookies={"pref": "dark"}) as response:
+            assert response.status == 200
+    assert cookies_received(upstream, "/v1/echo") == [None, "pref=dark"]

@@ -21,7 +21,8 @@ class ExternalAPISession(Lifecycle):
 
     ``.session`` is a plain ``aiohttp.ClientSession`` on ``base_url``; it
     offers none of ``AsyncAPIManager``'s endpoint checks, retries or
-    breaker. ``initialize()`` is the seed's name for ``open()``.
+    breaker. ``initialize()`` is the seed's name for ``open()``. It keeps no
+    cookies: send them per request (``cookies=`` or a ``Cookie`` header).
     """
 
     _closed_noun: ClassVar[str] = "session"
@@ -59,6 +60,9 @@ class ExternalAPISession(Lifecycle):
                 limit=100, limit_per_host=20, ttl_dns_cache=_DNS_CACHE_TTL, ssl=self._ssl
             ),
             trust_env=False,
+            # As AsyncAPIManager: a session shared by several callers must not
+            # carry one caller's cookies into another's requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def _close(self) -> None:
