@@ -44,6 +44,7 @@ from iogate.backends.http.body import (
     encode_body,
     query_params,
 )
+from iogate.backends.http.cookies import NoCookieJar
 from iogate.backends.http.headers import (
     IDEMPOTENT_METHODS,
     METHODS,
@@ -256,7 +257,7 @@ class AsyncAPIManager(Lifecycle):
             # One manager serves every caller (every key of a gateway): a
             # cookie kept from one caller's reply would go out with the next
             # caller's requests. A caller who needs one sends a Cookie header.
-            cookie_jar=aiohttp.DummyCookieJar(),
+            cookie_jar=NoCookieJar(),
         )
         # aiohttp silently repeats a GET/PUT/DELETE once when its connection
         # drops (RFC 9112 §9.3.1): an attempt that neither the retry policy

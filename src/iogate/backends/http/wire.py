@@ -28,6 +28,7 @@ from iogate.backends.http.body import (
     decode_body,
     read_capped,
 )
+from iogate.backends.http.response import ResponseResult, copy_headers
 from iogate.backends.http.tls import handshake_failure
 from iogate.backends.urls import BaseURL
 from iogate.core.deadline import Clock, Deadline
@@ -40,10 +41,6 @@ __all__ = ["MAX_REDIRECTS", "Call", "Wire", "display_path"]
 
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# Response header names seen so far, as plain str (see Wire._result); bounded,
-# since an upstream chooses them.
-_HEADER_NAMES: dict[str, str] = {}
-_HEADER_NAMES_SIZE = 512
 
 
 class Call(Deadline):
@@ -233,29 +230,16 @@ class Wire:
                 "http_error",
                 status_code=status,
             )
-        # Response headers too: an upstream may echo our credentials there.
-        # Names as plain str: aiohttp's are istr, which orjson refuses as keys.
-        # The same few names recur, so their str copies are kept (istr has
-        # str's hash and equality, case-sensitive): a lookup costs less than
-        # str() and a plain loop less than a comprehension's frame (measured
-        # 5,300 against 6,500 instructions for four headers).
-        secrets = mask.secrets  # not ``if mask``: a Python-level __bool__ per call
-        names = _HEADER_NAMES
-        headers: dict[str, str] = {}
-        for name, value in response_headers.items():
-            plain = names.get(name)
-            if plain is None:
-                plain = str(name)
-                if len(names) < _HEADER_NAMES_SIZE:
-                    names[plain] = plain
-            headers[plain] = mask(value) if secrets else value
         if 200 <= status < 300:
-            # Result.ok(data, status_code=status, truncated=truncated) plus its
-            # headers, built directly (positional, in field order, as ok() does
-            # itself): one frame and one attribute store less per call.
-            return Result(
-                True, data, None, None, None, None, 0.0, 1, None, status, truncated, headers
+            # Result.ok(data, status_code=status, truncated=truncated), built
+            # directly (positional, in field order, as ok() does itself): one
+            # frame less per call. Its headers are copied when first read.
+            reply = ResponseResult(
+                True, data, None, None, None, None, 0.0, 1, None, status, truncated
             )
+            reply._source = response_headers
+            reply._mask = mask
+            return reply
         retry_after = (
             parse_retry_after(response_headers.get("Retry-After")) if status in {429, 503} else None
         )
@@ -268,7 +252,7 @@ class Wire:
             retry_after=retry_after,
         )
         result.truncated = truncated
-        result.headers = headers
+        result.headers = copy_headers(response_headers, mask)
         return result
 
 

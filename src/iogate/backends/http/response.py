@@ -1,0 +1,100 @@
+"""A successful reply's ``Result``, whose headers are copied only when read.
+
+Copying a reply's headers into a plain ``dict`` (masking any secret an
+upstream echoes there) costs about 6,500 instructions per call for four
+headers, as much as the rest of iogate's response handling; most callers
+never read them. A ``ResponseResult`` keeps aiohttp's read-only header view
+and copies it the first time ``headers`` is read — ``result.headers``,
+``to_dict()``, ``repr``, ``==``, ``copy``, ``pickle`` and
+``dataclasses.replace`` all read it — so what a caller sees is the same
+plain, masked ``dict`` as before (docs/benchmarks.md, "The API path, third
+pass").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from iogate.core.redact import SecretMask
+from iogate.core.result import Result
+
+__all__ = ["ResponseResult", "copy_headers"]
+
+# Response header names seen so far, as plain str; bounded, since an
+# upstream chooses them.
+_HEADER_NAMES: dict[str, str] = {}
+_HEADER_NAMES_SIZE = 512
+# The ``headers`` slot of Result itself, under the property below.
+_SLOT: Any = Result.__dict__["headers"]
+
+
+def copy_headers(source: Mapping[str, str], mask: SecretMask) -> dict[str, str]:
+    """``source`` as a plain dict of str, each value masked by ``mask``.
+
+    aiohttp's names are ``istr``, which orjson refuses as keys. The same few
+    names recur, so their str copies are kept (istr has str's hash and
+    equality, case-sensitive): a lookup costs less than ``str()``, and a
+    plain loop less than a comprehension's frame (measured).
+    """
+    secrets = mask.secrets  # not ``if mask``: a Python-level __bool__ per call
+    names = _HEADER_NAMES
+    headers: dict[str, str] = {}
+    for name, value in source.items():
+        plain = names.get(name)
+        if plain is None:
+            plain = str(name)
+            if len(names) < _HEADER_NAMES_SIZE:
+                names[plain] = plain
+        # Response headers too: an upstream may echo our credentials there.
+        headers[plain] = mask(value) if secrets else value
+    return headers
+
+
+class ResponseResult(Result):
+    """A ``Result`` of a 2xx reply; ``headers`` is filled from the reply when read.
+
+    ``_source`` (the reply's header view) and ``_mask`` are set by the wire
+    right after it is built; a copy made without them (``replace``,
+    ``pickle``) has its headers already in place.
+    """
+
+    __slots__ = ("_mask", "_source")
+
+    _source: Mapping[str, str] | None
+    _mask: SecretMask
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        headers: dict[str, str] | None = _SLOT.__get__(self, Result)
+        if headers is None:
+            try:
+                source = self._source
+            except AttributeError:  # built by replace() or unpickled
+                return None
+            if source is not None:
+                headers = copy_headers(source, self._mask)
+                _SLOT.__set__(self, headers)
+                self._source = None
+        return headers
+
+    @headers.setter
+    def headers(self, value: dict[str, str] | None) -> None:
+        # A value set by hand replaces what the reply had (even None).
+        self._source = None
+        _SLOT.__set__(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        # Equal to a plain Result with the same fields, as two Results are.
+        if not isinstance(other, Result):
+            return NotImplemented
+        return _fields(self) == _fields(other)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy, deepcopy and pickle: the fields, headers copied (aiohttp's
+        # view cannot be pickled, and it is read-only anyway).
+        return (ResponseResult, _fields(self))
+
+
+def _fields(result: Result) -> tuple[Any, ...]:
+    return tuple(getattr(result, name) for name in Result.__dataclass_fields__)
