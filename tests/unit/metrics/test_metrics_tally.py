@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -76,14 +77,26 @@ def in_runs(events: list[Event]) -> list[Event]:
     return sorted(events, key=lambda e: e[:4] if isinstance(e, OperationEvent) else ("~",))
 
 
-@pytest.mark.parametrize("runs", [False, True], ids=["interleaved", "in-runs"])
+def one_label_set(events: list[Event]) -> list[Event]:
+    """The operation events only, all given the labels of the first one."""
+    operations = [e for e in events if isinstance(e, OperationEvent)]
+    labels = operations[0][:4]
+    return [OperationEvent(*labels, *e[4:]) for e in operations]
+
+
+@pytest.mark.parametrize(
+    "order", [None, in_runs, one_label_set], ids=["interleaved", "in-runs", "one-label-set"]
+)
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
-def test_tallies_expose_what_prometheus_objects_would(openmetrics: bool, runs: bool) -> None:
+def test_tallies_expose_what_prometheus_objects_would(
+    openmetrics: bool, order: Callable[[list[Event]], list[Event]] | None
+) -> None:
     # Interleaved label sets are tallied event by event, runs of one label
-    # set all at once (TalliedEvents._tally_run): both must match exactly.
+    # set all at once (TalliedEvents._tally_run), a queue of one label set
+    # column by column: all must match exactly.
     events = random_events(3, 3000)
-    if runs:
-        events = in_runs(events)
+    if order is not None:
+        events = order(events)
     reference_registry = CollectorRegistry()
     reference = PrometheusEvents(DEFAULT_DURATION_BUCKETS, DEFAULT_ACQUIRE_BUCKETS)
     for metric in (
