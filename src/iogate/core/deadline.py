@@ -33,7 +33,8 @@ class Deadline:
     def remaining(self) -> float | None:
         if self.expires_at is None:
             return None
-        return max(0.0, self.expires_at - self._clock())
+        left = self.expires_at - self._clock()
+        return left if left > 0.0 else 0.0  # max(0.0, left) costs a builtin call
 
     def expired(self) -> bool:
         return self.expires_at is not None and self.expires_at - self._clock() <= 0.0

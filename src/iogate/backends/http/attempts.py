@@ -182,7 +182,11 @@ class Attempts:
         deadline: Deadline,
         mask: SecretMask,
         deadline_forms: tuple[str, ...],
+        remaining: float | None = None,
     ) -> Result:
+        """One attempt; ``remaining`` is the deadline's time left when the
+        caller has just read it (a first attempt under the manager's own
+        fresh deadline), None to read it here."""
         call.attempts += 1
         ticket: int | None = None
         breaker = self.breaker
@@ -197,7 +201,8 @@ class Attempts:
             call.not_sent = call.attempts == 1 or call.not_sent
             self._deposit(call)
             return Result.from_exception(exc)
-        remaining = deadline.remaining()
+        if remaining is None:
+            remaining = deadline.remaining()
         if remaining is not None and remaining <= 0:
             if breaker is not None and ticket is not None:
                 breaker.release(ticket)

@@ -372,6 +372,7 @@ class AsyncAPIManager(Lifecycle):
                 call.idempotent or verb in IDEMPOTENT_METHODS or self._idempotent_by_config
             )
             # One deadline bounds every attempt and every wait between them.
+            left: float | None = None  # its time left, when known without a clock read
             if deadline is not None and (
                 (remaining := deadline.remaining()) is not None and remaining < self.timeout
             ):
@@ -380,8 +381,10 @@ class AsyncAPIManager(Lifecycle):
                 # The call is its own deadline (wire.Call): one object less per call.
                 call.expires_at = self._clock() + self.timeout
                 effective = call
+                left = self.timeout
             if self.state is not _OPEN:
                 await self._ensure_open(effective)
+                left = None  # opening took some of it
             session = self._session
             assert session is not None
             # Only a caller's deadline can have passed already: our own was set
@@ -390,7 +393,7 @@ class AsyncAPIManager(Lifecycle):
                 raise OperationTimeoutError("deadline passed before the request started")
             attempts = self._attempts
             result = await attempts.attempt(
-                session, call, url, query, body, extra_headers, effective, mask, forms
+                session, call, url, query, body, extra_headers, effective, mask, forms, left
             )
             if not result.success and attempts.may_retry and attempts.should_retry(call, result):
                 result = await attempts.retry(
