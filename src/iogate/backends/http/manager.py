@@ -335,7 +335,10 @@ class AsyncAPIManager(Lifecycle):
     ) -> Result:
         """One call to the API; never raises for a failure (see module doc)."""
         started = perf_counter()
-        verb = method.upper() if isinstance(method, str) else "?"
+        if type(method) is str and method in METHODS:  # "GET" from get(): no upper()
+            verb = method
+        else:
+            verb = method.upper() if isinstance(method, str) else "?"
         call = Call(verb, False, self._clock)
         tracer = events.tracer
         if tracer is not None:  # the upstream continues the trace (W3C traceparent)

@@ -14,12 +14,12 @@ pass").
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from iogate.core.redact import SecretMask
 from iogate.core.result import Result
 
-__all__ = ["ResponseResult", "copy_headers"]
+__all__ = ["UNREAD", "ResponseResult", "copy_headers"]
 
 # Response header names seen so far, as plain str; bounded, since an
 # upstream chooses them.
@@ -51,12 +51,25 @@ def copy_headers(source: Mapping[str, str], mask: SecretMask) -> dict[str, str]:
     return headers
 
 
+class _Unread:
+    """The value of a ``ResponseResult``'s headers until they are read."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<headers not read yet>"
+
+
+UNREAD: Any = _Unread()
+
+
 class ResponseResult(Result):
     """A ``Result`` of a 2xx reply; ``headers`` is filled from the reply when read.
 
-    ``_source`` (the reply's header view) and ``_mask`` are set by the wire
-    right after it is built; a copy made without them (``replace``,
-    ``pickle``) has its headers already in place.
+    The wire builds it with ``headers=UNREAD`` and sets ``_source`` (the
+    reply's header view) and ``_mask``; the first read copies them. Setting
+    ``headers`` (even to None) replaces them, as on any Result: the setter is
+    the slot's own, so building one costs no Python call for it.
     """
 
     __slots__ = ("_mask", "_source")
@@ -64,25 +77,16 @@ class ResponseResult(Result):
     _source: Mapping[str, str] | None
     _mask: SecretMask
 
-    @property
-    def headers(self) -> dict[str, str] | None:
-        headers: dict[str, str] | None = _SLOT.__get__(self, Result)
-        if headers is None:
-            try:
-                source = self._source
-            except AttributeError:  # built by replace() or unpickled
-                return None
-            if source is not None:
-                headers = copy_headers(source, self._mask)
-                _SLOT.__set__(self, headers)
-                self._source = None
-        return headers
+    def _read_headers(self) -> dict[str, str] | None:
+        headers = _SLOT.__get__(self, Result)
+        if headers is UNREAD:
+            source, self._source = self._source, None
+            assert source is not None
+            headers = copy_headers(source, self._mask)
+            _SLOT.__set__(self, headers)
+        return cast("dict[str, str] | None", headers)
 
-    @headers.setter
-    def headers(self, value: dict[str, str] | None) -> None:
-        # A value set by hand replaces what the reply had (even None).
-        self._source = None
-        _SLOT.__set__(self, value)
+    headers = property(_read_headers, _SLOT.__set__)
 
     def __eq__(self, other: object) -> bool:
         # Equal to a plain Result with the same fields, as two Results are.

@@ -28,7 +28,7 @@ from iogate.backends.http.body import (
     decode_body,
     read_capped,
 )
-from iogate.backends.http.response import ResponseResult, copy_headers
+from iogate.backends.http.response import UNREAD, ResponseResult, copy_headers
 from iogate.backends.http.tls import handshake_failure
 from iogate.backends.urls import BaseURL
 from iogate.core.deadline import Clock, Deadline
@@ -235,7 +235,7 @@ class Wire:
             # directly (positional, in field order, as ok() does itself): one
             # frame less per call. Its headers are copied when first read.
             reply = ResponseResult(
-                True, data, None, None, None, None, 0.0, 1, None, status, truncated
+                True, data, None, None, None, None, 0.0, 1, None, status, truncated, UNREAD
             )
             reply._source = response_headers
             reply._mask = mask

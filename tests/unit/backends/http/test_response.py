@@ -11,7 +11,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from iogate.backends.http.cookies import NoCookieJar
-from iogate.backends.http.response import ResponseResult, copy_headers
+from iogate.backends.http.response import UNREAD, ResponseResult, copy_headers
 from iogate.core.redact import SecretMask
 from iogate.core.result import Result
 
@@ -22,7 +22,9 @@ def _reply(mask: SecretMask | None = None) -> ResponseResult:
     source = CIMultiDictProxy(
         CIMultiDict({"Content-Type": "application/json", "X-Echo": f"Bearer {SECRET}"})
     )
-    reply = ResponseResult(True, {"id": 1}, None, None, None, None, 0.0, 1, None, 200, False)
+    reply = ResponseResult(
+        True, {"id": 1}, None, None, None, None, 0.0, 1, None, 200, False, UNREAD
+    )
     reply._source = source
     reply._mask = mask or SecretMask([SECRET])
     return reply
@@ -46,7 +48,7 @@ def test_headers_are_copied_once_and_then_kept() -> None:
     reply = _reply()
     first = reply.headers
     assert reply.headers is first
-    assert reply._source is None
+    assert reply._source is None  # the reply's view is let go
 
 
 def test_to_dict_and_equality_see_the_headers() -> None:
