@@ -34,6 +34,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from iogate.backends.http.body import decode_body
 from iogate.backends.http.headers import checked_headers, mask_with
+from iogate.backends.http.response import UNREAD, ResponseResult, copy_headers
 from iogate.backends.http.wire import Call
 from iogate.backends.urls import BaseURL
 from iogate.backends.urls import _join as join_endpoint_cached
@@ -83,18 +84,17 @@ def pieces() -> list[Piece]:
     def breaker_pass() -> None:
         breaker.record_success(breaker.acquire())
 
-    names: dict[str, str] = {}
-
     def response() -> object:
+        # As Wire._result builds a 2xx Result: headers copied only when read.
         headers = RESPONSE_HEADERS
         data = decode_body(PAYLOAD, headers.get("Content-Type", ""), mask, 10_000_000, False, 200)
-        copied: dict[str, str] = {}  # as Wire._result copies them
-        for name, value in headers.items():
-            plain = names.get(name)
-            if plain is None:
-                plain = names[plain] = str(name)
-            copied[plain] = value
-        return Result(True, data, None, None, None, None, 0.0, 1, None, 200, False, copied)
+        reply = ResponseResult(True, data, None, None, None, None, 0.0, 1, None, 200, False, UNREAD)
+        reply._source = headers
+        reply._mask = mask
+        return reply
+
+    def headers_read() -> object:
+        return copy_headers(RESPONSE_HEADERS, mask)
 
     def recording() -> object:
         return record(stats, result, time.perf_counter(), "bench", "api", "http", "GET", 1)
@@ -149,7 +149,8 @@ def pieces() -> list[Piece]:
             call_state,
             None,
         ),
-        ("response: JSON decoded, headers copied, Result built", "every call", response, None),
+        ("response: JSON decoded, Result built", "every call", response, None),
+        ("response headers copied and masked", "only when read", headers_read, None),
         ("recording, no hook: record()", "every call", recording, None),
         ("recording, no hook: the same code inline", "(before)", recording_inline, None),
         ("recording, metrics collector installed", "every call", recording, None),
