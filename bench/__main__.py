@@ -78,6 +78,14 @@ def main() -> None:
             ],
         ),
         run("Memory per manager", [py, "bench/memory_bench.py", *quick]),
+        run(
+            "API manager vs aiohttp, client instructions per request (callgrind)",
+            [
+                py,
+                "bench/api_instructions.py",
+                *(["--concurrency", "50", "--large", "700"] if args.quick else ["--rounds", "2"]),
+            ],
+        ),
         run("What the input checks cost (callgrind)", [py, "bench/checks_cost.py", *quick]),
         run("Durable jobs", [py, "bench/jobs_bench.py", *quick]),
         run(

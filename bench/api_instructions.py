@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,9 @@ def main() -> None:
     if args.client:
         variant, concurrency, requests, port = args.client
         client(variant, int(concurrency), int(requests), int(port))
+        return
+    if shutil.which("valgrind") is None:
+        print("valgrind not found: skipped (`make bench-tools` installs it)")
         return
     sys.path.insert(0, str(HERE.parent))
     from api_bench import _free_port, _wait_for_port
