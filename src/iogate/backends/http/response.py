@@ -5,8 +5,8 @@ upstream echoes there) costs about 6,500 instructions per call for four
 headers, as much as the rest of iogate's response handling; most callers
 never read them. A ``ResponseResult`` keeps aiohttp's read-only header view
 and copies it the first time ``headers`` is read — ``result.headers``,
-``to_dict()``, ``repr``, ``==``, ``copy``, ``pickle`` and
-``dataclasses.replace`` all read it — so what a caller sees is the same
+``to_dict()``, ``==``, ``copy``, ``pickle``, ``orjson.dumps`` and
+``dataclasses.replace``/``asdict`` all read it — so what a caller sees is the same
 plain, masked ``dict`` as before (docs/benchmarks.md, "The API path, third
 pass").
 """
@@ -73,6 +73,10 @@ class ResponseResult(Result):
     """
 
     __slots__ = ("_mask", "_source")
+    # Result's fields, in this class's own dict too: orjson recognises a
+    # dataclass only by that, and serialises one as Result is (reading each
+    # field, so the headers are copied).
+    __dataclass_fields__ = Result.__dataclass_fields__
 
     _source: Mapping[str, str] | None
     _mask: SecretMask

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import pickle
 
+import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -74,6 +75,13 @@ def test_copies_keep_the_headers() -> None:
     assert pickle.loads(pickle.dumps(_reply())).headers == MASKED
     assert copy.copy(_reply()).headers == MASKED
     assert copy.deepcopy(_reply()).headers == MASKED
+
+
+def test_serialised_as_a_plain_result() -> None:
+    # orjson serialises a Result (a dataclass) natively; a reply must too.
+    assert orjson.dumps(_reply()) == orjson.dumps(_plain(MASKED))
+    assert dataclasses.asdict(_reply()) == dataclasses.asdict(_plain(MASKED))
+    assert dataclasses.is_dataclass(_reply())
 
 
 def test_repr_never_shows_the_secret() -> None:
