@@ -259,6 +259,31 @@ async def test_breaker_opens_fails_fast_and_half_open_probes_close_it(
     assert stats["errors_by_type"]["circuit_open"] == 5
 
 
+async def test_a_renamed_manager_names_itself_in_breaker_and_rate_limit_refusals(
+    upstream: Upstream, make_manager: MakeManager
+) -> None:
+    # orchestrator.add_api() registers a manager under another name: its
+    # breaker's and rate limiter's messages (and the limit's key) follow it.
+    breaker = {"failure_threshold": 1, "recovery_timeout": 60}
+    async with make_manager(
+        retry=False, circuit_breaker=breaker, rate_limit="2/minute", name="built-as"
+    ) as api:
+        async with AsyncOperationOrchestrator() as orch:
+            orch.add_api("payments", api)
+            assert (await api.get("/toggle")).status_code == 503
+            refused = await api.get("/toggle")
+            limited = await api.get("/toggle")
+            orch.apis.pop("payments")  # closed by make_manager, not by the orchestrator
+    assert refused.error_type == "circuit_open"
+    assert (refused.error or "").startswith("payments:"), refused.error
+    assert api.breaker is not None
+    assert api.breaker.name == "payments"
+    assert api.rate_limiter is not None
+    assert api.rate_limiter.name == "payments"
+    assert "built-as" not in repr(api.breaker) + repr(api.rate_limiter)
+    assert limited.error_type in {"circuit_open", "rate_limited"}
+
+
 async def test_failed_probe_reopens(upstream: Upstream, make_manager: MakeManager) -> None:
     clock = FakeClock(100.0)
     breaker = {"failure_threshold": 2, "recovery_timeout": 1}

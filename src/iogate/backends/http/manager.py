@@ -193,6 +193,14 @@ class AsyncAPIManager(Lifecycle):
     def __repr__(self) -> str:
         return f"<AsyncAPIManager {self.name!r} {self.base} state={self.state.value}>"
 
+    def _renamed(self, name: str) -> None:
+        # Registered under another name (orchestrator.add_api): the breaker's
+        # messages and the rate limit's key follow it.
+        if self.breaker is not None:
+            self.breaker.name = name
+        if self.rate_limiter is not None:
+            self.rate_limiter.name = name
+
     # -- the Resource surface (iogate.core.resource) ------------------------
 
     @property
