@@ -514,6 +514,12 @@ class Cluster:
     flaky: str
 
 
+# The shared limit of the cluster's "limited" API. Low enough that the test
+# client's demand is several times over it even on a loaded 2-core machine
+# (at 100/second, a CI run offered only 125 requests a second in all).
+SHARED_LIMIT = 40
+
+
 @pytest.fixture(scope="module")
 def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three gateways on three ports sharing the test Redis."""
@@ -529,7 +535,7 @@ def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         upstream=upstream.port,
         limited=limited,
         flaky=flaky,
-        limit="100/second",
+        limit=f"{SHARED_LIMIT}/second",
     )
     gateways = [Gateway(workdir, f"gateway-{n}", body) for n in range(3)]
     try:
@@ -548,7 +554,7 @@ async def get_item(client: httpx.AsyncClient) -> str:
 
 
 async def test_three_gateways_count_one_rate_limit(cluster: Cluster) -> None:
-    """100/second across three gateways: about 100 a second get through in total."""
+    """40/second across three gateways: about 40 a second get through in total."""
     loop = asyncio.get_running_loop()
     clients = [httpx.AsyncClient(base_url=g.base, timeout=5) for g in cluster.gateways]
     request = {"api_name": cluster.limited, "method": "GET", "endpoint": "/ok"}
@@ -575,17 +581,17 @@ async def test_three_gateways_count_one_rate_limit(cluster: Cluster) -> None:
     stamps = sorted(at for at, path in list(cluster.upstream.hits) if at >= since)
     busiest = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
     print(
-        f"\nrate limit 100/s over 3 gateways: {admitted} admitted, {refused} refused in "
+        f"\nrate limit {SHARED_LIMIT}/s over 3 gateways: {admitted} admitted, {refused} refused in "
         f"{elapsed:.2f} s ({sum(statuses.values()) / elapsed:.0f} requests/s offered) -> "
         f"{rate:.1f}/s admitted; busiest 1 s window at the upstream: {busiest}"
     )
     assert set(statuses) <= {200, 429}, statuses
-    assert refused > admitted  # the demand was well over the limit
+    assert refused > admitted, statuses  # the demand was well over the limit
     assert reached == admitted
-    assert abs(rate - 100) <= 10
+    assert abs(rate - SHARED_LIMIT) <= SHARED_LIMIT / 10
     # At the upstream, not where the limiter counts: request latency jitter widens it
     # a little; counted per process it would be three times the limit.
-    assert busiest < 150
+    assert busiest < SHARED_LIMIT * 1.5
 
 
 async def test_an_invalidation_reaches_the_other_gateways_at_once(cluster: Cluster) -> None:
