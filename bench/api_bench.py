@@ -82,34 +82,47 @@ async def _throughput(call: Call, concurrency: int, total: int) -> tuple[float, 
 Row = tuple[int, float, float, float, float, list[float]]
 
 
-async def run(port: int, requests: int, rounds: int) -> list[Row]:
-    base = f"http://127.0.0.1:{port}/v1"
-    collector = MetricsCollector()
-    collector.install()
-    raw = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=50, limit_per_host=50, ttl_dns_cache=300),
-        timeout=aiohttp.ClientTimeout(total=60),
-    )
-    manager = AsyncAPIManager(
-        base,
-        max_connections=50,
-        timeout=60,
-        name="bench",
-        retry={"attempts": 3, "backoff_initial": 0.1, "backoff_max": 2.0},
-        circuit_breaker={"failure_threshold": 5, "recovery_timeout": 5},
-    )
-    await manager.initialize_session()
+class Variants:
+    """The two clients compared: raw aiohttp, and the manager with retry,
+    breaker and retry budget (``bench/api_instructions.py`` counts the same two)."""
 
-    async def raw_get() -> object:
-        async with raw.get(f"{base}/users/123") as response:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}/v1"
+        self.raw = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=50, limit_per_host=50, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
+        self.manager = AsyncAPIManager(
+            self.base,
+            max_connections=50,
+            timeout=60,
+            name="bench",
+            retry={"attempts": 3, "backoff_initial": 0.1, "backoff_max": 2.0},
+            circuit_breaker={"failure_threshold": 5, "recovery_timeout": 5},
+        )
+
+    async def raw_get(self) -> object:
+        async with self.raw.get(f"{self.base}/users/123") as response:
             response.raise_for_status()
             return await response.json()
 
-    async def manager_get() -> object:
-        result = await manager.get("/users/123")
+    async def manager_get(self) -> object:
+        result = await self.manager.get("/users/123")
         if not result.success:
             raise RuntimeError(result.error)
         return result.data
+
+    async def close(self) -> None:
+        await self.manager.close()
+        await self.raw.close()
+
+
+async def run(port: int, requests: int, rounds: int) -> list[Row]:
+    collector = MetricsCollector()
+    collector.install()
+    variants = Variants(port)
+    await variants.manager.initialize_session()
+    raw_get, manager_get = variants.raw_get, variants.manager_get
 
     rows: list[Row] = []
     try:
@@ -137,8 +150,7 @@ async def run(port: int, requests: int, rounds: int) -> list[Row]:
                 )
             )
     finally:
-        await manager.close()
-        await raw.close()
+        await variants.close()
         collector.uninstall()
     return rows
 

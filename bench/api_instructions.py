@@ -40,47 +40,18 @@ def client(variant: str, concurrency: int, requests: int, port: int) -> None:
     """The measured process: warm up, then ``requests`` GETs at ``concurrency``."""
     import asyncio
 
-    import aiohttp
+    from api_bench import Variants  # this directory: the same two clients
+
+    from iogate.metrics.collector import MetricsCollector
 
     async def main() -> None:
-        base = f"http://127.0.0.1:{port}/v1"
+        MetricsCollector().install()  # as in api_bench.py: on for both variants
+        variants = Variants(port)
         if variant == "raw":
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=50, limit_per_host=50, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=60),
-            )
-
-            async def call() -> object:
-                async with session.get(f"{base}/users/123") as response:
-                    response.raise_for_status()
-                    return await response.json()
-
-            async def close() -> None:
-                await session.close()
-
+            call = variants.raw_get
         else:
-            from iogate.backends.http import AsyncAPIManager
-            from iogate.metrics.collector import MetricsCollector
-
-            MetricsCollector().install()
-            manager = AsyncAPIManager(
-                base,
-                max_connections=50,
-                timeout=60,
-                name="bench",
-                retry={"attempts": 3, "backoff_initial": 0.1, "backoff_max": 2.0},
-                circuit_breaker={"failure_threshold": 5, "recovery_timeout": 5},
-            )
-            await manager.initialize_session()
-
-            async def call() -> object:
-                result = await manager.get("/users/123")
-                if not result.success:
-                    raise RuntimeError(result.error)
-                return result.data
-
-            async def close() -> None:
-                await manager.close()
+            await variants.manager.initialize_session()
+            call = variants.manager_get
 
         async def worker(count: int) -> None:
             for _ in range(count):
@@ -90,7 +61,7 @@ def client(variant: str, concurrency: int, requests: int, port: int) -> None:
         await asyncio.gather(*(worker(2) for _ in range(50)))
         per_task = requests // concurrency
         await asyncio.gather(*(worker(per_task) for _ in range(concurrency)))
-        await close()
+        await variants.close()
 
     asyncio.run(main())
 
